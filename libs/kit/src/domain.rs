@@ -1,0 +1,141 @@
+//! Validated identifiers and values of the public API (docs/api.md). Input is parsed into
+//! these at every edge (gateway HTTP/WS and each gRPC service); past the edge, code takes
+//! the validated types.
+
+use crate::ErrorCode;
+
+/// An error that says which field was wrong and how.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Invalid {
+    /// API error code (`invalid_argument` or `too_large`).
+    pub code: ErrorCode,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+impl Invalid {
+    fn arg(message: impl Into<String>) -> Self {
+        Self { code: ErrorCode::InvalidArgument, message: message.into() }
+    }
+}
+
+impl From<Invalid> for tonic::Status {
+    fn from(e: Invalid) -> Self {
+        e.code.status(e.message)
+    }
+}
+
+/// A user id: 1-64 characters of `[A-Za-z0-9_.@-]`, chosen by the app's user system.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Validates a user id.
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let ok = (1..=64).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(Invalid::arg(format!(
+                "invalid user id {:?}: 1-64 characters of [A-Za-z0-9_.@-]",
+                truncate(s)
+            )))
+        }
+    }
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for UserId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A client-chosen idempotency key: 1-64 printable ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientMsgId(String);
+
+impl ClientMsgId {
+    /// Validates a client message id.
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        if (1..=64).contains(&s.len()) && s.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(Invalid::arg("client_msg_id must be 1-64 printable ASCII characters"))
+        }
+    }
+    /// The key as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A message body: non-empty UTF-8 of at most `limit` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageBody(String);
+
+impl MessageBody {
+    /// Validates a body against the configured byte limit.
+    pub fn parse(s: &str, limit: usize) -> Result<Self, Invalid> {
+        if s.is_empty() {
+            return Err(Invalid::arg("body must not be empty"));
+        }
+        if s.len() > limit {
+            return Err(Invalid {
+                code: ErrorCode::TooLarge,
+                message: format!("body is {} bytes; the limit is {limit}", s.len()),
+            });
+        }
+        Ok(Self(s.to_owned()))
+    }
+    /// The body text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Parses a channel or message id (a UUID).
+pub fn parse_uuid(field: &str, s: &str) -> Result<uuid::Uuid, Invalid> {
+    uuid::Uuid::parse_str(s).map_err(|_| Invalid::arg(format!("{field} must be a UUID")))
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(70).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids() {
+        assert!(UserId::parse("alice").is_ok());
+        assert!(UserId::parse("a.b-c_d@e").is_ok());
+        assert!(UserId::parse(&"x".repeat(64)).is_ok());
+        assert!(UserId::parse(&"x".repeat(65)).is_err());
+        assert!(UserId::parse("").is_err());
+        assert!(UserId::parse("a b").is_err());
+        assert!(UserId::parse("é").is_err());
+    }
+
+    #[test]
+    fn client_msg_ids() {
+        assert!(ClientMsgId::parse("c-123 x").is_ok());
+        assert!(ClientMsgId::parse("").is_err());
+        assert!(ClientMsgId::parse("tab\t").is_err());
+        assert!(ClientMsgId::parse(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn bodies() {
+        assert_eq!(MessageBody::parse("", 10).unwrap_err().code, ErrorCode::InvalidArgument);
+        assert_eq!(MessageBody::parse("hello world", 5).unwrap_err().code, ErrorCode::TooLarge);
+        assert!(MessageBody::parse("héllo", 6).is_ok());
+        assert!(MessageBody::parse("héllo", 5).is_err());
+    }
+}

@@ -1,0 +1,155 @@
+//! The one error vocabulary of the public API (see docs/api.md, "Errors") and its mapping
+//! to and from gRPC status codes. A service returns `ErrorCode::X.status(msg)`; the gateway
+//! turns any `tonic::Status` back into the API code with `ErrorCode::from_status`.
+
+use tonic::{Code, Status};
+
+/// gRPC metadata key carrying the API error code when the gRPC code alone is ambiguous
+/// (e.g. `too_large` and `invalid_argument` are both INVALID_ARGUMENT).
+pub const ERROR_CODE_KEY: &str = "x-parley-error-code";
+
+/// Machine-readable error code of the public API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidArgument,
+    Unauthenticated,
+    PermissionDenied,
+    NotFound,
+    Conflict,
+    TooLarge,
+    RateLimited,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The `code` string of the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidArgument => "invalid_argument",
+            Self::Unauthenticated => "unauthenticated",
+            Self::PermissionDenied => "permission_denied",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::TooLarge => "too_large",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// HTTP status of the API.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::InvalidArgument => 400,
+            Self::Unauthenticated => 401,
+            Self::PermissionDenied => 403,
+            Self::NotFound => 404,
+            Self::Conflict => 409,
+            Self::TooLarge => 413,
+            Self::RateLimited => 429,
+            Self::Unavailable => 503,
+            Self::Internal => 500,
+        }
+    }
+
+    /// The gRPC code used on internal APIs.
+    pub fn grpc_code(self) -> Code {
+        match self {
+            Self::InvalidArgument | Self::TooLarge => Code::InvalidArgument,
+            Self::Unauthenticated => Code::Unauthenticated,
+            Self::PermissionDenied => Code::PermissionDenied,
+            Self::NotFound => Code::NotFound,
+            Self::Conflict => Code::FailedPrecondition,
+            Self::RateLimited => Code::ResourceExhausted,
+            Self::Unavailable => Code::Unavailable,
+            Self::Internal => Code::Internal,
+        }
+    }
+
+    /// A status with this code, tagged so the gateway recovers the exact API code.
+    pub fn status(self, message: impl Into<String>) -> Status {
+        let mut s = Status::new(self.grpc_code(), message);
+        s.metadata_mut()
+            .insert(ERROR_CODE_KEY, tonic::metadata::MetadataValue::from_static(self.as_str()));
+        s
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "invalid_argument" => Self::InvalidArgument,
+            "unauthenticated" => Self::Unauthenticated,
+            "permission_denied" => Self::PermissionDenied,
+            "not_found" => Self::NotFound,
+            "conflict" => Self::Conflict,
+            "too_large" => Self::TooLarge,
+            "rate_limited" => Self::RateLimited,
+            "unavailable" => Self::Unavailable,
+            "internal" => Self::Internal,
+            _ => return None,
+        })
+    }
+
+    /// The API code for a status returned by any internal service.
+    pub fn from_status(status: &Status) -> Self {
+        if let Some(code) = status
+            .metadata()
+            .get(ERROR_CODE_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Self::parse)
+        {
+            return code;
+        }
+        match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => Self::InvalidArgument,
+            Code::Unauthenticated => Self::Unauthenticated,
+            Code::PermissionDenied => Self::PermissionDenied,
+            Code::NotFound => Self::NotFound,
+            Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => Self::Conflict,
+            Code::ResourceExhausted => Self::RateLimited,
+            // A dependency that is down, slow or restarting: safe to retry.
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Self::Unavailable,
+            Code::Ok | Code::Unknown | Code::Internal | Code::Unimplemented | Code::DataLoss => {
+                Self::Internal
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_round_trips_through_status() {
+        for code in [
+            ErrorCode::InvalidArgument,
+            ErrorCode::Unauthenticated,
+            ErrorCode::PermissionDenied,
+            ErrorCode::NotFound,
+            ErrorCode::Conflict,
+            ErrorCode::TooLarge,
+            ErrorCode::RateLimited,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(ErrorCode::from_status(&code.status("x")), code);
+        }
+    }
+
+    #[test]
+    fn untagged_statuses_map_by_grpc_code() {
+        assert_eq!(ErrorCode::from_status(&Status::unavailable("down")), ErrorCode::Unavailable);
+        assert_eq!(ErrorCode::from_status(&Status::unknown("?")), ErrorCode::Internal);
+        assert_eq!(
+            ErrorCode::from_status(&Status::permission_denied("no")),
+            ErrorCode::PermissionDenied
+        );
+    }
+}

@@ -1,0 +1,410 @@
+#!/usr/bin/env bash
+# Postgres and Redis for Parley development and tests.
+#
+#   scripts/deps.sh [start]   ensure both servers run and accept connections (default)
+#   scripts/deps.sh stop      stop the PRIVATE instances of this checkout (never a system server)
+#   scripts/deps.sh status    show what runs
+#   scripts/deps.sh clean     stop the private instances and delete their data
+#
+# Postgres: PARLEY_PG_URL (an admin URL whose database is `postgres`) when set; otherwise a
+#   private cluster in .local/pg on 127.0.0.1:${PARLEY_PG_PORT:-55432}, run as the `postgres`
+#   OS user when we are root. If that user cannot traverse the checkout (e.g. it lives under
+#   /root), the data dir is /tmp/parley-<uid>-<hash>/pg and .local/pg is a symlink to it.
+# Redis: PARLEY_REDIS_URL when set; otherwise a private redis-server on
+#   127.0.0.1:${PARLEY_REDIS_PORT:-56379} with its files in .local/redis.
+# Missing binaries are installed with apt-get (postgresql, redis-server). The database
+# `parley` is created when missing. The resulting URLs go to .local/deps.env as
+# `export NAME=value` lines and are printed on stdout (progress goes to stderr).
+# The system servers on 5432/6379 are never used unless you point the URLs at them.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+LOCAL="$ROOT/.local"
+ENV_FILE="$LOCAL/deps.env"
+PG_LINK="$LOCAL/pg"
+REDIS_DIR="$LOCAL/redis"
+PG_PORT="${PARLEY_PG_PORT:-55432}"
+REDIS_PORT="${PARLEY_REDIS_PORT:-56379}"
+DB_NAME=parley
+CMD="${1:-start}"
+
+log() { printf 'deps: %s\n' "$*" >&2; }
+die() {
+	printf 'deps: ERROR: %s\n' "$*" >&2
+	exit 1
+}
+
+run_root() {
+	if ((EUID == 0)); then
+		"$@"
+	elif command -v sudo >/dev/null 2>&1; then
+		sudo "$@"
+	else
+		die "need root (or sudo) to run: $*"
+	fi
+}
+
+# Run a command as the OS user that owns the private cluster (postgres refuses root).
+as_pg() {
+	if ((EUID == 0)); then
+		(cd / && runuser -u postgres -- "$@")
+	else
+		"$@"
+	fi
+}
+
+# True when something accepts TCP connections on 127.0.0.1:$1.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+apt_install() {
+	mkdir -p "$LOCAL"
+	local aptlog="$LOCAL/apt.log"
+	log "installing $* with apt-get (log: $aptlog)"
+	export DEBIAN_FRONTEND=noninteractive
+	if ! run_root apt-get install -y "$@" >"$aptlog" 2>&1; then
+		log "apt-get install failed; running apt-get update and retrying"
+		run_root apt-get update >>"$aptlog" 2>&1 || true
+		if ! run_root apt-get install -y "$@" >>"$aptlog" 2>&1; then
+			tail -n 30 "$aptlog" >&2
+			die "apt-get install $* failed (see $aptlog)"
+		fi
+	fi
+}
+
+# ---------------------------------------------------------------- Postgres helpers
+
+# Directory with initdb/pg_ctl/postgres for major version $1, or the newest installed.
+pg_bindir() {
+	local want="${1:-}" d
+	if [[ -n ${PARLEY_PG_BINDIR:-} ]]; then
+		echo "$PARLEY_PG_BINDIR"
+		return 0
+	fi
+	local -a dirs=()
+	if [[ -n $want ]]; then
+		dirs=("/usr/lib/postgresql/$want/bin")
+	else
+		mapfile -t dirs < <(shopt -s nullglob; printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r)
+	fi
+	for d in "${dirs[@]}"; do
+		[[ -n $d && -x $d/initdb && -x $d/pg_ctl && -x $d/postgres ]] && {
+			echo "$d"
+			return 0
+		}
+	done
+	return 1
+}
+
+pg_client() { # $1 = psql | pg_isready
+	local b
+	if b="$(pg_bindir 2>/dev/null)" && [[ -x $b/$1 ]]; then
+		echo "$b/$1"
+	elif command -v "$1" >/dev/null 2>&1; then
+		command -v "$1"
+	else
+		return 1
+	fi
+}
+
+# Replace the database of a postgres URL: pg_url_db URL DB
+pg_url_db() {
+	local url="$1" db="$2" query=""
+	if [[ $url == *\?* ]]; then
+		query="?${url#*\?}"
+		url="${url%%\?*}"
+	fi
+	local scheme="${url%%://*}" rest="${url#*://}"
+	printf '%s://%s/%s%s\n' "$scheme" "${rest%%/*}" "$db" "$query"
+}
+
+short_hash() { printf '%s' "$1" | sha256sum | cut -c1-10; }
+
+# Resolve (and on start, create) the real data directory; sets PG_DATA.
+pg_resolve_datadir() {
+	local create="$1"
+	PG_DATA=""
+	if [[ -L $PG_LINK ]]; then
+		PG_DATA="$(readlink -- "$PG_LINK")"
+		if [[ $create == yes && ! -d $PG_DATA ]]; then # e.g. /tmp was emptied by a reboot
+			mkdir -p "$PG_DATA"
+			chmod 755 "$(dirname "$PG_DATA")"
+		fi
+	elif [[ -d $PG_LINK ]]; then
+		PG_DATA="$PG_LINK"
+	elif [[ $create == yes ]]; then
+		if ((EUID != 0)) || as_pg test -x "$LOCAL" 2>/dev/null; then
+			PG_DATA="$PG_LINK"
+			mkdir -p "$PG_DATA"
+		else
+			local base="/tmp/parley-$(id -u)-$(short_hash "$ROOT")"
+			log "user postgres cannot traverse $LOCAL; data dir goes to $base/pg (symlinked from .local/pg)"
+			mkdir -p "$base/pg"
+			[[ -O $base ]] || die "$base exists but is not owned by $(id -un)"
+			chmod 755 "$base"
+			ln -sfn "$base/pg" "$PG_LINK"
+			PG_DATA="$base/pg"
+		fi
+	fi
+	if [[ $create == yes ]]; then
+		if ((EUID == 0)); then
+			chown postgres:postgres "$PG_DATA"
+			as_pg test -w "$PG_DATA" ||
+				die "user postgres cannot reach $PG_DATA (checkout moved?); run 'scripts/deps.sh clean' and retry"
+		fi
+		chmod 700 "$PG_DATA"
+	fi
+}
+
+pg_is_ours_running() { # our postmaster runs (any port)
+	[[ -n ${PG_DATA:-} && -f $PG_DATA/postmaster.pid && -n ${PG_BIN:-} ]] &&
+		as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1
+}
+
+pg_write_conf() {
+	local sock="$PG_DATA"
+	# A Unix socket path must stay below ~107 bytes; TCP is all we use anyway.
+	((${#sock} > 90)) && sock=""
+	cat >"$PG_DATA/parley.conf" <<EOF
+# Written by scripts/deps.sh on every start: private dev/test instance, not durable.
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '${sock//\'/\'\'}'
+max_connections = 500
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+	((EUID == 0)) && chown postgres:postgres "$PG_DATA/parley.conf"
+	grep -q "^include_if_exists = 'parley.conf'" "$PG_DATA/postgresql.conf" ||
+		printf "\ninclude_if_exists = 'parley.conf'\n" >>"$PG_DATA/postgresql.conf"
+}
+
+pg_wait_ready() { # $1 = conninfo/URL, $2 = what
+	local isready i
+	isready="$(pg_client pg_isready)" || die "pg_isready not found"
+	for ((i = 0; i < 60; i++)); do
+		"$isready" -q -t 2 -d "$1" && return 0
+		sleep 0.5
+	done
+	die "$2 does not accept connections ($1)"
+}
+
+ensure_private_pg() {
+	local major=""
+	pg_resolve_datadir no
+	if [[ -n $PG_DATA && -f $PG_DATA/PG_VERSION ]]; then
+		major="$(cat "$PG_DATA/PG_VERSION")"
+		PG_BIN="$(pg_bindir "$major")" ||
+			die "$PG_DATA was created by PostgreSQL $major, which is not installed; install postgresql-$major or run 'scripts/deps.sh clean'"
+	else
+		if ! PG_BIN="$(pg_bindir)"; then
+			apt_install postgresql
+			PG_BIN="$(pg_bindir)" || die "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin after installing postgresql"
+		fi
+	fi
+	if ((EUID == 0)); then
+		id postgres >/dev/null 2>&1 || die "OS user postgres is missing (the postgresql package creates it)"
+	fi
+	pg_resolve_datadir yes
+
+	local url="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+
+	# Fast path: our cluster already runs on the wanted port.
+	if pg_is_ours_running; then
+		if [[ "$(sed -n 4p "$PG_DATA/postmaster.pid")" == "$PG_PORT" ]]; then
+			pg_wait_ready "$url" "private PostgreSQL"
+			PARLEY_PG_URL="$url"
+			return 0
+		fi
+		log "private PostgreSQL runs on another port; restarting it on $PG_PORT"
+		as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 60 stop >/dev/null
+	fi
+
+	if port_open "$PG_PORT"; then
+		die "127.0.0.1:$PG_PORT is in use by another process (not this checkout's private PostgreSQL); set PARLEY_PG_PORT to a free port, or PARLEY_PG_URL to an existing server"
+	fi
+
+	if [[ ! -f $PG_DATA/PG_VERSION ]]; then
+		local locale=C
+		locale -a 2>/dev/null | grep -qix 'c.utf-\?8' && locale=C.UTF-8
+		log "initialising a private PostgreSQL $(basename "$(dirname "$PG_BIN")") cluster in $PG_DATA"
+		find "$PG_DATA" -mindepth 1 -delete 2>/dev/null || true
+		if ! as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 --locale="$locale" >"$LOCAL/pg-initdb.log" 2>&1; then
+			tail -n 30 "$LOCAL/pg-initdb.log" >&2
+			die "initdb failed (see $LOCAL/pg-initdb.log)"
+		fi
+	fi
+	pg_write_conf
+
+	log "starting private PostgreSQL on 127.0.0.1:$PG_PORT"
+	if ! as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/postgres.log" -w -t 60 start >/dev/null 2>&1; then
+		tail -n 30 "$PG_DATA/postgres.log" >&2 || true
+		die "private PostgreSQL did not start (log: $PG_DATA/postgres.log)"
+	fi
+	pg_wait_ready "$url" "private PostgreSQL"
+	PARLEY_PG_URL="$url"
+}
+
+ensure_database() {
+	local psql
+	psql="$(pg_client psql)" || die "psql not found"
+	local q="SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'"
+	if [[ "$("$psql" "$PARLEY_PG_URL" -XtAc "$q")" != 1 ]]; then
+		log "creating database $DB_NAME"
+		"$psql" "$PARLEY_PG_URL" -Xq -v ON_ERROR_STOP=1 -c "CREATE DATABASE $DB_NAME" >/dev/null 2>&1 ||
+			[[ "$("$psql" "$PARLEY_PG_URL" -XtAc "$q")" == 1 ]] || # lost a race: fine
+			die "could not create database $DB_NAME via $PARLEY_PG_URL"
+	fi
+}
+
+stop_private_pg() {
+	pg_resolve_datadir no
+	[[ -n $PG_DATA && -f $PG_DATA/postmaster.pid ]] || return 0
+	local major
+	major="$(cat "$PG_DATA/PG_VERSION" 2>/dev/null || true)"
+	if PG_BIN="$(pg_bindir "$major")" && pg_is_ours_running; then
+		log "stopping private PostgreSQL ($PG_DATA)"
+		as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 60 stop >/dev/null
+	fi
+}
+
+# ---------------------------------------------------------------- Redis helpers
+
+redis_pid() { # pid of our private redis-server, if it runs
+	local pid
+	pid="$(cat "$REDIS_DIR/redis.pid" 2>/dev/null)" || return 1
+	[[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
+		[[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == redis-server* ]] && echo "$pid"
+}
+
+redis_wait_ready() { # $1 = URL
+	local i
+	for ((i = 0; i < 40; i++)); do
+		[[ "$(redis-cli -u "$1" ping 2>/dev/null)" == PONG ]] && return 0
+		sleep 0.5
+	done
+	return 1
+}
+
+ensure_private_redis() {
+	if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+		apt_install redis-server
+	fi
+	mkdir -p "$REDIS_DIR"
+	local dir url="redis://127.0.0.1:$REDIS_PORT" pid
+	dir="$(cd "$REDIS_DIR" && pwd -P)"
+
+	if [[ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]]; then
+		if [[ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --raw config get dir 2>/dev/null | sed -n 2p)" == "$dir" ]]; then
+			PARLEY_REDIS_URL="$url"
+			return 0
+		fi
+		die "127.0.0.1:$REDIS_PORT is served by another Redis (not this checkout's); set PARLEY_REDIS_PORT to a free port, or PARLEY_REDIS_URL to an existing server"
+	fi
+	if pid="$(redis_pid)"; then
+		log "private Redis (pid $pid) does not answer on $REDIS_PORT; restarting it"
+		stop_private_redis
+	fi
+	port_open "$REDIS_PORT" &&
+		die "127.0.0.1:$REDIS_PORT is in use by another process; set PARLEY_REDIS_PORT to a free port, or PARLEY_REDIS_URL to an existing server"
+
+	log "starting private Redis on 127.0.0.1:$REDIS_PORT"
+	redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes \
+		--dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
+		--save '' --appendonly no >/dev/null ||
+		die "redis-server failed to start (log: $dir/redis.log)"
+	if ! redis_wait_ready "$url"; then
+		tail -n 20 "$dir/redis.log" >&2 || true
+		die "private Redis does not accept connections on $url (log: $dir/redis.log)"
+	fi
+	PARLEY_REDIS_URL="$url"
+}
+
+stop_private_redis() {
+	local pid i
+	pid="$(redis_pid)" || {
+		rm -f "$REDIS_DIR/redis.pid"
+		return 0
+	}
+	log "stopping private Redis (pid $pid)"
+	kill -TERM "$pid" 2>/dev/null || true
+	for ((i = 0; i < 50; i++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.2
+	done
+	kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+	rm -f "$REDIS_DIR/redis.pid"
+}
+
+# ---------------------------------------------------------------- main
+
+mkdir -p "$LOCAL"
+exec 9>"$LOCAL/.deps.lock"
+if command -v flock >/dev/null 2>&1; then
+	flock -w 180 9 || die "another scripts/deps.sh holds $LOCAL/.deps.lock"
+fi
+
+case "$CMD" in
+start | up | "")
+	if [[ -n ${PARLEY_PG_URL:-} ]]; then
+		if ! pg_client psql >/dev/null || ! pg_client pg_isready >/dev/null; then
+			apt_install postgresql-client
+		fi
+		PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-5}" pg_wait_ready "$PARLEY_PG_URL" "PostgreSQL from PARLEY_PG_URL"
+	else
+		ensure_private_pg
+	fi
+	ensure_database
+
+	if [[ -n ${PARLEY_REDIS_URL:-} ]]; then
+		command -v redis-cli >/dev/null 2>&1 || apt_install redis-tools
+		redis_wait_ready "$PARLEY_REDIS_URL" || die "Redis from PARLEY_REDIS_URL does not answer PING ($PARLEY_REDIS_URL)"
+	else
+		ensure_private_redis
+	fi
+
+	tmp="$ENV_FILE.tmp.$$"
+	{
+		echo "# Written by scripts/deps.sh; source it: . .local/deps.env"
+		printf 'export PARLEY_PG_URL=%q\n' "$PARLEY_PG_URL"
+		printf 'export PARLEY_REDIS_URL=%q\n' "$PARLEY_REDIS_URL"
+	} >"$tmp"
+	mv -f "$tmp" "$ENV_FILE"
+	grep '^export ' "$ENV_FILE"
+	;;
+stop)
+	stop_private_pg
+	stop_private_redis
+	;;
+status)
+	pg_resolve_datadir no
+	PG_BIN="$(pg_bindir "$(cat "${PG_DATA:-/nonexistent}/PG_VERSION" 2>/dev/null || true)" 2>/dev/null || true)"
+	if pg_is_ours_running; then
+		echo "postgres: running (data $PG_DATA, port $(sed -n 4p "$PG_DATA/postmaster.pid"))"
+	else
+		echo "postgres: private instance not running${PG_DATA:+ (data $PG_DATA)}"
+	fi
+	if pid="$(redis_pid)"; then
+		echo "redis: running (pid $pid, dir $REDIS_DIR)"
+	else
+		echo "redis: private instance not running"
+	fi
+	[[ -f $ENV_FILE ]] && grep '^export ' "$ENV_FILE" || true
+	;;
+clean)
+	stop_private_pg
+	stop_private_redis
+	pg_resolve_datadir no
+	if [[ -L $PG_LINK ]]; then
+		target="$(readlink -- "$PG_LINK")"
+		case "$target" in
+		/tmp/parley-*/pg) rm -rf -- "$target" && rmdir -- "$(dirname "$target")" 2>/dev/null || true ;;
+		esac
+	fi
+	rm -rf -- "$PG_LINK" "$REDIS_DIR" "$ENV_FILE"
+	log "removed private database data"
+	;;
+*)
+	die "usage: scripts/deps.sh [start|stop|status|clean]"
+	;;
+esac

@@ -1,0 +1,169 @@
+//! The messaging service: channels, members and messages in Postgres schema `messaging`,
+//! with a transactional outbox that publishes events to Redis after commit.
+//!
+//! `serve(config, listener, shutdown)` is how the binary, the tests and `make up` start it.
+
+mod error;
+mod grpc;
+pub mod outbox;
+mod store;
+
+use std::{sync::Arc, time::Duration};
+
+use serde::Deserialize;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::Error;
+
+/// Embedded defaults (see `src/config.toml`).
+pub const DEFAULTS: &str = include_str!("config.toml");
+
+/// Messaging configuration.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub grpc: GrpcConfig,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub limits: Limits,
+    pub outbox: OutboxConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GrpcConfig {
+    pub addr: String,
+    pub drain_delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisConfig {
+    pub url: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Limits {
+    pub max_members: u32,
+    pub max_body_bytes: usize,
+    pub default_page: u32,
+    pub max_page: u32,
+    pub max_name_chars: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutboxConfig {
+    pub publish_inline: bool,
+    pub sweep_enabled: bool,
+    pub sweep_interval_ms: u64,
+    pub sweep_min_age_ms: u64,
+    pub sweep_batch: i64,
+    pub stream_maxlen: usize,
+}
+
+impl Config {
+    /// Loads defaults < file < environment.
+    pub fn load(sources: &parley_kit::config::Sources) -> Result<Self, parley_kit::config::ConfigError> {
+        let c: Self = parley_kit::config::load(DEFAULTS, sources)?;
+        c.validate().map_err(parley_kit::config::ConfigError::Message)?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.limits.max_members < 2 {
+            return Err("limits.max_members must be at least 2".into());
+        }
+        if self.limits.max_page == 0 || self.limits.default_page == 0 || self.limits.default_page > self.limits.max_page {
+            return Err("limits: need 0 < default_page <= max_page".into());
+        }
+        if self.limits.max_body_bytes == 0 {
+            return Err("limits.max_body_bytes must be positive".into());
+        }
+        if self.database.max_connections == 0 {
+            return Err("database.max_connections must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Connects to Postgres with `search_path = messaging`.
+pub async fn connect_db(cfg: &DatabaseConfig) -> Result<sqlx::PgPool, Error> {
+    let opts: PgConnectOptions = cfg
+        .url
+        .parse::<PgConnectOptions>()?
+        .options([("search_path", "messaging")])
+        .application_name("parley-messaging");
+    Ok(PgPoolOptions::new()
+        .max_connections(cfg.max_connections)
+        .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
+        .connect_with(opts)
+        .await?)
+}
+
+/// Creates schema `messaging` and applies the migrations, under an advisory lock so that
+/// replicas starting together do not race. Safe to run any number of times.
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
+    let mut conn = pool.acquire().await?;
+    // Key: a fixed number for "parley.messaging migrations".
+    sqlx::query("SELECT pg_advisory_lock(7_150_001)").execute(&mut *conn).await?;
+    let result = async {
+        sqlx::query("CREATE SCHEMA IF NOT EXISTS messaging").execute(&mut *conn).await?;
+        sqlx::migrate!("./migrations").run(&mut *conn).await?;
+        Ok::<_, Error>(())
+    }
+    .await;
+    sqlx::query("SELECT pg_advisory_unlock(7_150_001)").execute(&mut *conn).await?;
+    result
+}
+
+/// Runs the service on `listener` until `shutdown` is cancelled: migrates, starts the outbox
+/// sweeper and serves gRPC (+ health, + `/metrics`).
+pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = connect_db(&config.database).await?;
+    migrate(&pool).await?;
+    let redis = redis::Client::open(config.redis.url.as_str())?;
+    let redis = redis::aio::ConnectionManager::new_with_config(
+        redis,
+        redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2),
+    )
+    .await?;
+    let publisher = outbox::Publisher::new(redis, &config.redis.prefix, config.outbox.stream_maxlen);
+    let config = Arc::new(config);
+
+    let sweeper = config.outbox.sweep_enabled.then(|| {
+        tokio::spawn(outbox::sweep(pool.clone(), publisher.clone(), config.outbox.clone(), shutdown.clone()))
+    });
+
+    let (health, health_svc) = parley_kit::server::health();
+    health.set_serving::<parley_proto::messaging::v1::messaging_service_server::MessagingServiceServer<grpc::Messaging>>().await;
+    let svc = grpc::Messaging::new(pool.clone(), publisher, config.clone());
+    let routes = tonic::service::Routes::new(health_svc).add_service(
+        parley_proto::messaging::v1::messaging_service_server::MessagingServiceServer::new(svc),
+    );
+    tracing::info!(addr = %listener.local_addr()?, "messaging serving");
+    parley_kit::server::serve_grpc(
+        "messaging",
+        listener,
+        routes,
+        health,
+        Duration::from_millis(config.grpc.drain_delay_ms),
+        shutdown,
+    )
+    .await?;
+    if let Some(s) = sweeper {
+        let _ = s.await;
+    }
+    pool.close().await;
+    tracing::info!("messaging stopped");
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Publishing of committed events: right after commit (inline) and, for whatever a crash
+//! left in the outbox, by the sweeper. Delivery is at-least-once; consumers deduplicate.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::{OutboxConfig, store::Pending};
+
+/// Name of the event stream (without the deployment prefix).
+pub const STREAM: &str = "messaging:events";
+
+/// Publishes outbox entries to Redis pub/sub and the event stream.
+#[derive(Clone)]
+pub struct Publisher {
+    redis: ConnectionManager,
+    prefix: String,
+    maxlen: usize,
+}
+
+impl Publisher {
+    pub fn new(redis: ConnectionManager, prefix: &str, maxlen: usize) -> Self {
+        Self { redis, prefix: prefix.to_owned(), maxlen }
+    }
+
+    /// PUBLISH to every topic of each entry and XADD to the stream, in one round trip.
+    async fn publish(&self, entries: &[Pending]) -> redis::RedisResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        let stream = format!("{}{STREAM}", self.prefix);
+        for e in entries {
+            for t in &e.topics {
+                pipe.cmd("PUBLISH").arg(format!("{}{t}", self.prefix)).arg(&e.payload).ignore();
+            }
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.maxlen)
+                .arg("*")
+                .arg("event")
+                .arg(&e.payload)
+                .ignore();
+        }
+        let mut conn = self.redis.clone();
+        pipe.query_async::<()>(&mut conn).await
+    }
+}
+
+/// Publishes entries committed by this request and deletes their outbox rows. Failures
+/// are logged and left to the sweeper: the change is committed whatever happens here.
+pub async fn publish_committed(pool: &PgPool, publisher: &Publisher, entries: Vec<Pending>) {
+    if entries.is_empty() {
+        return;
+    }
+    if let Err(e) = publisher.publish(&entries).await {
+        metrics::counter!("messaging_outbox_publish_failures_total").increment(1);
+        tracing::warn!(error = %e, "publish failed; the outbox sweeper will retry");
+        return;
+    }
+    metrics::counter!("messaging_events_published_total").increment(entries.len() as u64);
+    let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
+    if let Err(e) = sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(&ids).execute(pool).await {
+        // Published but not cleared: the sweeper republishes later (consumers dedupe).
+        tracing::warn!(error = %e, "clearing outbox rows failed");
+    }
+}
+
+/// Periodically republishes outbox rows older than `sweep_min_age_ms`, sharing the work
+/// between replicas with `FOR UPDATE SKIP LOCKED`.
+pub async fn sweep(pool: PgPool, publisher: Publisher, cfg: OutboxConfig, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.sweep_interval_ms.max(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        loop {
+            match sweep_once(&pool, &publisher, &cfg).await {
+                Ok(n) if n as i64 >= cfg.sweep_batch => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox sweep failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// One sweep batch; returns how many rows were republished.
+pub async fn sweep_once(pool: &PgPool, publisher: &Publisher, cfg: &OutboxConfig) -> anyhow::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(i64, Vec<String>, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, topics, payload FROM outbox
+         WHERE created_at < now() - make_interval(secs => $1::float8 / 1000.0)
+         ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(cfg.sweep_min_age_ms as f64)
+    .bind(cfg.sweep_batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    let backlog: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&mut *tx).await?;
+    metrics::gauge!("messaging_outbox_backlog").set(backlog as f64);
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let entries: Vec<Pending> = rows.into_iter().map(|(id, topics, payload)| Pending { id, topics, payload }).collect();
+    publisher.publish(&entries).await?;
+    let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
+    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
+    tx.commit().await?;
+    metrics::counter!("messaging_outbox_swept_total").increment(entries.len() as u64);
+    tracing::info!(count = entries.len(), "outbox sweeper republished events");
+    Ok(entries.len())
+}

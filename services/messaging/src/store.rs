@@ -1,0 +1,539 @@
+//! SQL of the messaging schema. Every change writes its events into the outbox in the
+//! same transaction; callers publish the returned [`Pending`] events after commit.
+
+use chrono::{DateTime, Utc};
+use parley_kit::domain::{ClientMsgId, MessageBody, UserId};
+use parley_proto::{events::v1 as ev, messaging::v1 as pb};
+use prost::Message as _;
+use sqlx::{PgConnection, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::Error;
+
+type Tx = Transaction<'static, Postgres>;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ChannelRow {
+    pub id: Uuid,
+    pub kind: String,
+    pub name: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub member_count: i32,
+    pub last_seq: i64,
+    pub last_activity_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MemberRow {
+    pub channel_id: Uuid,
+    pub user_id: String,
+    pub role: String,
+    pub joined_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MessageRow {
+    pub id: Uuid,
+    pub channel_id: Uuid,
+    pub seq: i64,
+    pub sender_id: String,
+    pub client_msg_id: String,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+    pub edited_at: Option<DateTime<Utc>>,
+    pub deleted: bool,
+}
+
+/// An outbox row written in the current transaction, to publish after commit.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub id: i64,
+    pub topics: Vec<String>,
+    pub payload: Vec<u8>,
+}
+
+const CHANNEL_COLS: &str =
+    "id, kind, name, created_by, created_at, member_count, last_seq, last_activity_at";
+const MESSAGE_COLS: &str =
+    "id, channel_id, seq, sender_id, client_msg_id, body, created_at, edited_at, deleted";
+
+pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+}
+
+pub fn role_to_pb(role: &str) -> pb::Role {
+    match role {
+        "owner" => pb::Role::Owner,
+        "admin" => pb::Role::Admin,
+        _ => pb::Role::Member,
+    }
+}
+
+impl From<ChannelRow> for pb::Channel {
+    fn from(r: ChannelRow) -> Self {
+        let ChannelRow { id, kind, name, created_by, created_at, member_count, last_seq, last_activity_at } = r;
+        pb::Channel {
+            id: id.to_string(),
+            kind: if kind == "direct" { pb::ChannelKind::Direct } else { pb::ChannelKind::Group } as i32,
+            name,
+            created_by,
+            created_at: Some(ts(created_at)),
+            member_count: member_count.max(0) as u32,
+            last_seq: last_seq.max(0) as u64,
+            last_activity_at: Some(ts(last_activity_at)),
+        }
+    }
+}
+
+impl From<MemberRow> for pb::Member {
+    fn from(r: MemberRow) -> Self {
+        let MemberRow { channel_id, user_id, role, joined_at } = r;
+        pb::Member {
+            channel_id: channel_id.to_string(),
+            user_id,
+            role: role_to_pb(&role) as i32,
+            joined_at: Some(ts(joined_at)),
+        }
+    }
+}
+
+impl From<MessageRow> for pb::Message {
+    fn from(r: MessageRow) -> Self {
+        let MessageRow { id, channel_id, seq, sender_id, client_msg_id, body, created_at, edited_at, deleted } = r;
+        pb::Message {
+            id: id.to_string(),
+            channel_id: channel_id.to_string(),
+            seq: seq.max(0) as u64,
+            sender_id,
+            client_msg_id,
+            body,
+            created_at: Some(ts(created_at)),
+            edited_at: edited_at.map(ts),
+            deleted,
+        }
+    }
+}
+
+/// Topic of a channel's events (without the deployment prefix).
+pub fn channel_topic(channel: Uuid) -> String {
+    format!("messaging:channel:{channel}")
+}
+
+/// Topic of membership events about one user (without the deployment prefix).
+pub fn user_topic(user: &str) -> String {
+    format!("messaging:user:{user}")
+}
+
+/// Writes `payload` for `channel` into the outbox.
+async fn enqueue(tx: &mut Tx, channel: Uuid, payload: ev::event::Payload, topics: Vec<String>) -> Result<Pending, Error> {
+    let event_id = Uuid::now_v7();
+    let event = ev::Event {
+        event_id: event_id.to_string(),
+        occurred_at: Some(ts(Utc::now())),
+        channel_id: channel.to_string(),
+        trace_context: parley_kit::propagation::inject_map(),
+        payload: Some(payload),
+    };
+    let bytes = event.encode_to_vec();
+    let id: i64 = sqlx::query_scalar("INSERT INTO outbox (event_id, topics, payload) VALUES ($1, $2, $3) RETURNING id")
+        .bind(event_id)
+        .bind(&topics)
+        .bind(&bytes)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(Pending { id, topics, payload: bytes })
+}
+
+/// The caller's role in `channel`; NOT_FOUND for an unknown channel, PERMISSION_DENIED
+/// for a non-member.
+async fn require_member(conn: &mut PgConnection, channel: Uuid, user: &UserId) -> Result<String, Error> {
+    let role: Option<String> = sqlx::query_scalar("SELECT role FROM members WHERE channel_id = $1 AND user_id = $2")
+        .bind(channel)
+        .bind(user.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(role) = role {
+        return Ok(role);
+    }
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM channels WHERE id = $1)")
+        .bind(channel)
+        .fetch_one(&mut *conn)
+        .await?;
+    Err(if exists {
+        Error::PermissionDenied(format!("not a member of channel {channel}"))
+    } else {
+        Error::NotFound(format!("channel {channel} not found"))
+    })
+}
+
+async fn channel_row(conn: &mut PgConnection, channel: Uuid, lock: bool) -> Result<ChannelRow, Error> {
+    let sql = if lock {
+        format!("SELECT {CHANNEL_COLS} FROM channels WHERE id = $1 FOR UPDATE")
+    } else {
+        format!("SELECT {CHANNEL_COLS} FROM channels WHERE id = $1")
+    };
+    sqlx::query_as::<_, ChannelRow>(sqlx::AssertSqlSafe(sql))
+        .bind(channel)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("channel {channel} not found")))
+}
+
+async fn insert_member(tx: &mut Tx, channel: &ChannelRow, user: &str, role: &str, added_by: &str) -> Result<(MemberRow, Pending), Error> {
+    let row = sqlx::query_as::<_, MemberRow>(
+        "INSERT INTO members (channel_id, user_id, role) VALUES ($1, $2, $3)
+         RETURNING channel_id, user_id, role, joined_at",
+    )
+    .bind(channel.id)
+    .bind(user)
+    .bind(role)
+    .fetch_one(&mut **tx)
+    .await?;
+    let payload = ev::event::Payload::MemberJoined(ev::MemberJoined {
+        member: Some(row.clone().into()),
+        added_by: added_by.to_owned(),
+        channel_last_seq: channel.last_seq.max(0) as u64,
+    });
+    let pending = enqueue(tx, channel.id, payload, vec![channel_topic(channel.id), user_topic(user)]).await?;
+    Ok((row, pending))
+}
+
+/// Creates a group channel with the caller as owner and `others` as members.
+pub async fn create_group(mut tx: Tx, caller: &UserId, name: &str, others: &[UserId], max_members: u32) -> Result<(ChannelRow, Vec<Pending>), Error> {
+    let mut members: Vec<&str> = others.iter().map(UserId::as_str).filter(|u| *u != caller.as_str()).collect();
+    members.sort_unstable();
+    members.dedup();
+    if members.len() + 1 > max_members as usize {
+        return Err(Error::Conflict(format!("a channel holds at most {max_members} members")));
+    }
+    let id = Uuid::now_v7();
+    let mut channel = sqlx::query_as::<_, ChannelRow>(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO channels (id, kind, name, created_by, member_count) VALUES ($1, 'group', $2, $3, $4)
+         RETURNING {CHANNEL_COLS}"
+    )))
+    .bind(id)
+    .bind(name)
+    .bind(caller.as_str())
+    .bind((members.len() + 1) as i32)
+    .fetch_one(&mut *tx)
+    .await?;
+    let mut pending = Vec::with_capacity(members.len() + 1);
+    pending.push(insert_member(&mut tx, &channel, caller.as_str(), "owner", caller.as_str()).await?.1);
+    for m in members {
+        pending.push(insert_member(&mut tx, &channel, m, "member", caller.as_str()).await?.1);
+    }
+    tx.commit().await?;
+    channel.member_count = pending.len() as i32;
+    Ok((channel, pending))
+}
+
+/// Creates (or returns) the direct channel between the caller and `other`.
+pub async fn create_direct(mut tx: Tx, caller: &UserId, other: &UserId) -> Result<(ChannelRow, bool, Vec<Pending>), Error> {
+    let (a, b) = if caller < other { (caller, other) } else { (other, caller) };
+    let key = format!("{a}\n{b}");
+    let inserted = sqlx::query_as::<_, ChannelRow>(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO channels (id, kind, name, created_by, member_count, direct_key)
+         VALUES ($1, 'direct', '', $2, 2, $3) ON CONFLICT (direct_key) DO NOTHING
+         RETURNING {CHANNEL_COLS}"
+    )))
+    .bind(Uuid::now_v7())
+    .bind(caller.as_str())
+    .bind(&key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(channel) = inserted else {
+        let existing = sqlx::query_as::<_, ChannelRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {CHANNEL_COLS} FROM channels WHERE direct_key = $1"
+        )))
+        .bind(&key)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        return Ok((existing, false, Vec::new()));
+    };
+    let p1 = insert_member(&mut tx, &channel, caller.as_str(), "owner", caller.as_str()).await?.1;
+    let p2 = insert_member(&mut tx, &channel, other.as_str(), "member", caller.as_str()).await?.1;
+    tx.commit().await?;
+    Ok((channel, true, vec![p1, p2]))
+}
+
+pub async fn get_channel(conn: &mut PgConnection, caller: &UserId, channel: Uuid) -> Result<ChannelRow, Error> {
+    require_member(conn, channel, caller).await?;
+    channel_row(conn, channel, false).await
+}
+
+/// One page of the caller's channels, most recently active first.
+pub async fn list_channels(
+    conn: &mut PgConnection,
+    caller: &UserId,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: u32,
+) -> Result<(Vec<ChannelRow>, bool), Error> {
+    let (at, id) = after.map_or((None, None), |(t, i)| (Some(t), Some(i)));
+    let mut rows = sqlx::query_as::<_, ChannelRow>(
+        "SELECT c.id, c.kind, c.name, c.created_by, c.created_at, c.member_count, c.last_seq, c.last_activity_at
+         FROM members m JOIN channels c ON c.id = m.channel_id
+         WHERE m.user_id = $1
+           AND ($2::timestamptz IS NULL OR (c.last_activity_at, c.id) < ($2::timestamptz, $3::uuid))
+         ORDER BY c.last_activity_at DESC, c.id DESC
+         LIMIT $4",
+    )
+    .bind(caller.as_str())
+    .bind(at)
+    .bind(id)
+    .bind(i64::from(limit) + 1)
+    .fetch_all(&mut *conn)
+    .await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    Ok((rows, more))
+}
+
+pub async fn channel_positions(conn: &mut PgConnection, caller: &UserId) -> Result<Vec<(Uuid, i64)>, Error> {
+    Ok(sqlx::query_as::<_, (Uuid, i64)>(
+        "SELECT c.id, c.last_seq FROM members m JOIN channels c ON c.id = m.channel_id WHERE m.user_id = $1",
+    )
+    .bind(caller.as_str())
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+pub async fn list_members(conn: &mut PgConnection, caller: &UserId, channel: Uuid) -> Result<Vec<MemberRow>, Error> {
+    require_member(conn, channel, caller).await?;
+    Ok(sqlx::query_as::<_, MemberRow>(
+        "SELECT channel_id, user_id, role, joined_at FROM members WHERE channel_id = $1 ORDER BY joined_at, user_id",
+    )
+    .bind(channel)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// Adds `user` to `channel`. Owners/admins only; idempotent for an existing member.
+pub async fn add_member(mut tx: Tx, caller: &UserId, channel: Uuid, user: &UserId, max_members: u32) -> Result<(MemberRow, bool, Vec<Pending>), Error> {
+    let role = require_member(&mut tx, channel, caller).await?;
+    if role == "member" {
+        return Err(Error::PermissionDenied("only owners and admins add members".into()));
+    }
+    // Lock the channel row: serialises with sends (consistent channel_last_seq in the
+    // event) and with other adds (member limit).
+    let ch = channel_row(&mut tx, channel, true).await?;
+    if ch.kind == "direct" {
+        return Err(Error::Conflict("a direct channel has exactly two members".into()));
+    }
+    let existing = sqlx::query_as::<_, MemberRow>(
+        "SELECT channel_id, user_id, role, joined_at FROM members WHERE channel_id = $1 AND user_id = $2",
+    )
+    .bind(channel)
+    .bind(user.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(m) = existing {
+        tx.commit().await?;
+        return Ok((m, false, Vec::new()));
+    }
+    if ch.member_count as u32 >= max_members {
+        return Err(Error::Conflict(format!("channel is full ({max_members} members)")));
+    }
+    let (row, pending) = insert_member(&mut tx, &ch, user.as_str(), "member", caller.as_str()).await?;
+    sqlx::query("UPDATE channels SET member_count = member_count + 1 WHERE id = $1")
+        .bind(channel)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((row, true, vec![pending]))
+}
+
+/// Removes `user` from `channel`: themselves, or others by an owner/admin.
+pub async fn remove_member(mut tx: Tx, caller: &UserId, channel: Uuid, user: &UserId) -> Result<Vec<Pending>, Error> {
+    let role = require_member(&mut tx, channel, caller).await?;
+    let ch = channel_row(&mut tx, channel, true).await?;
+    let target_role: Option<String> = sqlx::query_scalar("SELECT role FROM members WHERE channel_id = $1 AND user_id = $2")
+        .bind(channel)
+        .bind(user.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(target_role) = target_role else {
+        return Err(Error::NotFound(format!("{user} is not a member of channel {channel}")));
+    };
+    if caller != user {
+        if role == "member" {
+            return Err(Error::PermissionDenied("only owners and admins remove others".into()));
+        }
+        if target_role == "owner" {
+            return Err(Error::PermissionDenied("the owner cannot be removed by others".into()));
+        }
+    }
+    sqlx::query("DELETE FROM members WHERE channel_id = $1 AND user_id = $2")
+        .bind(channel)
+        .bind(user.as_str())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE channels SET member_count = member_count - 1 WHERE id = $1")
+        .bind(channel)
+        .execute(&mut *tx)
+        .await?;
+    let payload = ev::event::Payload::MemberLeft(ev::MemberLeft {
+        channel_id: channel.to_string(),
+        user_id: user.to_string(),
+        removed_by: caller.to_string(),
+    });
+    let p = enqueue(&mut tx, ch.id, payload, vec![channel_topic(channel), user_topic(user.as_str())]).await?;
+    tx.commit().await?;
+    Ok(vec![p])
+}
+
+async fn find_by_client_id(conn: &mut PgConnection, channel: Uuid, sender: &UserId, cid: &ClientMsgId) -> Result<Option<MessageRow>, Error> {
+    Ok(sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLS} FROM messages WHERE channel_id = $1 AND sender_id = $2 AND client_msg_id = $3"
+    )))
+    .bind(channel)
+    .bind(sender.as_str())
+    .bind(cid.as_str())
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// Sends a message: membership, idempotency, gapless seq, outbox — one transaction.
+pub async fn send(pool: &sqlx::PgPool, caller: &UserId, channel: Uuid, cid: &ClientMsgId, body: &MessageBody) -> Result<(MessageRow, bool, Option<Pending>), Error> {
+    let mut tx = pool.begin().await?;
+    require_member(&mut tx, channel, caller).await?;
+    if let Some(m) = find_by_client_id(&mut tx, channel, caller, cid).await? {
+        tx.commit().await?;
+        return Ok((m, false, None));
+    }
+    // The row lock taken here is held until commit: sends to one channel are serialised,
+    // so seq is gapless, and a concurrent duplicate waits here, then hits the unique key.
+    let (seq, now): (i64, DateTime<Utc>) = sqlx::query_as(
+        "UPDATE channels SET last_seq = last_seq + 1, last_activity_at = now() WHERE id = $1 RETURNING last_seq, last_activity_at",
+    )
+    .bind(channel)
+    .fetch_one(&mut *tx)
+    .await?;
+    let inserted = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO messages (channel_id, seq, id, sender_id, client_msg_id, body, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (channel_id, sender_id, client_msg_id) DO NOTHING
+         RETURNING {MESSAGE_COLS}"
+    )))
+    .bind(channel)
+    .bind(seq)
+    .bind(Uuid::now_v7())
+    .bind(caller.as_str())
+    .bind(cid.as_str())
+    .bind(body.as_str())
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(msg) = inserted else {
+        // A concurrent retry committed first: give back our seq (rollback) and return it.
+        tx.rollback().await?;
+        let mut conn = pool.acquire().await?;
+        let original = find_by_client_id(&mut conn, channel, caller, cid)
+            .await?
+            .ok_or_else(|| Error::Conflict("concurrent send with the same client_msg_id; retry".into()))?;
+        return Ok((original, false, None));
+    };
+    let payload = ev::event::Payload::MessageCreated(ev::MessageCreated { message: Some(msg.clone().into()) });
+    let p = enqueue(&mut tx, channel, payload, vec![channel_topic(channel)]).await?;
+    tx.commit().await?;
+    Ok((msg, true, Some(p)))
+}
+
+/// Direction of a history page.
+#[derive(Debug, Clone, Copy)]
+pub enum Page {
+    Latest,
+    Before(i64),
+    After(i64),
+}
+
+pub async fn list_messages(conn: &mut PgConnection, caller: &UserId, channel: Uuid, page: Page, limit: u32) -> Result<(Vec<MessageRow>, bool), Error> {
+    require_member(conn, channel, caller).await?;
+    let n = i64::from(limit) + 1;
+    let q = match page {
+        Page::Latest => sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLS} FROM messages WHERE channel_id = $1 ORDER BY seq DESC LIMIT $2"
+        )))
+        .bind(channel)
+        .bind(n),
+        Page::Before(s) => sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLS} FROM messages WHERE channel_id = $1 AND seq < $3 ORDER BY seq DESC LIMIT $2"
+        )))
+        .bind(channel)
+        .bind(n)
+        .bind(s),
+        Page::After(s) => sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLS} FROM messages WHERE channel_id = $1 AND seq > $3 ORDER BY seq ASC LIMIT $2"
+        )))
+        .bind(channel)
+        .bind(n)
+        .bind(s),
+    };
+    let mut rows = q.fetch_all(&mut *conn).await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    Ok((rows, more))
+}
+
+async fn message_for_update(tx: &mut Tx, channel: Uuid, seq: i64) -> Result<MessageRow, Error> {
+    sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLS} FROM messages WHERE channel_id = $1 AND seq = $2 FOR UPDATE"
+    )))
+    .bind(channel)
+    .bind(seq)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| Error::NotFound(format!("message {seq} not found in channel {channel}")))
+}
+
+/// Edits a message (sender only; not a deleted one).
+pub async fn edit(mut tx: Tx, caller: &UserId, channel: Uuid, seq: i64, body: &MessageBody) -> Result<(MessageRow, Pending), Error> {
+    require_member(&mut tx, channel, caller).await?;
+    let m = message_for_update(&mut tx, channel, seq).await?;
+    if m.sender_id != caller.as_str() {
+        return Err(Error::PermissionDenied("only the sender edits a message".into()));
+    }
+    if m.deleted {
+        return Err(Error::NotFound(format!("message {seq} was deleted")));
+    }
+    let row = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+        "UPDATE messages SET body = $3, edited_at = now() WHERE channel_id = $1 AND seq = $2 RETURNING {MESSAGE_COLS}"
+    )))
+    .bind(channel)
+    .bind(seq)
+    .bind(body.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    let payload = ev::event::Payload::MessageUpdated(ev::MessageUpdated { message: Some(row.clone().into()) });
+    let p = enqueue(&mut tx, channel, payload, vec![channel_topic(channel)]).await?;
+    tx.commit().await?;
+    Ok((row, p))
+}
+
+/// Deletes a message, leaving a tombstone (sender, or owner/admin). Idempotent.
+pub async fn delete(mut tx: Tx, caller: &UserId, channel: Uuid, seq: i64) -> Result<(MessageRow, Option<Pending>), Error> {
+    let role = require_member(&mut tx, channel, caller).await?;
+    let m = message_for_update(&mut tx, channel, seq).await?;
+    if m.sender_id != caller.as_str() && role == "member" {
+        return Err(Error::PermissionDenied("only the sender or an owner/admin deletes a message".into()));
+    }
+    if m.deleted {
+        tx.commit().await?;
+        return Ok((m, None));
+    }
+    let row = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+        "UPDATE messages SET body = '', deleted = true WHERE channel_id = $1 AND seq = $2 RETURNING {MESSAGE_COLS}"
+    )))
+    .bind(channel)
+    .bind(seq)
+    .fetch_one(&mut *tx)
+    .await?;
+    let payload = ev::event::Payload::MessageDeleted(ev::MessageDeleted {
+        message: Some(row.clone().into()),
+        deleted_by: caller.to_string(),
+    });
+    let p = enqueue(&mut tx, channel, payload, vec![channel_topic(channel)]).await?;
+    tx.commit().await?;
+    Ok((row, Some(p)))
+}
