@@ -61,10 +61,10 @@ apt_install() {
 	local aptlog="$LOCAL/apt.log"
 	log "installing $* with apt-get (log: $aptlog)"
 	export DEBIAN_FRONTEND=noninteractive
-	if ! run_root apt-get install -y "$@" >"$aptlog" 2>&1; then
+	if ! run_root apt-get install -y "$@" >"$aptlog" 2>&1 9>&-; then
 		log "apt-get install failed; running apt-get update and retrying"
-		run_root apt-get update >>"$aptlog" 2>&1 || true
-		if ! run_root apt-get install -y "$@" >>"$aptlog" 2>&1; then
+		run_root apt-get update >>"$aptlog" 2>&1 9>&- || true
+		if ! run_root apt-get install -y "$@" >>"$aptlog" 2>&1 9>&-; then
 			tail -n 30 "$aptlog" >&2
 			die "apt-get install $* failed (see $aptlog)"
 		fi
@@ -216,12 +216,13 @@ ensure_private_pg() {
 			PARLEY_PG_URL="$url"
 			return 0
 		fi
-		log "private PostgreSQL runs on another port; restarting it on $PG_PORT"
-		as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 60 stop >/dev/null
 	fi
-
 	if port_open "$PG_PORT"; then
 		die "127.0.0.1:$PG_PORT is in use by another process (not this checkout's private PostgreSQL); set PARLEY_PG_PORT to a free port, or PARLEY_PG_URL to an existing server"
+	fi
+	if pg_is_ours_running; then
+		log "private PostgreSQL runs on another port; restarting it on $PG_PORT"
+		as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 60 stop >/dev/null
 	fi
 
 	if [[ ! -f $PG_DATA/PG_VERSION ]]; then
@@ -237,7 +238,7 @@ ensure_private_pg() {
 	pg_write_conf
 
 	log "starting private PostgreSQL on 127.0.0.1:$PG_PORT"
-	if ! as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/postgres.log" -w -t 60 start >/dev/null 2>&1; then
+	if ! as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/postgres.log" -w -t 60 start >/dev/null 2>&1 9>&-; then
 		tail -n 30 "$PG_DATA/postgres.log" >&2 || true
 		die "private PostgreSQL did not start (log: $PG_DATA/postgres.log)"
 	fi
@@ -301,17 +302,17 @@ ensure_private_redis() {
 		fi
 		die "127.0.0.1:$REDIS_PORT is served by another Redis (not this checkout's); set PARLEY_REDIS_PORT to a free port, or PARLEY_REDIS_URL to an existing server"
 	fi
+	port_open "$REDIS_PORT" &&
+		die "127.0.0.1:$REDIS_PORT is in use by another process; set PARLEY_REDIS_PORT to a free port, or PARLEY_REDIS_URL to an existing server"
 	if pid="$(redis_pid)"; then
 		log "private Redis (pid $pid) does not answer on $REDIS_PORT; restarting it"
 		stop_private_redis
 	fi
-	port_open "$REDIS_PORT" &&
-		die "127.0.0.1:$REDIS_PORT is in use by another process; set PARLEY_REDIS_PORT to a free port, or PARLEY_REDIS_URL to an existing server"
 
 	log "starting private Redis on 127.0.0.1:$REDIS_PORT"
 	redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes \
 		--dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
-		--save '' --appendonly no >/dev/null ||
+		--save '' --appendonly no >/dev/null 9>&- ||
 		die "redis-server failed to start (log: $dir/redis.log)"
 	if ! redis_wait_ready "$url"; then
 		tail -n 20 "$dir/redis.log" >&2 || true
@@ -339,6 +340,8 @@ stop_private_redis() {
 # ---------------------------------------------------------------- main
 
 mkdir -p "$LOCAL"
+# Serialise concurrent runs. Every server started below gets `9>&-` so that it does not
+# inherit (and hold) this lock for its whole life.
 exec 9>"$LOCAL/.deps.lock"
 if command -v flock >/dev/null 2>&1; then
 	flock -w 180 9 || die "another scripts/deps.sh holds $LOCAL/.deps.lock"

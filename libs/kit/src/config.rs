@@ -59,7 +59,6 @@ pub fn load<T: DeserializeOwned>(defaults: &str, sources: &Sources) -> Result<T,
         .prefix_separator("__")
         .separator("__")
         .try_parsing(true)
-        .list_separator(",")
         .ignore_empty(true);
     if let Some(vars) = &sources.env {
         env = env.source(Some(vars.clone().into_iter().collect()));

@@ -1,1 +1,357 @@
+//! Integration-test harness: real services on ephemeral ports against real Postgres and
+//! Redis. Each [`Stack`] gets its own database and Redis key prefix, so tests run in
+//! parallel, and removes both when dropped.
+//!
+//! Servers come from `PARLEY_TEST_PG_URL` (an admin URL, database `postgres`) and
+//! `PARLEY_TEST_REDIS_URL`, which `make test` sets to the private instances it starts.
 
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use futures::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The HS256 secret test gateways use.
+pub const SECRET: &str = "parley-test-secret-0123456789";
+
+fn pg_admin_url() -> String {
+    std::env::var("PARLEY_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn redis_url() -> String {
+    std::env::var("PARLEY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A running service task and the token that stops it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// SIGTERM-like stop: cancels and waits for the drain to finish.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task).await.context("stop timed out")??
+    }
+
+    /// kill -9-like stop: the task is aborted mid-flight, nothing drains.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+/// A fresh database + key prefix, and the services started on them.
+pub struct Stack {
+    pub db_name: String,
+    pub db_url: String,
+    pub redis_url: String,
+    pub prefix: String,
+    pub messaging: Vec<Running>,
+    pub gateways: Vec<Running>,
+}
+
+impl Stack {
+    /// Creates the database and prefix; starts nothing.
+    pub async fn empty() -> anyhow::Result<Self> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let db_name = format!("parley_test_{}", &id[..16]);
+        let admin = pg_admin_url();
+        let mut conn = sqlx::postgres::PgConnection::connect_url(&admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).execute(&mut conn).await?;
+        let db_url = replace_db(&admin, &db_name);
+        Ok(Self {
+            db_name,
+            db_url,
+            redis_url: redis_url(),
+            prefix: format!("t{}:", &id[..12]),
+            messaging: Vec::new(),
+            gateways: Vec::new(),
+        })
+    }
+
+    /// One messaging and one gateway, default settings.
+    pub async fn start() -> anyhow::Result<Self> {
+        let mut s = Self::empty().await?;
+        s.add_messaging(&[]).await?;
+        s.add_gateway(&[]).await?;
+        Ok(s)
+    }
+
+    /// Starts a messaging instance with extra `PARLEY__…` settings.
+    pub async fn add_messaging(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<SocketAddr> {
+        let mut vars: HashMap<String, String> = HashMap::from([
+            ("PARLEY__DATABASE__URL".into(), self.db_url.clone()),
+            ("PARLEY__REDIS__URL".into(), self.redis_url.clone()),
+            ("PARLEY__REDIS__PREFIX".into(), self.prefix.clone()),
+            ("PARLEY__OUTBOX__SWEEP_INTERVAL_MS".into(), "200".into()),
+            ("PARLEY__OUTBOX__SWEEP_MIN_AGE_MS".into(), "500".into()),
+        ]);
+        vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let config = parley_messaging::Config::load(&parley_kit::config::Sources::from_vars(vars))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(parley_messaging::serve(config, listener, shutdown.clone()));
+        wait_port(addr).await?;
+        self.messaging.push(Running { addr, shutdown, task });
+        Ok(addr)
+    }
+
+    /// Starts a gateway talking to messaging instance `0` (or `PARLEY__MESSAGING__URL` in
+    /// `extra`), with dev tokens on.
+    pub async fn add_gateway(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<SocketAddr> {
+        let messaging = self.messaging.first().context("start messaging first")?.addr;
+        let mut vars: HashMap<String, String> = HashMap::from([
+            ("PARLEY__MESSAGING__URL".into(), format!("http://{messaging}")),
+            ("PARLEY__REDIS__URL".into(), self.redis_url.clone()),
+            ("PARLEY__REDIS__PREFIX".into(), self.prefix.clone()),
+            ("PARLEY__AUTH__HS256_SECRET".into(), SECRET.into()),
+            ("PARLEY__AUTH__DEV_TOKENS".into(), "true".into()),
+            ("PARLEY__WS__GAP_WAIT_MS".into(), "100".into()),
+        ]);
+        vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let config = parley_gateway::Config::load(&parley_kit::config::Sources::from_vars(vars))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(parley_gateway::serve(config, listener, shutdown.clone()));
+        let ready = format!("http://{addr}/readyz");
+        let http = reqwest::Client::new();
+        for _ in 0..100 {
+            if http.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) {
+                self.gateways.push(Running { addr, shutdown, task });
+                return Ok(addr);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("gateway at {addr} never became ready")
+    }
+
+    /// Base URL of gateway `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("http://{}", self.gateways[i].addr)
+    }
+
+    /// A direct connection to the test database (schema `messaging` on the search path).
+    pub async fn db(&self) -> anyhow::Result<sqlx::PgPool> {
+        Ok(sqlx::PgPool::connect(&self.db_url).await?)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for r in self.messaging.drain(..).chain(self.gateways.drain(..)) {
+            r.shutdown.cancel();
+            r.task.abort();
+        }
+        let (db, admin, redis, prefix) = (self.db_name.clone(), pg_admin_url(), self.redis_url.clone(), self.prefix.clone());
+        // Cleanup needs a runtime of its own: Drop may run inside or outside one.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                if let Ok(mut c) = sqlx::postgres::PgConnection::connect_url(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))
+                        .execute(&mut c)
+                        .await;
+                }
+                if let Ok(client) = redis::Client::open(redis.as_str()) {
+                    if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut c).await.unwrap_or_default();
+                        for chunk in keys.chunks(500) {
+                            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query_async(&mut c).await;
+                        }
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
+trait ConnectUrl: Sized {
+    async fn connect_url(url: &str) -> anyhow::Result<Self>;
+}
+
+impl ConnectUrl for sqlx::postgres::PgConnection {
+    async fn connect_url(url: &str) -> anyhow::Result<Self> {
+        use sqlx::Connection as _;
+        Ok(sqlx::postgres::PgConnection::connect(url).await?)
+    }
+}
+
+fn replace_db(url: &str, db: &str) -> String {
+    match url.rsplit_once('/') {
+        Some((base, last)) if !last.contains('@') && !last.contains(':') => {
+            let query = last.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+            format!("{base}/{db}{query}")
+        }
+        _ => format!("{url}/{db}"),
+    }
+}
+
+async fn wait_port(addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    anyhow::bail!("{addr} never accepted connections")
+}
+
+/// Signs a token the test gateways accept.
+pub fn token(user: &str, exp_in_secs: i64) -> String {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: i64,
+    }
+    let exp = chrono::Utc::now().timestamp() + exp_in_secs;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &Claims { sub: user, exp },
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
+/// A REST client acting as one user against one gateway.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub user: String,
+    pub token: String,
+    http: reqwest::Client,
+}
+
+/// Status and JSON body of a response (`Value::Null` for an empty body).
+pub type Reply = (u16, Value, reqwest::header::HeaderMap);
+
+impl Client {
+    pub fn new(base: &str, user: &str) -> Self {
+        Self { base: base.to_owned(), user: user.to_owned(), token: token(user, 3600), http: reqwest::Client::new() }
+    }
+
+    /// Any request with this user's token and a raw body.
+    pub async fn raw(&self, method: &str, path: &str, body: Option<Vec<u8>>, token: Option<&str>) -> anyhow::Result<Reply> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await?;
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())) };
+        Ok((status, body, headers))
+    }
+
+    pub async fn req(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Reply> {
+        self.raw(method, path, body.map(|b| b.to_string().into_bytes()), Some(&self.token)).await
+    }
+
+    /// Creates a group channel with `members`; returns its id.
+    pub async fn group(&self, name: &str, members: &[&str]) -> anyhow::Result<String> {
+        let (s, b, _) = self.req("POST", "/v1/channels", Some(json!({"kind": "group", "name": name, "members": members}))).await?;
+        anyhow::ensure!(s == 201, "create channel: {s} {b}");
+        Ok(b["id"].as_str().context("channel id")?.to_owned())
+    }
+
+    /// Sends a message over REST; returns the message object.
+    pub async fn send(&self, channel: &str, cid: &str, body: &str) -> anyhow::Result<Value> {
+        let (s, b, _) = self
+            .req("POST", &format!("/v1/channels/{channel}/messages"), Some(json!({"client_msg_id": cid, "body": body})))
+            .await?;
+        anyhow::ensure!(s == 201 || s == 200, "send: {s} {b}");
+        Ok(b)
+    }
+}
+
+type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client acting as one user.
+pub struct Ws {
+    stream: WsStream,
+    pub hello: Value,
+}
+
+impl Ws {
+    /// Connects with `?token=` and waits for `hello`.
+    pub async fn connect(base: &str, user: &str) -> anyhow::Result<Self> {
+        let url = format!("{}/v1/ws?token={}", base.replacen("http", "ws", 1), token(user, 3600));
+        let (stream, _) = tokio_tungstenite::connect_async(url).await?;
+        let mut ws = Self { stream, hello: Value::Null };
+        let hello = ws.next_frame(Duration::from_secs(10)).await?.context("no hello")?;
+        anyhow::ensure!(hello["type"] == "hello", "first frame: {hello}");
+        ws.hello = hello;
+        Ok(ws)
+    }
+
+    pub async fn send(&mut self, v: Value) -> anyhow::Result<()> {
+        self.stream.send(tokio_tungstenite::tungstenite::Message::Text(v.to_string().into())).await?;
+        Ok(())
+    }
+
+    pub async fn send_text(&mut self, t: &str) -> anyhow::Result<()> {
+        self.stream.send(tokio_tungstenite::tungstenite::Message::Text(t.to_owned().into())).await?;
+        Ok(())
+    }
+
+    /// The next JSON frame, or `None` on timeout / close.
+    pub async fn next_frame(&mut self, within: Duration) -> anyhow::Result<Option<Value>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.stream.next()).await;
+            match next {
+                Err(_) => return Ok(None),
+                Ok(None) => return Ok(None),
+                Ok(Some(m)) => match m? {
+                    tokio_tungstenite::tungstenite::Message::Text(t) => return Ok(Some(serde_json::from_str(t.as_str())?)),
+                    tokio_tungstenite::tungstenite::Message::Close(_) => return Ok(None),
+                    _ => continue,
+                },
+            }
+        }
+    }
+
+    /// Waits for the next frame of type `kind`, skipping others; errors on timeout.
+    pub async fn expect(&mut self, kind: &str, within: Duration) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_frame(left).await? {
+                Some(f) if f["type"] == kind => return Ok(f),
+                Some(_) => continue,
+                None => anyhow::bail!("no `{kind}` frame within {within:?}"),
+            }
+        }
+    }
+
+    /// Collects `message` frames until `n` arrived or `within` passed.
+    pub async fn messages(&mut self, n: usize, within: Duration) -> anyhow::Result<Vec<Value>> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_frame(left).await? {
+                Some(f) if f["type"] == "message" => out.push(f["message"].clone()),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Closes the socket.
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+}

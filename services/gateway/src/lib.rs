@@ -1,1 +1,194 @@
+//! The gateway: the public HTTP/JSON and WebSocket API of Parley (docs/api.md). It owns
+//! nothing durable: it verifies tokens, rate-limits, validates, calls the services over
+//! gRPC and fans live events out to its WebSocket connections from Redis pub/sub (one
+//! subscription per channel per node, reference-counted over local connections).
 
+mod auth;
+mod error;
+mod http;
+mod hub;
+mod ratelimit;
+mod view;
+mod ws;
+
+use std::{sync::Arc, time::Duration};
+
+use parley_kit::propagation::Outbound;
+use parley_proto::messaging::v1::messaging_service_client::MessagingServiceClient;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
+
+pub use error::ApiError;
+
+/// Embedded defaults (see `src/config.toml`).
+pub const DEFAULTS: &str = include_str!("config.toml");
+
+/// Gateway configuration.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub messaging: ServiceConfig,
+    pub redis: RedisConfig,
+    pub auth: AuthConfig,
+    pub limits: Limits,
+    pub ws: WsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpConfig {
+    pub addr: String,
+    pub max_body_bytes: usize,
+    pub drain_delay_ms: u64,
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceConfig {
+    pub url: String,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisConfig {
+    pub url: String,
+    pub prefix: String,
+}
+
+#[derive(Clone, Deserialize)]
+pub struct AuthConfig {
+    pub hs256_secret: secrecy::SecretString,
+    pub rs256_public_key_pem: String,
+    pub dev_tokens: bool,
+    pub dev_token_ttl_secs: u64,
+    pub leeway_secs: u64,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("hs256_secret", &"[redacted]")
+            .field("rs256_public_key_pem", &(!self.rs256_public_key_pem.is_empty()))
+            .field("dev_tokens", &self.dev_tokens)
+            .field("dev_token_ttl_secs", &self.dev_token_ttl_secs)
+            .field("leeway_secs", &self.leeway_secs)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub send_burst: u32,
+    pub send_refill_per_sec: f64,
+    pub default_page: u32,
+    pub max_page: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WsConfig {
+    pub heartbeat_ms: u64,
+    pub resume_limit: u64,
+    pub gap_wait_ms: u64,
+    pub queue_len: usize,
+    pub max_frame_bytes: usize,
+    pub max_watch: usize,
+}
+
+impl Config {
+    /// Loads defaults < file < environment and validates.
+    pub fn load(sources: &parley_kit::config::Sources) -> Result<Self, parley_kit::config::ConfigError> {
+        let c: Self = parley_kit::config::load(DEFAULTS, sources)?;
+        c.validate().map_err(parley_kit::config::ConfigError::Message)?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if l.send_burst == 0 || l.send_refill_per_sec.is_nan() || l.send_refill_per_sec <= 0.0 {
+            return Err("limits: send_burst and send_refill_per_sec must be positive".into());
+        }
+        if l.default_page == 0 || l.default_page > l.max_page {
+            return Err("limits: need 0 < default_page <= max_page".into());
+        }
+        if self.ws.heartbeat_ms < 100 || self.ws.queue_len == 0 || self.ws.resume_limit == 0 {
+            return Err("ws: heartbeat_ms >= 100, queue_len and resume_limit > 0".into());
+        }
+        Ok(())
+    }
+}
+
+type Messaging = MessagingServiceClient<InterceptedService<Channel, Outbound>>;
+
+/// Shared state of one gateway node.
+pub(crate) struct App {
+    config: Config,
+    auth: auth::Verifier,
+    messaging: Messaging,
+    messaging_channel: Channel,
+    redis: redis::aio::ConnectionManager,
+    limiter: ratelimit::Limiter,
+    hub: hub::Hub,
+    /// Cancelled when the node starts draining: connections get `reconnect`.
+    draining: CancellationToken,
+    /// Every WebSocket connection task, awaited on shutdown.
+    connections: TaskTracker,
+}
+
+/// Runs the gateway on `listener` until `shutdown` is cancelled, then drains: /readyz turns
+/// 503, WebSocket clients get a `reconnect` frame and are closed, in-flight requests finish.
+pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let endpoint = tonic::transport::Endpoint::from_shared(config.messaging.url.clone())?
+        .timeout(Duration::from_millis(config.messaging.timeout_ms))
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true);
+    let messaging_channel = endpoint.connect_lazy();
+    let messaging = MessagingServiceClient::with_interceptor(messaging_channel.clone(), Outbound);
+    let redis_client = redis::Client::open(config.redis.url.as_str())?;
+    let redis = redis::aio::ConnectionManager::new_with_config(
+        redis_client.clone(),
+        redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1),
+    )
+    .await?;
+    let limiter = ratelimit::Limiter::new(redis.clone(), &config.redis.prefix, config.limits.send_burst, config.limits.send_refill_per_sec);
+    let hub = hub::Hub::start(redis_client, config.redis.prefix.clone(), shutdown.clone());
+    let app = Arc::new(App {
+        auth: auth::Verifier::new(&config.auth)?,
+        config,
+        messaging,
+        messaging_channel,
+        redis,
+        limiter,
+        hub,
+        draining: CancellationToken::new(),
+        connections: TaskTracker::new(),
+    });
+    let router = http::router(app.clone());
+    tracing::info!(addr = %listener.local_addr()?, "gateway serving");
+
+    let drain_app = app.clone();
+    let graceful = async move {
+        shutdown.cancelled().await;
+        let cfg = &drain_app.config.http;
+        tracing::info!("draining: /readyz now 503");
+        // Readiness fails first so load balancers stop sending new clients here.
+        tokio::time::sleep(Duration::from_millis(cfg.drain_delay_ms)).await;
+        drain_app.draining.cancel();
+        drain_app.connections.close();
+        if tokio::time::timeout(Duration::from_millis(cfg.drain_timeout_ms), drain_app.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout: some WebSocket connections did not close in time");
+        }
+    };
+    axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(graceful)
+        .await?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

@@ -112,16 +112,20 @@ pub async fn connect_db(cfg: &DatabaseConfig) -> Result<sqlx::PgPool, Error> {
 pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
     let mut conn = pool.acquire().await?;
     // Key: a fixed number for "parley.messaging migrations".
-    sqlx::query("SELECT pg_advisory_lock(7_150_001)").execute(&mut *conn).await?;
-    let result = async {
-        sqlx::query("CREATE SCHEMA IF NOT EXISTS messaging").execute(&mut *conn).await?;
-        sqlx::migrate!("./migrations").run(&mut *conn).await?;
-        Ok::<_, Error>(())
-    }
-    .await;
-    sqlx::query("SELECT pg_advisory_unlock(7_150_001)").execute(&mut *conn).await?;
+    sqlx::query("SELECT pg_advisory_lock(7150001)").execute(&mut *conn).await?;
+    let result = run_migrations(&mut conn).await;
+    sqlx::query("SELECT pg_advisory_unlock(7150001)").execute(&mut *conn).await?;
     result
 }
+
+async fn run_migrations(conn: &mut sqlx::PgConnection) -> Result<(), Error> {
+    sqlx::query("CREATE SCHEMA IF NOT EXISTS messaging").execute(&mut *conn).await?;
+    // `run_direct` (not `run`) sidesteps sqlx's "Acquire is not general enough" error in spawned futures.
+    MIGRATOR.run_direct(None, conn, false).await?;
+    Ok(())
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Runs the service on `listener` until `shutdown` is cancelled: migrates, starts the outbox
 /// sweeper and serves gRPC (+ health, + `/metrics`).

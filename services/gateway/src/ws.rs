@@ -1,0 +1,571 @@
+//! One WebSocket connection: frames in and out, and per-channel ordering.
+//!
+//! For every channel of the user the connection keeps `delivered` (the highest seq sent to
+//! this client) and holds back messages that arrive ahead of it. A gap that is not closed
+//! by pub/sub within `gap_wait_ms` is fetched from messaging history, so the client sees
+//! each channel's messages in strictly increasing seq with no gaps, live or replayed.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{
+        Query, State,
+        ws::{Message as WsMessage, WebSocket, WebSocketUpgrade},
+    },
+    http::HeaderMap,
+    response::{IntoResponse, Response},
+};
+use parley_kit::{ErrorCode, domain::UserId};
+use parley_proto::{events::v1 as ev, messaging::v1 as pb};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+
+use crate::{
+    ApiError, App,
+    http::grpc,
+    hub::{ConnSink, Delivery},
+    view,
+};
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+/// `GET /v1/ws`: authenticates, then upgrades.
+pub async fn upgrade(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Query<WsQuery>, ws: WebSocketUpgrade) -> Response {
+    let user = match crate::auth::bearer(&headers, q.token.as_deref()).and_then(|t| app.auth.verify(&t)) {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    if app.draining.is_cancelled() {
+        return ApiError::new(ErrorCode::Unavailable, "this node is draining; connect to another").into_response();
+    }
+    let tracker = app.connections.clone();
+    ws.max_message_size(app.config.ws.max_frame_bytes)
+        .on_upgrade(move |socket| tracker.track_future(async move { Conn::run(app, user, socket).await }))
+}
+
+/// Ordering state of one channel on one connection.
+#[derive(Debug, Default)]
+struct Cursor {
+    /// Highest seq sent to the client.
+    delivered: u64,
+    /// Highest seq known to exist (from events or positions).
+    target: u64,
+    /// Messages received ahead of `delivered + 1`.
+    held: BTreeMap<u64, pb::Message>,
+    /// When the current gap was first seen.
+    gap_since: Option<Instant>,
+}
+
+type SendResult = (Option<Value>, Result<pb::SendMessageResponse, ApiError>);
+
+struct Conn {
+    app: Arc<App>,
+    user: UserId,
+    id: u64,
+    socket: WebSocket,
+    sink: ConnSink,
+    topics: HashSet<String>,
+    cursors: HashMap<String, Cursor>,
+    recent_events: VecDeque<String>,
+    sends_tx: mpsc::Sender<SendResult>,
+    last_inbound: Instant,
+}
+
+/// Why a connection ended.
+enum End {
+    Closed,
+    Draining,
+    Error,
+}
+
+impl Conn {
+    async fn run(app: Arc<App>, user: UserId, socket: WebSocket) {
+        let (tx, mut rx) = mpsc::channel(app.config.ws.queue_len);
+        let (sends_tx, mut sends_rx) = mpsc::channel(64);
+        let sink = ConnSink { tx, lagged: Arc::new(AtomicBool::new(false)), wake: Arc::new(Notify::new()) };
+        let mut conn = Self {
+            id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+            app,
+            user,
+            socket,
+            sink,
+            topics: HashSet::new(),
+            cursors: HashMap::new(),
+            recent_events: VecDeque::new(),
+            sends_tx,
+            last_inbound: Instant::now(),
+        };
+        metrics::gauge!("gateway_ws_connections").increment(1.0);
+        let end = conn.serve(&mut rx, &mut sends_rx).await;
+        for t in std::mem::take(&mut conn.topics) {
+            conn.app.hub.unsubscribe(conn.id, &t).await;
+        }
+        metrics::gauge!("gateway_ws_connections").decrement(1.0);
+        let reason = match end {
+            End::Closed => "closed",
+            End::Draining => "draining",
+            End::Error => "error",
+        };
+        tracing::debug!(user = %conn.user, conn = conn.id, reason, "websocket ended");
+    }
+
+    async fn serve(&mut self, rx: &mut mpsc::Receiver<Delivery>, sends_rx: &mut mpsc::Receiver<SendResult>) -> End {
+        if let Err(end) = self.start().await {
+            return end;
+        }
+        let cfg = self.app.config.ws.clone();
+        let heartbeat = Duration::from_millis(cfg.heartbeat_ms);
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let gap_wait = Duration::from_millis(cfg.gap_wait_ms);
+        let mut gap_tick = tokio::time::interval((gap_wait / 2).max(Duration::from_millis(10)));
+        gap_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let draining = self.app.draining.clone();
+        let wake = self.sink.wake.clone();
+        loop {
+            let step = tokio::select! {
+                _ = draining.cancelled() => {
+                    let _ = self.frame(json!({"type": "reconnect", "reason": "server draining"})).await;
+                    let _ = self.socket.send(WsMessage::Close(None)).await;
+                    return End::Draining;
+                }
+                inbound = self.socket.recv() => match inbound {
+                    None | Some(Err(_)) => return End::Closed,
+                    Some(Ok(m)) => self.on_inbound(m).await,
+                },
+                Some(d) = rx.recv() => self.on_event(d).await,
+                Some((r, result)) = sends_rx.recv() => self.on_sent(r, result).await,
+                _ = wake.notified() => self.catch_up_if_lagged().await,
+                _ = gap_tick.tick() => self.fill_due_gaps(gap_wait).await,
+                _ = ping.tick() => {
+                    if self.last_inbound.elapsed() > heartbeat * 2 {
+                        tracing::info!(user = %self.user, "websocket heartbeat timeout");
+                        let _ = self.socket.send(WsMessage::Close(None)).await;
+                        return End::Closed;
+                    }
+                    self.socket.send(WsMessage::Ping(Vec::new().into())).await.map_err(|_| End::Error)
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// `hello`, subscriptions, and starting positions for every channel of the user.
+    async fn start(&mut self) -> Result<(), End> {
+        let session_id = uuid::Uuid::now_v7().to_string();
+        let topic = self.app.hub.user_topic(self.user.as_str());
+        self.subscribe(topic).await;
+        let positions = match self.positions().await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = self.error(None, &e).await;
+                let _ = self.socket.send(WsMessage::Close(None)).await;
+                return Err(End::Error);
+            }
+        };
+        for (channel, last) in positions {
+            self.join_channel(&channel, last).await;
+        }
+        self.frame(json!({
+            "type": "hello", "user_id": self.user.as_str(), "session_id": session_id,
+            "heartbeat_ms": self.app.config.ws.heartbeat_ms,
+        }))
+        .await?;
+        // Messages committed between reading positions and the subscriptions becoming
+        // active were published to nobody here: compare positions once more.
+        self.sink.lagged.store(true, Ordering::Release);
+        self.catch_up_if_lagged().await
+    }
+
+    // These return futures that do not borrow `self`: the socket inside is not Sync, so a
+    // borrow of `Conn` held across an await would make the connection task !Send.
+    fn positions(&self) -> impl Future<Output = Result<Vec<(String, u64)>, ApiError>> + Send + 'static {
+        positions(self.app.clone(), self.user.clone())
+    }
+
+    fn page_after(&self, channel: &str, after: u64, limit: u32) -> impl Future<Output = Result<(Vec<pb::Message>, bool), ApiError>> + Send + 'static {
+        page_after(self.app.clone(), self.user.clone(), channel.to_owned(), after, limit)
+    }
+
+    async fn subscribe(&mut self, topic: String) {
+        if self.topics.insert(topic.clone()) {
+            self.app.hub.subscribe(self.id, &topic, &self.sink).await;
+        }
+    }
+
+    async fn join_channel(&mut self, channel: &str, position: u64) {
+        if !self.cursors.contains_key(channel) {
+            self.cursors
+                .insert(channel.to_owned(), Cursor { delivered: position, target: position, ..Cursor::default() });
+            let topic = self.app.hub.channel_topic(channel);
+            self.subscribe(topic).await;
+        }
+    }
+
+    async fn leave_channel(&mut self, channel: &str) {
+        self.cursors.remove(channel);
+        let topic = self.app.hub.channel_topic(channel);
+        if self.topics.remove(&topic) {
+            self.app.hub.unsubscribe(self.id, &topic).await;
+        }
+    }
+
+    async fn frame(&mut self, v: Value) -> Result<(), End> {
+        self.socket.send(WsMessage::Text(v.to_string().into())).await.map_err(|_| End::Error)
+    }
+
+    async fn error(&mut self, r: Option<Value>, e: &ApiError) -> Result<(), End> {
+        let mut f = json!({"type": "error", "code": e.code.as_str(), "message": e.message});
+        if let Some(r) = r {
+            f["ref"] = r;
+        }
+        if let Some(s) = e.retry_after {
+            f["retry_after"] = json!(s);
+        }
+        self.frame(f).await
+    }
+
+    async fn on_inbound(&mut self, m: WsMessage) -> Result<(), End> {
+        self.last_inbound = Instant::now();
+        match m {
+            WsMessage::Text(t) => self.on_frame(t.as_str()).await,
+            WsMessage::Binary(_) => self.error(None, &ApiError::invalid("binary frames are not supported; send JSON text")).await,
+            WsMessage::Close(_) => Err(End::Closed),
+            WsMessage::Ping(_) | WsMessage::Pong(_) => Ok(()),
+        }
+    }
+
+    async fn on_frame(&mut self, text: &str) -> Result<(), End> {
+        let v: Value = match serde_json::from_str(text) {
+            Ok(v @ Value::Object(_)) => v,
+            Ok(_) => return self.error(None, &ApiError::invalid("a frame must be a JSON object")).await,
+            Err(e) => return self.error(None, &ApiError::invalid(format!("malformed JSON: {e}"))).await,
+        };
+        let r = v.get("ref").cloned();
+        let kind = v.get("type").and_then(Value::as_str).unwrap_or_default();
+        let str_field = |name: &str| -> Result<String, ApiError> {
+            v.get(name)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| ApiError::invalid(format!("`{name}` must be a string")))
+        };
+        let result: Result<(), ApiError> = match kind {
+            "ping" => {
+                let mut f = json!({"type": "pong"});
+                if let Some(r) = r.clone() {
+                    f["ref"] = r;
+                }
+                return self.frame(f).await;
+            }
+            "send" => (|| Ok((str_field("channel_id")?, str_field("client_msg_id")?, str_field("body")?)))().map(
+                |(channel, cid, body)| {
+                    let (app, user, tx, r) = (self.app.clone(), self.user.clone(), self.sends_tx.clone(), r.clone());
+                    tokio::spawn(async move {
+                        let result = crate::http::send(&app, &user, &channel, &cid, &body).await;
+                        let _ = tx.send((r, result)).await;
+                    });
+                },
+            ),
+            "resume" => match v.get("positions").and_then(Value::as_object) {
+                Some(p) => {
+                    let parsed: Result<Vec<(String, u64)>, ApiError> = p
+                        .iter()
+                        .map(|(k, v)| {
+                            let ch = parley_kit::domain::parse_uuid("positions key", k)?.to_string();
+                            let seq = v.as_u64().ok_or_else(|| ApiError::invalid("positions values must be non-negative integers"))?;
+                            Ok((ch, seq))
+                        })
+                        .collect();
+                    match parsed {
+                        Ok(p) => return self.resume(p).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                None => Err(ApiError::invalid("`positions` must be an object of channel id → seq")),
+            },
+            "typing" | "ack" | "read" | "watch_presence" => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("`{kind}` needs a service that is not part of this deployment yet"),
+            )),
+            "" => Err(ApiError::invalid("a frame needs a string `type`")),
+            other => Err(ApiError::invalid(format!("unknown frame type `{other}`"))),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => self.error(r, &e).await,
+        }
+    }
+
+    async fn on_sent(&mut self, r: Option<Value>, result: Result<pb::SendMessageResponse, ApiError>) -> Result<(), End> {
+        match result {
+            Ok(resp) => {
+                let mut f = json!({"type": "sent", "message": resp.message.as_ref().map(view::message)});
+                if let Some(r) = r {
+                    f["ref"] = r;
+                }
+                self.frame(f).await
+            }
+            Err(e) => self.error(r, &e).await,
+        }
+    }
+
+    fn seen_event(&mut self, id: &str) -> bool {
+        if self.recent_events.iter().any(|e| e == id) {
+            return true;
+        }
+        if self.recent_events.len() >= 128 {
+            self.recent_events.pop_front();
+        }
+        self.recent_events.push_back(id.to_owned());
+        false
+    }
+
+    async fn on_event(&mut self, d: Delivery) -> Result<(), End> {
+        let event = &d.event;
+        use ev::event::Payload;
+        match &event.payload {
+            Some(Payload::MessageCreated(ev::MessageCreated { message: Some(m) })) => self.offer(m.clone()).await,
+            Some(Payload::MessageUpdated(ev::MessageUpdated { message: Some(m) })) => self.changed("message_updated", m).await,
+            Some(Payload::MessageDeleted(ev::MessageDeleted { message: Some(m), .. })) => self.changed("message_deleted", m).await,
+            Some(Payload::MemberJoined(j)) => {
+                let Some(member) = &j.member else { return Ok(()) };
+                let me = member.user_id == self.user.as_str();
+                // Events about this user come on the user topic; skip their copy on the channel topic.
+                if me != d.via_user_topic || self.seen_event(&event.event_id) {
+                    return Ok(());
+                }
+                if me {
+                    self.join_channel(&member.channel_id, j.channel_last_seq).await;
+                }
+                self.frame(json!({
+                    "type": "member_joined", "channel_id": member.channel_id, "user_id": member.user_id,
+                    "role": view::role(member.role), "added_by": j.added_by,
+                }))
+                .await?;
+                if me {
+                    // A message committed after the join but before the subscription was
+                    // active reached nobody here: probe history once.
+                    self.fill(&member.channel_id.clone(), true).await?;
+                }
+                Ok(())
+            }
+            Some(Payload::MemberLeft(l)) => {
+                let me = l.user_id == self.user.as_str();
+                if me != d.via_user_topic || self.seen_event(&event.event_id) {
+                    return Ok(());
+                }
+                self.frame(json!({
+                    "type": "member_left", "channel_id": l.channel_id, "user_id": l.user_id, "removed_by": l.removed_by,
+                }))
+                .await?;
+                if me {
+                    self.leave_channel(&l.channel_id).await;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A new message: deliver in order, hold if early, drop if already delivered.
+    async fn offer(&mut self, m: pb::Message) -> Result<(), End> {
+        let Some(c) = self.cursors.get_mut(&m.channel_id) else { return Ok(()) };
+        if m.seq <= c.delivered {
+            return Ok(());
+        }
+        c.target = c.target.max(m.seq);
+        if m.seq == c.delivered + 1 {
+            let channel = m.channel_id.clone();
+            self.deliver(m).await?;
+            self.flush_held(&channel).await
+        } else {
+            c.held.insert(m.seq, m);
+            c.gap_since.get_or_insert_with(Instant::now);
+            Ok(())
+        }
+    }
+
+    async fn deliver(&mut self, m: pb::Message) -> Result<(), End> {
+        if let Some(c) = self.cursors.get_mut(&m.channel_id) {
+            c.delivered = m.seq;
+            c.target = c.target.max(m.seq);
+        }
+        metrics::counter!("gateway_ws_messages_delivered_total").increment(1);
+        self.frame(json!({"type": "message", "message": view::message(&m)})).await
+    }
+
+    async fn flush_held(&mut self, channel: &str) -> Result<(), End> {
+        loop {
+            let Some(c) = self.cursors.get_mut(channel) else { return Ok(()) };
+            let next = c.delivered + 1;
+            c.held.retain(|s, _| *s >= next);
+            match c.held.remove(&next) {
+                Some(m) => self.deliver(m).await?,
+                None => {
+                    c.gap_since = if c.target > c.delivered { c.gap_since.or(Some(Instant::now())) } else { None };
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// An edit or delete: forwarded when the client already has the message; otherwise the
+    /// message is fetched in its current state when its turn comes.
+    async fn changed(&mut self, kind: &str, m: &pb::Message) -> Result<(), End> {
+        let Some(c) = self.cursors.get_mut(&m.channel_id) else { return Ok(()) };
+        if m.seq <= c.delivered {
+            return self.frame(json!({"type": kind, "message": view::message(m)})).await;
+        }
+        if let Some(held) = c.held.get_mut(&m.seq) {
+            *held = m.clone();
+        } else {
+            c.target = c.target.max(m.seq);
+            c.gap_since.get_or_insert_with(Instant::now);
+        }
+        Ok(())
+    }
+
+    async fn fill_due_gaps(&mut self, wait: Duration) -> Result<(), End> {
+        let due: Vec<String> = self
+            .cursors
+            .iter()
+            .filter(|(_, c)| c.target > c.delivered && c.gap_since.is_some_and(|t| t.elapsed() >= wait))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for ch in due {
+            metrics::counter!("gateway_gap_fills_total").increment(1);
+            self.fill(&ch, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Fetches history after `delivered` until the known target is reached (at least one
+    /// page when `probe`). A failed fetch leaves the gap to be retried on the next tick.
+    async fn fill(&mut self, channel: &str, probe: bool) -> Result<(), End> {
+        let mut first = probe;
+        loop {
+            let Some(c) = self.cursors.get(channel) else { return Ok(()) };
+            if !first && c.target <= c.delivered {
+                return self.flush_held(channel).await;
+            }
+            first = false;
+            let after = c.delivered;
+            let (msgs, more) = match self.page_after(channel, after, 200).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(channel, error = %e.message, "gap fill failed; retrying later");
+                    if let Some(c) = self.cursors.get_mut(channel) {
+                        c.gap_since = Some(Instant::now());
+                    }
+                    return Ok(());
+                }
+            };
+            let got_any = !msgs.is_empty();
+            for m in msgs {
+                self.offer(m).await?;
+            }
+            if !more || !got_any {
+                let Some(c) = self.cursors.get_mut(channel) else { return Ok(()) };
+                // History is authoritative: nothing above what it returned exists yet.
+                if !more && c.held.is_empty() {
+                    c.target = c.delivered;
+                }
+                return self.flush_held(channel).await;
+            }
+        }
+    }
+
+    /// Catches up every channel after missed events (pub/sub reconnect, overflowed queue,
+    /// connection start): membership and last seqs are re-read from messaging.
+    async fn catch_up_if_lagged(&mut self) -> Result<(), End> {
+        if !self.sink.lagged.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Drop queued events: history is about to supersede them.
+        let positions = match self.positions().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "catch-up failed; retrying");
+                self.sink.lagged.store(true, Ordering::Release);
+                return Ok(());
+            }
+        };
+        let current: HashSet<String> = positions.iter().map(|(c, _)| c.clone()).collect();
+        let gone: Vec<String> = self.cursors.keys().filter(|c| !current.contains(*c)).cloned().collect();
+        for ch in gone {
+            self.leave_channel(&ch).await;
+        }
+        for (ch, last) in positions {
+            if !self.cursors.contains_key(&ch) {
+                // Joined while we were not listening: live from its current position.
+                self.join_channel(&ch, last).await;
+                continue;
+            }
+            let behind = self.cursors.get_mut(&ch).is_some_and(|c| {
+                c.target = c.target.max(last);
+                c.target > c.delivered
+            });
+            if behind {
+                self.fill(&ch, false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `resume`: replays each channel after the client's position (at most `resume_limit`
+    /// messages; beyond that the newest are replayed and `recovered` is false).
+    async fn resume(&mut self, positions: Vec<(String, u64)>) -> Result<(), End> {
+        let limit = self.app.config.ws.resume_limit;
+        let last_seqs: HashMap<String, u64> = match self.positions().await {
+            Ok(p) => p.into_iter().collect(),
+            Err(e) => return self.error(None, &e).await,
+        };
+        let mut report = serde_json::Map::new();
+        for (ch, pos) in positions {
+            let Some(&last) = last_seqs.get(&ch) else {
+                let e = ApiError::new(ErrorCode::PermissionDenied, format!("not a member of channel {ch}"));
+                self.error(None, &e).await?;
+                continue;
+            };
+            self.join_channel(&ch, last).await;
+            let (start, recovered) = if last.saturating_sub(pos) > limit { (last - limit, false) } else { (pos.min(last), true) };
+            if let Some(c) = self.cursors.get_mut(&ch) {
+                // Rewind (or fast-forward) to what the client has; live messages above it
+                // stay held until the replay reaches them, so nothing is sent twice.
+                c.delivered = start;
+                c.target = c.target.max(last);
+                c.held.retain(|s, _| *s > start);
+            }
+            self.fill(&ch, true).await?;
+            let to = self.cursors.get(&ch).map_or(start, |c| c.delivered);
+            report.insert(ch, json!({"from": start + 1, "to": to, "recovered": recovered}));
+        }
+        self.frame(json!({"type": "resumed", "channels": report})).await
+    }
+}
+
+async fn positions(app: Arc<App>, user: UserId) -> Result<Vec<(String, u64)>, ApiError> {
+    let req = grpc(&user, pb::ListChannelPositionsRequest {})?;
+    let resp = app.messaging.clone().list_channel_positions(req).await?.into_inner();
+    Ok(resp.positions.into_iter().map(|p| (p.channel_id, p.last_seq)).collect())
+}
+
+async fn page_after(app: Arc<App>, user: UserId, channel: String, after: u64, limit: u32) -> Result<(Vec<pb::Message>, bool), ApiError> {
+    let req = pb::ListMessagesRequest { channel_id: channel, before: None, after: Some(after), limit };
+    let resp = app.messaging.clone().list_messages(grpc(&user, req)?).await?.into_inner();
+    Ok((resp.messages, resp.has_more))
+}

@@ -1,0 +1,39 @@
+use parley_testkit::{Client, Stack, Ws};
+use serde_json::json;
+
+use crate::T;
+
+#[tokio::test]
+async fn two_websocket_clients_chat() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let ch = alice.group("general", &["bob"]).await?;
+    let mut a = Ws::connect(&stack.url(0), "alice").await?;
+    let mut b = Ws::connect(&stack.url(0), "bob").await?;
+    assert_eq!(a.hello["user_id"], "alice");
+
+    a.send(json!({"type": "send", "ref": 1, "channel_id": ch, "client_msg_id": "m1", "body": "hi bob"})).await?;
+    // The sender gets `sent` and, like every member, its own `message` (either order).
+    let (mut sent, mut own) = (None, None);
+    while sent.is_none() || own.is_none() {
+        let f = a.next_frame(T).await?.expect("frame");
+        match f["type"].as_str() {
+            Some("sent") => sent = Some(f),
+            Some("message") => own = Some(f["message"].clone()),
+            _ => {}
+        }
+    }
+    let sent = sent.expect("sent");
+    assert_eq!(sent["ref"], 1);
+    assert_eq!(sent["message"]["seq"], 1);
+    assert_eq!(own.expect("own")["seq"], 1);
+    let got = b.messages(1, T).await?;
+    assert_eq!(got[0]["body"], "hi bob");
+    assert_eq!(got[0]["sender_id"], "alice");
+
+    b.send(json!({"type": "send", "ref": "x", "channel_id": ch, "client_msg_id": "r1", "body": "hello alice"})).await?;
+    let got = a.messages(1, T).await?;
+    assert_eq!(got[0]["body"], "hello alice");
+    assert_eq!(got[0]["seq"], 2);
+    Ok(())
+}
