@@ -15,3 +15,24 @@ pub mod events {
         tonic::include_proto!("parley.events.v1");
     }
 }
+
+/// `parley.presence.v1`: online/offline, last seen, typing (contract; service not built yet).
+pub mod presence {
+    pub mod v1 {
+        tonic::include_proto!("parley.presence.v1");
+    }
+}
+
+/// `parley.receipts.v1`: delivered/read watermarks, unread (contract; service not built yet).
+pub mod receipts {
+    pub mod v1 {
+        tonic::include_proto!("parley.receipts.v1");
+    }
+}
+
+/// `parley.notification.v1`: devices, preferences, push (contract; service not built yet).
+pub mod notification {
+    pub mod v1 {
+        tonic::include_proto!("parley.notification.v1");
+    }
+}
