@@ -136,7 +136,8 @@ pg_resolve_datadir() {
 			PG_DATA="$PG_LINK"
 			mkdir -p "$PG_DATA"
 		else
-			local base="/tmp/parley-$(id -u)-$(short_hash "$ROOT")"
+			local base
+			base="/tmp/parley-$(id -u)-$(short_hash "$ROOT")"
 			log "user postgres cannot traverse $LOCAL; data dir goes to $base/pg (symlinked from .local/pg)"
 			mkdir -p "$base/pg"
 			[[ -O $base ]] || die "$base exists but is not owned by $(id -un)"

@@ -64,7 +64,7 @@ for svc in "${names[@]}"; do
 	fi
 done
 
-deadline=$((SECONDS + STOP_TIMEOUT))
+deadline=$((SECONDS + STOP_TIMEOUT + 1)) # SECONDS ticks in whole seconds
 for i in "${!pids[@]}"; do
 	pid="${pids[$i]}"
 	while is_ours "$pid" "${svcs[$i]}"; do

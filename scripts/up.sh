@@ -16,6 +16,7 @@ set -euo pipefail
 #   ready-check: tcp:HOST:PORT (port accepts connections), an http:// URL (answers 200), or -
 #   environment: KEY=VALUE words (no spaces in values); ${VAR} is expanded at start. Available:
 #   PARLEY_DB_URL (database `parley`), PARLEY_PG_URL (admin), PARLEY_REDIS_URL.
+# shellcheck disable=SC2016 # expanded later by expand_vars
 SERVICES='
 messaging     parley-messaging     tcp:127.0.0.1:50051           PARLEY__GRPC__ADDR=127.0.0.1:50051 PARLEY__DATABASE__URL=${PARLEY_DB_URL} PARLEY__REDIS__URL=${PARLEY_REDIS_URL}
 gateway       parley-gateway       http://127.0.0.1:8080/readyz  PARLEY__HTTP__ADDR=127.0.0.1:8080 PARLEY__MESSAGING__URL=http://127.0.0.1:50051 PARLEY__REDIS__URL=${PARLEY_REDIS_URL} PARLEY__AUTH__DEV_TOKENS=true
@@ -89,7 +90,7 @@ http_status() { # URL -> prints the status code (000 when unreachable)
 	host="${hostport%%:*}"
 	port="${hostport##*:}"
 	[[ $hostport == *:* ]] || port=80
-	if exec 3<>"/dev/tcp/$host/$port" 2>/dev/null; then
+	if { exec 3<>"/dev/tcp/$host/$port"; } 2>/dev/null; then
 		printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$hostport" >&3
 		IFS=' ' read -r -t 2 _ line _ <&3 || true
 		exec 3<&-
@@ -181,6 +182,16 @@ fail() {
 
 trap 'say "interrupted"; stop_started; exit 130' INT TERM
 
+# ports must be free before anything starts
+for i in "${!NAMES[@]}"; do
+	[[ -x $BIN_DIR/${BINS[$i]} ]] || continue
+	hp="$(ready_hostport "${READY[$i]}")"
+	if [[ -n $hp ]] && port_open "${hp%:*}" "${hp##*:}"; then
+		say "ERROR: ${NAMES[$i]}: $hp is already in use by another process"
+		exit 1
+	fi
+done
+
 deadline=$((SECONDS + TIMEOUT))
 for i in "${!NAMES[@]}"; do
 	name="${NAMES[$i]}"
@@ -190,11 +201,6 @@ for i in "${!NAMES[@]}"; do
 		say "skipping $name: $bin does not exist (run 'make build')"
 		continue
 	fi
-	hp="$(ready_hostport "$ready")"
-	if [[ -n $hp ]] && port_open "${hp%:*}" "${hp##*:}"; then
-		fail "$name: $hp is already in use by another process"
-	fi
-
 	read -ra words <<<"${ENVS[$i]}"
 	envs=()
 	for w in "${words[@]}"; do
@@ -212,6 +218,7 @@ for i in "${!NAMES[@]}"; do
 	# Own session (Ctrl-C in this terminal reaches only this script), no inherited fds beyond
 	# 0-2; the process writes its own pid file, then execs the binary. UPSH_* lets down.sh
 	# tell our processes from a recycled pid.
+	# shellcheck disable=SC2016 # $$ and $@ belong to the inner shell
 	UPSH_SERVICE="$name" UPSH_ROOT="$ROOT" setsid bash -c '
 		for fd in /proc/$$/fd/*; do
 			fd=${fd##*/}

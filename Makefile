@@ -1,0 +1,61 @@
+# Parley developer entry points. `make` alone lists the targets.
+# Postgres/Redis: scripts/deps.sh (PARLEY_PG_URL / PARLEY_REDIS_URL, or private instances
+# under .local/ on 127.0.0.1:55432 and :56379; see the script's header).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+CARGO_TARGET_DIR ?= $(HOME)/.cache/parley/target
+export CARGO_TARGET_DIR
+# nextest profile: `ci` when CI is set (see .config/nextest.toml)
+NEXTEST_PROFILE ?= $(if $(filter true 1 yes,$(CI)),ci,default)
+# extra arguments for the test runner, e.g. make test TEST_ARGS='-E test(foo)'
+TEST_ARGS ?=
+
+.PHONY: help deps build up up-detached down test lint fmt clean-local
+
+help: ## List the targets
+	@echo "Parley make targets (CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)):"
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | \
+		awk -F':.*## ' '{ printf "  %-12s %s\n", $$1, $$2 }'
+
+deps: ## Ensure Postgres + Redis (private instances under .local/ unless configured)
+	scripts/deps.sh
+
+build: ## Build all service binaries (debug)
+	$(CARGO) build --workspace --bins
+
+up: build deps ## Build, then run all services in the foreground (Ctrl-C stops them)
+	scripts/up.sh
+
+up-detached: build deps ## Build, then start all services in the background
+	scripts/up.sh --detach
+
+down: ## Stop the services started by make up / up-detached
+	scripts/down.sh
+
+test: deps ## Run the workspace tests against deps (nextest, else cargo test)
+	@. .local/deps.env && \
+	export PARLEY_TEST_PG_URL="$$PARLEY_PG_URL" PARLEY_TEST_REDIS_URL="$$PARLEY_REDIS_URL" && \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		echo "+ cargo nextest run --workspace --no-fail-fast --profile $(NEXTEST_PROFILE) $(TEST_ARGS)"; \
+		$(CARGO) nextest run --workspace --no-fail-fast --profile $(NEXTEST_PROFILE) $(TEST_ARGS); \
+	else \
+		echo "cargo-nextest not found: falling back to cargo test" >&2; \
+		echo "+ cargo test --workspace --no-fail-fast $(TEST_ARGS)"; \
+		$(CARGO) test --workspace --no-fail-fast $(TEST_ARGS); \
+	fi
+
+lint: ## rustfmt check, clippy (-D warnings), buf lint
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	bash scripts/buf.sh lint
+
+fmt: ## Format the Rust code
+	$(CARGO) fmt --all
+
+clean-local: ## Stop everything and delete .local (private databases, logs, pids)
+	scripts/down.sh --all
+	scripts/deps.sh clean
+	rm -rf .local
