@@ -18,6 +18,8 @@ pub async fn serve_grpc(
     drain_delay: Duration,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    // Install the recorder before anything is recorded (it is process-wide and lazy).
+    crate::metrics::handle();
     let router = routes
         .into_axum_router()
         .route("/metrics", axum::routing::get(crate::metrics::render))

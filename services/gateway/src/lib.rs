@@ -139,6 +139,8 @@ pub(crate) struct App {
 /// Runs the gateway on `listener` until `shutdown` is cancelled, then drains: /readyz turns
 /// 503, WebSocket clients get a `reconnect` frame and are closed, in-flight requests finish.
 pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Install the metrics recorder before anything is recorded (it is process-wide and lazy).
+    parley_kit::metrics::handle();
     let endpoint = tonic::transport::Endpoint::from_shared(config.messaging.url.clone())?
         .timeout(Duration::from_millis(config.messaging.timeout_ms))
         .connect_timeout(Duration::from_secs(2))
