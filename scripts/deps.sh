@@ -219,7 +219,14 @@ ensure_private_pg() {
 		fi
 	fi
 	if port_open "$PG_PORT"; then
-		die "127.0.0.1:$PG_PORT is in use by another process (not this checkout's private PostgreSQL); set PARLEY_PG_PORT to a free port, or PARLEY_PG_URL to an existing server"
+		# Another checkout's private instance (e.g. a clean clone of this repository, as CI
+		# makes): share it. Tests isolate themselves by database, so sharing is safe.
+		if "$(pg_client psql)" "$url" -XAtqc 'select 1' >/dev/null 2>&1; then
+			log "127.0.0.1:$PG_PORT already serves a PostgreSQL with trust auth (another checkout's?); using it"
+			PARLEY_PG_URL="$url"
+			return 0
+		fi
+		die "127.0.0.1:$PG_PORT is in use by another process (not a PostgreSQL we can use); set PARLEY_PG_PORT to a free port, or PARLEY_PG_URL to an existing server"
 	fi
 	if pg_is_ours_running; then
 		log "private PostgreSQL runs on another port; restarting it on $PG_PORT"
@@ -301,7 +308,10 @@ ensure_private_redis() {
 			PARLEY_REDIS_URL="$url"
 			return 0
 		fi
-		die "127.0.0.1:$REDIS_PORT is served by another Redis (not this checkout's); set PARLEY_REDIS_PORT to a free port, or PARLEY_REDIS_URL to an existing server"
+		# Another checkout's private Redis: share it (tests isolate themselves by key prefix).
+		log "127.0.0.1:$REDIS_PORT already serves a Redis (another checkout's?); using it"
+		PARLEY_REDIS_URL="$url"
+		return 0
 	fi
 	port_open "$REDIS_PORT" &&
 		die "127.0.0.1:$REDIS_PORT is in use by another process; set PARLEY_REDIS_PORT to a free port, or PARLEY_REDIS_URL to an existing server"

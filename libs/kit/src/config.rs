@@ -43,13 +43,20 @@ impl Sources {
     {
         Self {
             file: None,
-            env: Some(vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect()),
+            env: Some(
+                vars.into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
+            ),
         }
     }
 }
 
 /// Loads `T` from `defaults` (TOML text embedded in the binary) and the sources.
-pub fn load<T: DeserializeOwned>(defaults: &str, sources: &Sources) -> Result<T, config::ConfigError> {
+pub fn load<T: DeserializeOwned>(
+    defaults: &str,
+    sources: &Sources,
+) -> Result<T, config::ConfigError> {
     let mut builder = config::Config::builder()
         .add_source(config::File::from_str(defaults, config::FileFormat::Toml));
     if let Some(path) = &sources.file {

@@ -16,7 +16,10 @@ pub struct Invalid {
 
 impl Invalid {
     fn arg(message: impl Into<String>) -> Self {
-        Self { code: ErrorCode::InvalidArgument, message: message.into() }
+        Self {
+            code: ErrorCode::InvalidArgument,
+            message: message.into(),
+        }
     }
 }
 
@@ -34,7 +37,8 @@ impl UserId {
     /// Validates a user id.
     pub fn parse(s: &str) -> Result<Self, Invalid> {
         let ok = (1..=64).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'));
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'));
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -66,7 +70,9 @@ impl ClientMsgId {
         if (1..=64).contains(&s.len()) && s.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
             Ok(Self(s.to_owned()))
         } else {
-            Err(Invalid::arg("client_msg_id must be 1-64 printable ASCII characters"))
+            Err(Invalid::arg(
+                "client_msg_id must be 1-64 printable ASCII characters",
+            ))
         }
     }
     /// The key as a string.
@@ -133,8 +139,14 @@ mod tests {
 
     #[test]
     fn bodies() {
-        assert_eq!(MessageBody::parse("", 10).unwrap_err().code, ErrorCode::InvalidArgument);
-        assert_eq!(MessageBody::parse("hello world", 5).unwrap_err().code, ErrorCode::TooLarge);
+        assert_eq!(
+            MessageBody::parse("", 10).unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            MessageBody::parse("hello world", 5).unwrap_err().code,
+            ErrorCode::TooLarge
+        );
         assert!(MessageBody::parse("héllo", 6).is_ok());
         assert!(MessageBody::parse("héllo", 5).is_err());
     }

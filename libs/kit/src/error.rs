@@ -70,8 +70,10 @@ impl ErrorCode {
     /// A status with this code, tagged so the gateway recovers the exact API code.
     pub fn status(self, message: impl Into<String>) -> Status {
         let mut s = Status::new(self.grpc_code(), message);
-        s.metadata_mut()
-            .insert(ERROR_CODE_KEY, tonic::metadata::MetadataValue::from_static(self.as_str()));
+        s.metadata_mut().insert(
+            ERROR_CODE_KEY,
+            tonic::metadata::MetadataValue::from_static(self.as_str()),
+        );
         s
     }
 
@@ -145,8 +147,14 @@ mod tests {
 
     #[test]
     fn untagged_statuses_map_by_grpc_code() {
-        assert_eq!(ErrorCode::from_status(&Status::unavailable("down")), ErrorCode::Unavailable);
-        assert_eq!(ErrorCode::from_status(&Status::unknown("?")), ErrorCode::Internal);
+        assert_eq!(
+            ErrorCode::from_status(&Status::unavailable("down")),
+            ErrorCode::Unavailable
+        );
+        assert_eq!(
+            ErrorCode::from_status(&Status::unknown("?")),
+            ErrorCode::Internal
+        );
         assert_eq!(
             ErrorCode::from_status(&Status::permission_denied("no")),
             ErrorCode::PermissionDenied

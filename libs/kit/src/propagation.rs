@@ -97,7 +97,8 @@ pub fn set_parent_from_map(span: &tracing::Span, map: &HashMap<String, String>) 
 
 /// Makes `span` a child of the context carried in HTTP headers (`traceparent`).
 pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) {
-    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    let cx =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     let _ = span.set_parent(cx);
 }
 
@@ -117,7 +118,10 @@ impl GrpcServerLayer {
 impl<S> tower::Layer<S> for GrpcServerLayer {
     type Service = GrpcServer<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        GrpcServer { inner, service: self.service }
+        GrpcServer {
+            inner,
+            service: self.service,
+        }
     }
 }
 
@@ -204,7 +208,9 @@ where
                     0 | 1 | 3 | 5 | 7 | 9 | 16 => {
                         tracing::debug!(code = %code_name, elapsed_ms = elapsed * 1e3, "rpc done");
                     }
-                    _ => tracing::warn!(code = %code_name, elapsed_ms = elapsed * 1e3, "rpc failed"),
+                    _ => {
+                        tracing::warn!(code = %code_name, elapsed_ms = elapsed * 1e3, "rpc failed")
+                    }
                 }
                 result
             }

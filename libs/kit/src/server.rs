@@ -27,11 +27,15 @@ pub async fn serve_grpc(
     let stop = shutdown.clone();
     let graceful = async move {
         stop.cancelled().await;
-        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         tracing::info!(service, "health NOT_SERVING; draining");
         tokio::time::sleep(drain_delay).await;
     };
-    axum::serve(listener, router).with_graceful_shutdown(graceful).await
+    axum::serve(listener, router)
+        .with_graceful_shutdown(graceful)
+        .await
 }
 
 /// A health reporter whose overall status ("") is SERVING, plus its service.

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 pub const SECRET: &str = "parley-test-secret-0123456789";
 
 fn pg_admin_url() -> String {
-    std::env::var("PARLEY_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("PARLEY_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 fn redis_url() -> String {
@@ -35,7 +36,9 @@ impl Running {
     /// SIGTERM-like stop: cancels and waits for the drain to finish.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task).await.context("stop timed out")??
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .context("stop timed out")??
     }
 
     /// kill -9-like stop: the task is aborted mid-flight, nothing drains.
@@ -61,7 +64,9 @@ impl Stack {
         let db_name = format!("parley_test_{}", &id[..16]);
         let admin = pg_admin_url();
         let mut conn = sqlx::postgres::PgConnection::connect_url(&admin).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).execute(&mut conn).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .execute(&mut conn)
+            .await?;
         let db_url = replace_db(&admin, &db_name);
         Ok(Self {
             db_name,
@@ -90,30 +95,49 @@ impl Stack {
             ("PARLEY__OUTBOX__SWEEP_INTERVAL_MS".into(), "200".into()),
             ("PARLEY__OUTBOX__SWEEP_MIN_AGE_MS".into(), "500".into()),
         ]);
-        vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        vars.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         let config = parley_messaging::Config::load(&parley_kit::config::Sources::from_vars(vars))?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(parley_messaging::serve(config, listener, shutdown.clone()));
         wait_port(addr).await?;
-        self.messaging.push(Running { addr, shutdown, task });
+        self.messaging.push(Running {
+            addr,
+            shutdown,
+            task,
+        });
         Ok(addr)
     }
 
     /// Starts a gateway talking to messaging instance `0` (or `PARLEY__MESSAGING__URL` in
     /// `extra`), with dev tokens on.
     pub async fn add_gateway(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<SocketAddr> {
-        let messaging = self.messaging.first().context("start messaging first")?.addr;
+        let messaging = self
+            .messaging
+            .first()
+            .context("start messaging first")?
+            .addr;
         let mut vars: HashMap<String, String> = HashMap::from([
-            ("PARLEY__MESSAGING__URL".into(), format!("http://{messaging}")),
+            (
+                "PARLEY__MESSAGING__URL".into(),
+                format!("http://{messaging}"),
+            ),
             ("PARLEY__REDIS__URL".into(), self.redis_url.clone()),
             ("PARLEY__REDIS__PREFIX".into(), self.prefix.clone()),
             ("PARLEY__AUTH__HS256_SECRET".into(), SECRET.into()),
             ("PARLEY__AUTH__DEV_TOKENS".into(), "true".into()),
             ("PARLEY__WS__GAP_WAIT_MS".into(), "100".into()),
         ]);
-        vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        vars.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         let config = parley_gateway::Config::load(&parley_kit::config::Sources::from_vars(vars))?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -122,8 +146,17 @@ impl Stack {
         let ready = format!("http://{addr}/readyz");
         let http = reqwest::Client::new();
         for _ in 0..100 {
-            if http.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) {
-                self.gateways.push(Running { addr, shutdown, task });
+            if http
+                .get(&ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                self.gateways.push(Running {
+                    addr,
+                    shutdown,
+                    task,
+                });
                 return Ok(addr);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -136,9 +169,21 @@ impl Stack {
         format!("http://{}", self.gateways[i].addr)
     }
 
-    /// A direct connection to the test database (schema `messaging` on the search path).
+    /// A direct connection to the test database (qualify tables: `messaging.outbox`).
     pub async fn db(&self) -> anyhow::Result<sqlx::PgPool> {
         Ok(sqlx::PgPool::connect(&self.db_url).await?)
+    }
+
+    /// Runs `sql` (one row, one integer column, e.g. `SELECT count(*) FROM messaging.outbox`)
+    /// on the test database.
+    pub async fn query_i64(&self, sql: &str) -> anyhow::Result<i64> {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::postgres::PgConnection::connect(&self.db_url).await?;
+        let v: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&mut conn)
+            .await?;
+        let _ = conn.close().await;
+        Ok(v)
     }
 }
 
@@ -148,22 +193,39 @@ impl Drop for Stack {
             r.shutdown.cancel();
             r.task.abort();
         }
-        let (db, admin, redis, prefix) = (self.db_name.clone(), pg_admin_url(), self.redis_url.clone(), self.prefix.clone());
+        let (db, admin, redis, prefix) = (
+            self.db_name.clone(),
+            pg_admin_url(),
+            self.redis_url.clone(),
+            self.prefix.clone(),
+        );
         // Cleanup needs a runtime of its own: Drop may run inside or outside one.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             rt.block_on(async move {
                 if let Ok(mut c) = sqlx::postgres::PgConnection::connect_url(&admin).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))
-                        .execute(&mut c)
-                        .await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+                    )))
+                    .execute(&mut c)
+                    .await;
                 }
-                if let Ok(client) = redis::Client::open(redis.as_str()) {
-                    if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut c).await.unwrap_or_default();
-                        for chunk in keys.chunks(500) {
-                            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query_async(&mut c).await;
-                        }
+                if let Ok(client) = redis::Client::open(redis.as_str())
+                    && let Ok(mut c) = client.get_multiplexed_async_connection().await
+                {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{prefix}*"))
+                        .query_async(&mut c)
+                        .await
+                        .unwrap_or_default();
+                    for chunk in keys.chunks(500) {
+                        let _: redis::RedisResult<()> =
+                            redis::cmd("DEL").arg(chunk).query_async(&mut c).await;
                     }
                 }
             });
@@ -186,7 +248,10 @@ impl ConnectUrl for sqlx::postgres::PgConnection {
 fn replace_db(url: &str, db: &str) -> String {
     match url.rsplit_once('/') {
         Some((base, last)) if !last.contains('@') && !last.contains(':') => {
-            let query = last.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+            let query = last
+                .split_once('?')
+                .map(|(_, q)| format!("?{q}"))
+                .unwrap_or_default();
             format!("{base}/{db}{query}")
         }
         _ => format!("{url}/{db}"),
@@ -201,6 +266,95 @@ async fn wait_port(addr: SocketAddr) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     anyhow::bail!("{addr} never accepted connections")
+}
+
+/// A private `redis-server` process that a test may stop and restart (the shared test Redis
+/// must not be disturbed). Killed on drop.
+pub struct PrivateRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// Starts `redis-server` (from `PATH`) on a free loopback port; `Ok(None)` when the
+    /// binary is not installed.
+    pub async fn start() -> anyhow::Result<Option<Self>> {
+        let found = std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|d| d.join("redis-server").is_file())
+        });
+        if !found {
+            return Ok(None);
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("parley-redis-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        let mut r = Self {
+            port,
+            dir,
+            child: None,
+        };
+        r.restart().await?;
+        Ok(Some(r))
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// kill -9 (no persistence: a restart comes back empty, like a lost cache node).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and waits until it answers.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("spawn redis-server")?;
+        self.child = Some(child);
+        let client = redis::Client::open(self.url().as_str())?;
+        for _ in 0..200 {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("redis-server on port {} never answered", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Signs a token the test gateways accept.
@@ -219,6 +373,17 @@ pub fn token(user: &str, exp_in_secs: i64) -> String {
     .unwrap_or_default()
 }
 
+/// Signs a token with arbitrary `claims` and `secret` (HS256): forged, expired or
+/// incomplete tokens for tests of authentication.
+pub fn token_with(claims: &Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
 /// A REST client acting as one user against one gateway.
 #[derive(Clone)]
 pub struct Client {
@@ -233,11 +398,38 @@ pub type Reply = (u16, Value, reqwest::header::HeaderMap);
 
 impl Client {
     pub fn new(base: &str, user: &str) -> Self {
-        Self { base: base.to_owned(), user: user.to_owned(), token: token(user, 3600), http: reqwest::Client::new() }
+        Self {
+            base: base.to_owned(),
+            user: user.to_owned(),
+            token: token(user, 3600),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The same user with another token (e.g. an expired or forged one).
+    pub fn with_token(&self, token: &str) -> Self {
+        Self {
+            token: token.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// The same user against another gateway.
+    pub fn on(&self, base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            ..self.clone()
+        }
     }
 
     /// Any request with this user's token and a raw body.
-    pub async fn raw(&self, method: &str, path: &str, body: Option<Vec<u8>>, token: Option<&str>) -> anyhow::Result<Reply> {
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        token: Option<&str>,
+    ) -> anyhow::Result<Reply> {
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = token {
@@ -250,32 +442,96 @@ impl Client {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await?;
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())) };
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
         Ok((status, body, headers))
     }
 
-    pub async fn req(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Reply> {
-        self.raw(method, path, body.map(|b| b.to_string().into_bytes()), Some(&self.token)).await
+    pub async fn req(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Reply> {
+        self.raw(
+            method,
+            path,
+            body.map(|b| b.to_string().into_bytes()),
+            Some(&self.token),
+        )
+        .await
     }
 
     /// Creates a group channel with `members`; returns its id.
     pub async fn group(&self, name: &str, members: &[&str]) -> anyhow::Result<String> {
-        let (s, b, _) = self.req("POST", "/v1/channels", Some(json!({"kind": "group", "name": name, "members": members}))).await?;
+        let (s, b, _) = self
+            .req(
+                "POST",
+                "/v1/channels",
+                Some(json!({"kind": "group", "name": name, "members": members})),
+            )
+            .await?;
         anyhow::ensure!(s == 201, "create channel: {s} {b}");
         Ok(b["id"].as_str().context("channel id")?.to_owned())
+    }
+
+    /// `POST …/messages` returning the raw reply (any status).
+    pub async fn post_message(
+        &self,
+        channel: &str,
+        cid: &str,
+        body: &str,
+    ) -> anyhow::Result<Reply> {
+        self.req(
+            "POST",
+            &format!("/v1/channels/{channel}/messages"),
+            Some(json!({"client_msg_id": cid, "body": body})),
+        )
+        .await
+    }
+
+    /// `GET …/messages?{query}`; errors unless `200`. Returns the page body.
+    pub async fn history(&self, channel: &str, query: &str) -> anyhow::Result<Value> {
+        let (s, b, _) = self
+            .req(
+                "GET",
+                &format!("/v1/channels/{channel}/messages?{query}"),
+                None,
+            )
+            .await?;
+        anyhow::ensure!(s == 200, "history: {s} {b}");
+        Ok(b)
+    }
+
+    /// `GET /v1/channels/{id}`; errors unless `200`.
+    pub async fn channel(&self, channel: &str) -> anyhow::Result<Value> {
+        let (s, b, _) = self
+            .req("GET", &format!("/v1/channels/{channel}"), None)
+            .await?;
+        anyhow::ensure!(s == 200, "get channel: {s} {b}");
+        Ok(b)
     }
 
     /// Sends a message over REST; returns the message object.
     pub async fn send(&self, channel: &str, cid: &str, body: &str) -> anyhow::Result<Value> {
         let (s, b, _) = self
-            .req("POST", &format!("/v1/channels/{channel}/messages"), Some(json!({"client_msg_id": cid, "body": body})))
+            .req(
+                "POST",
+                &format!("/v1/channels/{channel}/messages"),
+                Some(json!({"client_msg_id": cid, "body": body})),
+            )
             .await?;
         anyhow::ensure!(s == 201 || s == 200, "send: {s} {b}");
         Ok(b)
     }
 }
 
-type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket client acting as one user.
 pub struct Ws {
@@ -286,23 +542,105 @@ pub struct Ws {
 impl Ws {
     /// Connects with `?token=` and waits for `hello`.
     pub async fn connect(base: &str, user: &str) -> anyhow::Result<Self> {
-        let url = format!("{}/v1/ws?token={}", base.replacen("http", "ws", 1), token(user, 3600));
-        let (stream, _) = tokio_tungstenite::connect_async(url).await?;
-        let mut ws = Self { stream, hello: Value::Null };
-        let hello = ws.next_frame(Duration::from_secs(10)).await?.context("no hello")?;
+        match Self::try_connect(base, &token(user, 3600)).await? {
+            Ok(ws) => Ok(ws),
+            Err((status, body)) => anyhow::bail!("websocket rejected: {status} {body}"),
+        }
+    }
+
+    /// Connects with `?token={token}`: the socket after its `hello`, or the status and
+    /// JSON body of the HTTP answer that refused the upgrade.
+    pub async fn try_connect(
+        base: &str,
+        token: &str,
+    ) -> anyhow::Result<Result<Self, (u16, Value)>> {
+        let url = format!("{}/v1/ws?token={token}", base.replacen("http", "ws", 1));
+        let stream = match tokio_tungstenite::connect_async(url).await {
+            Ok((stream, _)) => stream,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let body = resp.body().as_deref().unwrap_or_default();
+                let body = serde_json::from_slice(body)
+                    .unwrap_or(Value::String(String::from_utf8_lossy(body).into()));
+                return Ok(Err((resp.status().as_u16(), body)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut ws = Self {
+            stream,
+            hello: Value::Null,
+        };
+        let hello = ws
+            .next_frame(Duration::from_secs(10))
+            .await?
+            .context("no hello")?;
         anyhow::ensure!(hello["type"] == "hello", "first frame: {hello}");
         ws.hello = hello;
-        Ok(ws)
+        Ok(Ok(ws))
     }
 
     pub async fn send(&mut self, v: Value) -> anyhow::Result<()> {
-        self.stream.send(tokio_tungstenite::tungstenite::Message::Text(v.to_string().into())).await?;
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                v.to_string().into(),
+            ))
+            .await?;
         Ok(())
     }
 
     pub async fn send_text(&mut self, t: &str) -> anyhow::Result<()> {
-        self.stream.send(tokio_tungstenite::tungstenite::Message::Text(t.to_owned().into())).await?;
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                t.to_owned().into(),
+            ))
+            .await?;
         Ok(())
+    }
+
+    pub async fn send_binary(&mut self, b: Vec<u8>) -> anyhow::Result<()> {
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::Binary(b.into()))
+            .await?;
+        Ok(())
+    }
+
+    /// Every frame that arrives within `within` (stops early when the socket closes).
+    pub async fn frames_for(&mut self, within: Duration) -> anyhow::Result<Vec<Value>> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(out);
+            }
+            match self.next_frame(left).await? {
+                Some(f) => out.push(f),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Frames up to and including the first one for which `done` holds; errors when none
+    /// does within `within`.
+    pub async fn until(
+        &mut self,
+        within: Duration,
+        mut done: impl FnMut(&Value) -> bool,
+    ) -> anyhow::Result<Vec<Value>> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_frame(left).await? {
+                Some(f) => {
+                    let stop = done(&f);
+                    out.push(f);
+                    if stop {
+                        return Ok(out);
+                    }
+                }
+                None => anyhow::bail!("no matching frame within {within:?}; got {out:?}"),
+            }
+        }
     }
 
     /// The next JSON frame, or `None` on timeout / close.
@@ -314,7 +652,9 @@ impl Ws {
                 Err(_) => return Ok(None),
                 Ok(None) => return Ok(None),
                 Ok(Some(m)) => match m? {
-                    tokio_tungstenite::tungstenite::Message::Text(t) => return Ok(Some(serde_json::from_str(t.as_str())?)),
+                    tokio_tungstenite::tungstenite::Message::Text(t) => {
+                        return Ok(Some(serde_json::from_str(t.as_str())?));
+                    }
                     tokio_tungstenite::tungstenite::Message::Close(_) => return Ok(None),
                     _ => continue,
                 },
@@ -348,6 +688,23 @@ impl Ws {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the server ends the connection (close frame, end of stream or a transport
+    /// error) within `within`; text frames before the end are skipped. `false` on timeout.
+    pub async fn closed_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return false,
+                Ok(
+                    None
+                    | Some(Err(_))
+                    | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))),
+                ) => return true,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
     }
 
     /// Closes the socket.

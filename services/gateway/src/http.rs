@@ -35,12 +35,27 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/auth/dev-token", post(dev_token))
         .route("/v1/channels", post(create_channel).get(list_channels))
         .route("/v1/channels/{id}", get(get_channel))
-        .route("/v1/channels/{id}/members", get(list_members).post(add_member))
-        .route("/v1/channels/{id}/members/{user_id}", axum::routing::delete(remove_member))
-        .route("/v1/channels/{id}/messages", post(send_message).get(list_messages))
-        .route("/v1/channels/{id}/messages/{seq}", patch(edit_message).delete(delete_message))
+        .route(
+            "/v1/channels/{id}/members",
+            get(list_members).post(add_member),
+        )
+        .route(
+            "/v1/channels/{id}/members/{user_id}",
+            axum::routing::delete(remove_member),
+        )
+        .route(
+            "/v1/channels/{id}/messages",
+            post(send_message).get(list_messages),
+        )
+        .route(
+            "/v1/channels/{id}/messages/{seq}",
+            patch(edit_message).delete(delete_message),
+        )
         .route("/v1/ws", get(crate::ws::upgrade))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::not_found("no such endpoint for this method")
+        })
         .layer(middleware::from_fn(observe))
         .with_state(app)
 }
@@ -71,9 +86,14 @@ async fn observe(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
     span.record("http.response.status_code", status);
-    let labels = [("method", method), ("route", route), ("status", status.to_string())];
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", status.to_string()),
+    ];
     metrics::counter!("http_server_requests_total", &labels).increment(1);
-    metrics::histogram!("http_server_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("http_server_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
     if let Some(id) = trace_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
         resp.headers_mut().insert("x-trace-id", id);
     }
@@ -99,16 +119,23 @@ impl<T: DeserializeOwned> FromRequest<Arc<App>> for JsonBody<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, ApiError> {
         let limit = app.config.http.max_body_bytes;
-        let body = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| {
-            ApiError::new(ErrorCode::TooLarge, format!("request body over {limit} bytes"))
-        })?;
+        let body = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!("request body over {limit} bytes"),
+                )
+            })?;
         parse_json(&body).map(Self)
     }
 }
 
 fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid("request body is empty; expected a JSON object"));
+        return Err(ApiError::invalid(
+            "request body is empty; expected a JSON object",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))
 }
@@ -126,12 +153,29 @@ impl<T: DeserializeOwned + Send> FromRequestParts<Arc<App>> for Q<T> {
     }
 }
 
+/// Path parameters whose malformed values (e.g. invalid UTF-8) are API errors, not axum's
+/// plain-text rejections.
+pub struct P<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<Arc<App>> for P<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, app)
+            .await
+            .map(|Path(p)| Self(p))
+            .map_err(|e| ApiError::invalid(format!("bad path: {}", e.body_text())))
+    }
+}
+
 fn channel_path(id: &str) -> Result<String, ApiError> {
     Ok(parse_uuid("channel id", id)?.to_string())
 }
 
 fn seq_path(s: &str) -> Result<u64, ApiError> {
-    s.parse::<u64>().ok().filter(|v| *v > 0).ok_or_else(|| ApiError::invalid("seq must be a positive integer"))
+    s.parse::<u64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| ApiError::invalid("seq must be a positive integer"))
 }
 
 pub(crate) fn grpc<T>(user: &UserId, msg: T) -> Result<GrpcRequest<T>, ApiError> {
@@ -139,19 +183,27 @@ pub(crate) fn grpc<T>(user: &UserId, msg: T) -> Result<GrpcRequest<T>, ApiError>
 }
 
 async fn readyz(State(app): AppState) -> Response {
-    if app.draining.is_cancelled() {
+    if app.stopping.is_cancelled() || app.draining.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
-    let mut health = tonic_health::pb::health_client::HealthClient::new(app.messaging_channel.clone());
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(app.messaging_channel.clone());
     let probe = async {
         health
-            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
             .await
             .ok()
-            .filter(|r| r.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+            .filter(|r| {
+                r.get_ref().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            })
             .is_some()
     };
-    let messaging_ok = tokio::time::timeout(std::time::Duration::from_secs(2), probe).await.unwrap_or(false);
+    let messaging_ok = tokio::time::timeout(std::time::Duration::from_secs(2), probe)
+        .await
+        .unwrap_or(false);
     let mut redis = app.redis.clone();
     let redis_ok = tokio::time::timeout(
         std::time::Duration::from_secs(2),
@@ -159,7 +211,8 @@ async fn readyz(State(app): AppState) -> Response {
     )
     .await
     .is_ok_and(|r| r.is_ok());
-    let body = Json(json!({"messaging": messaging_ok, "redis": redis_ok, "pubsub": app.hub.connected()}));
+    let body =
+        Json(json!({"messaging": messaging_ok, "redis": redis_ok, "pubsub": app.hub.connected()}));
     if messaging_ok && redis_ok && app.hub.connected() {
         (StatusCode::OK, body).into_response()
     } else {
@@ -172,12 +225,18 @@ struct DevTokenBody {
     user_id: String,
 }
 
-async fn dev_token(State(app): AppState, JsonBody(b): JsonBody<DevTokenBody>) -> Result<Json<Value>, ApiError> {
+async fn dev_token(
+    State(app): AppState,
+    JsonBody(b): JsonBody<DevTokenBody>,
+) -> Result<Json<Value>, ApiError> {
     if !app.auth.dev_enabled() {
         return Err(ApiError::not_found("dev tokens are disabled"));
     }
     let user = UserId::parse(&b.user_id)?;
-    let (token, exp) = app.auth.issue_dev(&user).ok_or_else(|| ApiError::new(ErrorCode::Internal, "cannot issue token"))?;
+    let (token, exp) = app
+        .auth
+        .issue_dev(&user)
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "cannot issue token"))?;
     let expires_at = chrono::DateTime::from_timestamp(exp as i64, 0)
         .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     Ok(Json(json!({"token": token, "expires_at": expires_at})))
@@ -192,7 +251,11 @@ struct CreateChannelBody {
     members: Vec<String>,
 }
 
-async fn create_channel(State(app): AppState, Caller(user): Caller, JsonBody(b): JsonBody<CreateChannelBody>) -> Result<Response, ApiError> {
+async fn create_channel(
+    State(app): AppState,
+    Caller(user): Caller,
+    JsonBody(b): JsonBody<CreateChannelBody>,
+) -> Result<Response, ApiError> {
     let kind = match b.kind.as_str() {
         "group" => pb::ChannelKind::Group,
         "direct" => pb::ChannelKind::Direct,
@@ -201,10 +264,27 @@ async fn create_channel(State(app): AppState, Caller(user): Caller, JsonBody(b):
     for m in &b.members {
         UserId::parse(m)?;
     }
-    let req = pb::CreateChannelRequest { kind: kind as i32, name: b.name, members: b.members };
-    let resp = app.messaging.clone().create_channel(grpc(&user, req)?).await?.into_inner();
-    let channel = resp.channel.as_ref().map(view::channel).unwrap_or(Value::Null);
-    let status = if resp.created { StatusCode::CREATED } else { StatusCode::OK };
+    let req = pb::CreateChannelRequest {
+        kind: kind as i32,
+        name: b.name,
+        members: b.members,
+    };
+    let resp = app
+        .messaging
+        .clone()
+        .create_channel(grpc(&user, req)?)
+        .await?
+        .into_inner();
+    let channel = resp
+        .channel
+        .as_ref()
+        .map(view::channel)
+        .unwrap_or(Value::Null);
+    let status = if resp.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(channel)).into_response())
 }
 
@@ -228,23 +308,64 @@ fn parse_limit(app: &App, raw: Option<&str>) -> Result<u32, ApiError> {
     }
 }
 
-async fn list_channels(State(app): AppState, Caller(user): Caller, Q(q): Q<PageQuery>) -> Result<Json<Value>, ApiError> {
+async fn list_channels(
+    State(app): AppState,
+    Caller(user): Caller,
+    Q(q): Q<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
     let limit = parse_limit(&app, q.limit.as_deref())?;
-    let req = pb::ListChannelsRequest { limit, cursor: q.cursor.unwrap_or_default() };
-    let resp = app.messaging.clone().list_channels(grpc(&user, req)?).await?.into_inner();
+    let req = pb::ListChannelsRequest {
+        limit,
+        cursor: q.cursor.unwrap_or_default(),
+    };
+    let resp = app
+        .messaging
+        .clone()
+        .list_channels(grpc(&user, req)?)
+        .await?
+        .into_inner();
     let next = (!resp.next_cursor.is_empty()).then_some(resp.next_cursor);
-    Ok(Json(json!({"channels": resp.channels.iter().map(view::channel).collect::<Vec<_>>(), "next_cursor": next})))
+    Ok(Json(
+        json!({"channels": resp.channels.iter().map(view::channel).collect::<Vec<_>>(), "next_cursor": next}),
+    ))
 }
 
-async fn get_channel(State(app): AppState, Caller(user): Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let req = pb::GetChannelRequest { channel_id: channel_path(&id)? };
-    let resp = app.messaging.clone().get_channel(grpc(&user, req)?).await?.into_inner();
-    Ok(Json(resp.channel.as_ref().map(view::channel).unwrap_or(Value::Null)))
+async fn get_channel(
+    State(app): AppState,
+    Caller(user): Caller,
+    P(id): P<String>,
+) -> Result<Json<Value>, ApiError> {
+    let req = pb::GetChannelRequest {
+        channel_id: channel_path(&id)?,
+    };
+    let resp = app
+        .messaging
+        .clone()
+        .get_channel(grpc(&user, req)?)
+        .await?
+        .into_inner();
+    Ok(Json(
+        resp.channel
+            .as_ref()
+            .map(view::channel)
+            .unwrap_or(Value::Null),
+    ))
 }
 
-async fn list_members(State(app): AppState, Caller(user): Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let req = pb::ListMembersRequest { channel_id: channel_path(&id)? };
-    let resp = app.messaging.clone().list_members(grpc(&user, req)?).await?.into_inner();
+async fn list_members(
+    State(app): AppState,
+    Caller(user): Caller,
+    P(id): P<String>,
+) -> Result<Json<Value>, ApiError> {
+    let req = pb::ListMembersRequest {
+        channel_id: channel_path(&id)?,
+    };
+    let resp = app
+        .messaging
+        .clone()
+        .list_members(grpc(&user, req)?)
+        .await?
+        .into_inner();
     let members: Vec<Value> = resp
         .members
         .iter()
@@ -258,19 +379,50 @@ struct AddMemberBody {
     user_id: String,
 }
 
-async fn add_member(State(app): AppState, Caller(user): Caller, Path(id): Path<String>, JsonBody(b): JsonBody<AddMemberBody>) -> Result<Response, ApiError> {
+async fn add_member(
+    State(app): AppState,
+    Caller(user): Caller,
+    P(id): P<String>,
+    JsonBody(b): JsonBody<AddMemberBody>,
+) -> Result<Response, ApiError> {
     let target = UserId::parse(&b.user_id)?;
-    let req = pb::AddMemberRequest { channel_id: channel_path(&id)?, user_id: target.to_string() };
-    let resp = app.messaging.clone().add_member(grpc(&user, req)?).await?.into_inner();
-    let body = resp.member.as_ref().map(view::member).unwrap_or(Value::Null);
-    let status = if resp.created { StatusCode::CREATED } else { StatusCode::OK };
+    let req = pb::AddMemberRequest {
+        channel_id: channel_path(&id)?,
+        user_id: target.to_string(),
+    };
+    let resp = app
+        .messaging
+        .clone()
+        .add_member(grpc(&user, req)?)
+        .await?
+        .into_inner();
+    let body = resp
+        .member
+        .as_ref()
+        .map(view::member)
+        .unwrap_or(Value::Null);
+    let status = if resp.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(body)).into_response())
 }
 
-async fn remove_member(State(app): AppState, Caller(user): Caller, Path((id, target)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+async fn remove_member(
+    State(app): AppState,
+    Caller(user): Caller,
+    P((id, target)): P<(String, String)>,
+) -> Result<StatusCode, ApiError> {
     let target = UserId::parse(&target)?;
-    let req = pb::RemoveMemberRequest { channel_id: channel_path(&id)?, user_id: target.to_string() };
-    app.messaging.clone().remove_member(grpc(&user, req)?).await?;
+    let req = pb::RemoveMemberRequest {
+        channel_id: channel_path(&id)?,
+        user_id: target.to_string(),
+    };
+    app.messaging
+        .clone()
+        .remove_member(grpc(&user, req)?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -281,7 +433,13 @@ struct SendBody {
 }
 
 /// Validates, rate-limits and sends one message; shared by REST and WebSocket.
-pub(crate) async fn send(app: &App, user: &UserId, channel_id: &str, client_msg_id: &str, body: &str) -> Result<pb::SendMessageResponse, ApiError> {
+pub(crate) async fn send(
+    app: &App,
+    user: &UserId,
+    channel_id: &str,
+    client_msg_id: &str,
+    body: &str,
+) -> Result<pb::SendMessageResponse, ApiError> {
     let channel_id = channel_path(channel_id)?;
     let cid = ClientMsgId::parse(client_msg_id)?;
     let body = MessageBody::parse(body, app.config.limits.max_message_bytes)?;
@@ -292,32 +450,78 @@ pub(crate) async fn send(app: &App, user: &UserId, channel_id: &str, client_msg_
             retry_after: Some(wait),
         });
     }
-    let req = pb::SendMessageRequest { channel_id, client_msg_id: cid.as_str().to_owned(), body: body.as_str().to_owned() };
-    Ok(app.messaging.clone().send_message(grpc(user, req)?).await?.into_inner())
+    let req = pb::SendMessageRequest {
+        channel_id,
+        client_msg_id: cid.as_str().to_owned(),
+        body: body.as_str().to_owned(),
+    };
+    Ok(app
+        .messaging
+        .clone()
+        .send_message(grpc(user, req)?)
+        .await?
+        .into_inner())
 }
 
-async fn send_message(State(app): AppState, Caller(user): Caller, Path(id): Path<String>, JsonBody(b): JsonBody<SendBody>) -> Result<Response, ApiError> {
+async fn send_message(
+    State(app): AppState,
+    Caller(user): Caller,
+    P(id): P<String>,
+    JsonBody(b): JsonBody<SendBody>,
+) -> Result<Response, ApiError> {
     let resp = send(&app, &user, &id, &b.client_msg_id, &b.body).await?;
-    let body = resp.message.as_ref().map(view::message).unwrap_or(Value::Null);
-    let status = if resp.created { StatusCode::CREATED } else { StatusCode::OK };
+    let body = resp
+        .message
+        .as_ref()
+        .map(view::message)
+        .unwrap_or(Value::Null);
+    let status = if resp.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(body)).into_response())
 }
 
-async fn list_messages(State(app): AppState, Caller(user): Caller, Path(id): Path<String>, Q(q): Q<PageQuery>) -> Result<Json<Value>, ApiError> {
+async fn list_messages(
+    State(app): AppState,
+    Caller(user): Caller,
+    P(id): P<String>,
+    Q(q): Q<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
     let channel_id = channel_path(&id)?;
     let limit = parse_limit(&app, q.limit.as_deref())?;
     let cursor = |name: &str, v: Option<String>| -> Result<Option<u64>, ApiError> {
-        v.map(|s| s.parse::<u64>().ok().filter(|n| *n <= i64::MAX as u64).ok_or_else(|| ApiError::invalid(format!("{name} must be a non-negative integer seq"))))
-            .transpose()
+        v.map(|s| {
+            s.parse::<u64>()
+                .ok()
+                .filter(|n| *n <= i64::MAX as u64)
+                .ok_or_else(|| {
+                    ApiError::invalid(format!("{name} must be a non-negative integer seq"))
+                })
+        })
+        .transpose()
     };
     let before = cursor("before", q.before)?;
     let after = cursor("after", q.after)?;
     if before.is_some() && after.is_some() {
         return Err(ApiError::invalid("use either before or after, not both"));
     }
-    let req = pb::ListMessagesRequest { channel_id, before, after, limit };
-    let resp = app.messaging.clone().list_messages(grpc(&user, req)?).await?.into_inner();
-    Ok(Json(json!({"messages": resp.messages.iter().map(view::message).collect::<Vec<_>>(), "has_more": resp.has_more})))
+    let req = pb::ListMessagesRequest {
+        channel_id,
+        before,
+        after,
+        limit,
+    };
+    let resp = app
+        .messaging
+        .clone()
+        .list_messages(grpc(&user, req)?)
+        .await?
+        .into_inner();
+    Ok(Json(
+        json!({"messages": resp.messages.iter().map(view::message).collect::<Vec<_>>(), "has_more": resp.has_more}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -325,17 +529,46 @@ struct EditBody {
     body: String,
 }
 
-async fn edit_message(State(app): AppState, Caller(user): Caller, Path((id, seq)): Path<(String, String)>, JsonBody(b): JsonBody<EditBody>) -> Result<Json<Value>, ApiError> {
+async fn edit_message(
+    State(app): AppState,
+    Caller(user): Caller,
+    P((id, seq)): P<(String, String)>,
+    JsonBody(b): JsonBody<EditBody>,
+) -> Result<Json<Value>, ApiError> {
     let channel_id = channel_path(&id)?;
     let seq = seq_path(&seq)?;
     let body = MessageBody::parse(&b.body, app.config.limits.max_message_bytes)?;
-    let req = pb::EditMessageRequest { channel_id, seq, body: body.as_str().to_owned() };
-    let resp = app.messaging.clone().edit_message(grpc(&user, req)?).await?.into_inner();
-    Ok(Json(resp.message.as_ref().map(view::message).unwrap_or(Value::Null)))
+    let req = pb::EditMessageRequest {
+        channel_id,
+        seq,
+        body: body.as_str().to_owned(),
+    };
+    let resp = app
+        .messaging
+        .clone()
+        .edit_message(grpc(&user, req)?)
+        .await?
+        .into_inner();
+    Ok(Json(
+        resp.message
+            .as_ref()
+            .map(view::message)
+            .unwrap_or(Value::Null),
+    ))
 }
 
-async fn delete_message(State(app): AppState, Caller(user): Caller, Path((id, seq)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
-    let req = pb::DeleteMessageRequest { channel_id: channel_path(&id)?, seq: seq_path(&seq)? };
-    app.messaging.clone().delete_message(grpc(&user, req)?).await?;
+async fn delete_message(
+    State(app): AppState,
+    Caller(user): Caller,
+    P((id, seq)): P<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let req = pb::DeleteMessageRequest {
+        channel_id: channel_path(&id)?,
+        seq: seq_path(&seq)?,
+    };
+    app.messaging
+        .clone()
+        .delete_message(grpc(&user, req)?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -97,20 +97,23 @@ impl Hub {
     pub async fn subscribe(&self, id: u64, topic: &str, sink: &ConnSink) {
         let _op = self.inner.ops.lock().await;
         let first = {
-            let mut routes = self.inner.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut routes = self
+                .inner
+                .routes
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let subs = routes.entry(topic.to_owned()).or_default();
             let first = subs.is_empty();
             subs.insert(id, sink.clone());
             first
         };
         if first {
-            if let Some(s) = self.inner.sink.lock().await.as_mut() {
-                if let Err(e) = s.subscribe(topic).await {
+            if let Some(s) = self.inner.sink.lock().await.as_mut()
+                && let Err(e) = s.subscribe(topic).await {
                     // The reader reconnects and resubscribes every routed topic.
                     tracing::warn!(error = %e, topic, "SUBSCRIBE failed");
                     sink.mark_lagged();
                 }
-            }
             metrics::gauge!("gateway_pubsub_topics").increment(1.0);
         }
     }
@@ -119,7 +122,11 @@ impl Hub {
     pub async fn unsubscribe(&self, id: u64, topic: &str) {
         let _op = self.inner.ops.lock().await;
         let last = {
-            let mut routes = self.inner.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut routes = self
+                .inner
+                .routes
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match routes.get_mut(topic) {
                 Some(subs) => {
                     let removed = subs.remove(&id).is_some();
@@ -133,11 +140,10 @@ impl Hub {
             }
         };
         if last {
-            if let Some(s) = self.inner.sink.lock().await.as_mut() {
-                if let Err(e) = s.unsubscribe(topic).await {
+            if let Some(s) = self.inner.sink.lock().await.as_mut()
+                && let Err(e) = s.unsubscribe(topic).await {
                     tracing::warn!(error = %e, topic, "UNSUBSCRIBE failed");
                 }
-            }
             metrics::gauge!("gateway_pubsub_topics").decrement(1.0);
         }
     }
@@ -205,7 +211,11 @@ impl Hub {
     }
 
     fn mark_all_lagged(&self) {
-        let routes = self.inner.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let routes = self
+            .inner
+            .routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for subs in routes.values() {
             for s in subs.values() {
                 s.mark_lagged();
@@ -222,10 +232,19 @@ impl Hub {
             }
         };
         let via_user_topic = topic.starts_with(&format!("{}messaging:user:", self.inner.prefix));
-        let routes = self.inner.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(subs) = routes.get(topic) else { return };
+        let routes = self
+            .inner
+            .routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(subs) = routes.get(topic) else {
+            return;
+        };
         for s in subs.values() {
-            match s.tx.try_send(Delivery { event: event.clone(), via_user_topic }) {
+            match s.tx.try_send(Delivery {
+                event: event.clone(),
+                via_user_topic,
+            }) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     metrics::counter!("gateway_ws_queue_overflows_total").increment(1);

@@ -69,7 +69,10 @@ impl std::fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthConfig")
             .field("hs256_secret", &"[redacted]")
-            .field("rs256_public_key_pem", &(!self.rs256_public_key_pem.is_empty()))
+            .field(
+                "rs256_public_key_pem",
+                &(!self.rs256_public_key_pem.is_empty()),
+            )
             .field("dev_tokens", &self.dev_tokens)
             .field("dev_token_ttl_secs", &self.dev_token_ttl_secs)
             .field("leeway_secs", &self.leeway_secs)
@@ -98,9 +101,12 @@ pub struct WsConfig {
 
 impl Config {
     /// Loads defaults < file < environment and validates.
-    pub fn load(sources: &parley_kit::config::Sources) -> Result<Self, parley_kit::config::ConfigError> {
+    pub fn load(
+        sources: &parley_kit::config::Sources,
+    ) -> Result<Self, parley_kit::config::ConfigError> {
         let c: Self = parley_kit::config::load(DEFAULTS, sources)?;
-        c.validate().map_err(parley_kit::config::ConfigError::Message)?;
+        c.validate()
+            .map_err(parley_kit::config::ConfigError::Message)?;
         Ok(c)
     }
 
@@ -130,7 +136,10 @@ pub(crate) struct App {
     redis: redis::aio::ConnectionManager,
     limiter: ratelimit::Limiter,
     hub: hub::Hub,
-    /// Cancelled when the node starts draining: connections get `reconnect`.
+    /// Cancelled as soon as shutdown begins: /readyz answers 503 from then on.
+    stopping: CancellationToken,
+    /// Cancelled when the node starts draining (after `drain_delay_ms`): connections get
+    /// `reconnect`.
     draining: CancellationToken,
     /// Every WebSocket connection task, awaited on shutdown.
     connections: TaskTracker,
@@ -138,7 +147,11 @@ pub(crate) struct App {
 
 /// Runs the gateway on `listener` until `shutdown` is cancelled, then drains: /readyz turns
 /// 503, WebSocket clients get a `reconnect` frame and are closed, in-flight requests finish.
-pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     // Install the metrics recorder before anything is recorded (it is process-wide and lazy).
     parley_kit::metrics::handle();
     let endpoint = tonic::transport::Endpoint::from_shared(config.messaging.url.clone())?
@@ -156,8 +169,17 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
             .set_number_of_retries(1),
     )
     .await?;
-    let limiter = ratelimit::Limiter::new(redis.clone(), &config.redis.prefix, config.limits.send_burst, config.limits.send_refill_per_sec);
-    let hub = hub::Hub::start(redis_client, config.redis.prefix.clone(), shutdown.clone());
+    let limiter = ratelimit::Limiter::new(
+        redis.clone(),
+        &config.redis.prefix,
+        config.limits.send_burst,
+        config.limits.send_refill_per_sec,
+    );
+    // Live fan-out runs until the server is done (not merely stopping): connections keep
+    // receiving events during the drain delay, until they are told to reconnect.
+    let hub_stop = CancellationToken::new();
+    let _hub_guard = hub_stop.clone().drop_guard();
+    let hub = hub::Hub::start(redis_client, config.redis.prefix.clone(), hub_stop);
     let app = Arc::new(App {
         auth: auth::Verifier::new(&config.auth)?,
         config,
@@ -166,6 +188,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         redis,
         limiter,
         hub,
+        stopping: shutdown.clone(),
         draining: CancellationToken::new(),
         connections: TaskTracker::new(),
     });
@@ -181,16 +204,22 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
         tokio::time::sleep(Duration::from_millis(cfg.drain_delay_ms)).await;
         drain_app.draining.cancel();
         drain_app.connections.close();
-        if tokio::time::timeout(Duration::from_millis(cfg.drain_timeout_ms), drain_app.connections.wait())
-            .await
-            .is_err()
+        if tokio::time::timeout(
+            Duration::from_millis(cfg.drain_timeout_ms),
+            drain_app.connections.wait(),
+        )
+        .await
+        .is_err()
         {
             tracing::warn!("drain timeout: some WebSocket connections did not close in time");
         }
     };
-    axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(graceful)
-        .await?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(graceful)
+    .await?;
     tracing::info!("gateway stopped");
     Ok(())
 }

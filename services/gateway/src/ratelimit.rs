@@ -40,7 +40,13 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn new(redis: ConnectionManager, prefix: &str, burst: u32, refill: f64) -> Self {
-        Self { redis, prefix: prefix.to_owned(), burst, refill, script: redis::Script::new(SCRIPT) }
+        Self {
+            redis,
+            prefix: prefix.to_owned(),
+            burst,
+            refill,
+            script: redis::Script::new(SCRIPT),
+        }
     }
 
     /// `Ok(())` when `user` may send now, else `Err(seconds to wait)`.
@@ -58,7 +64,7 @@ impl Limiter {
             Ok((1, _)) => Ok(()),
             Ok((_, wait_ms)) => {
                 metrics::counter!("gateway_rate_limited_total").increment(1);
-                Err(((wait_ms.max(1) as u64) + 999) / 1000)
+                Err((wait_ms.max(1) as u64).div_ceil(1000))
             }
             Err(e) => {
                 metrics::counter!("gateway_rate_limiter_errors_total").increment(1);

@@ -16,8 +16,10 @@ use std::{
 
 use axum::{
     extract::{
-        Query, State,
-        ws::{Message as WsMessage, WebSocket, WebSocketUpgrade},
+        State,
+        ws::{
+            Message as WsMessage, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+        },
     },
     http::HeaderMap,
     response::{IntoResponse, Response},
@@ -43,17 +45,36 @@ pub struct WsQuery {
 }
 
 /// `GET /v1/ws`: authenticates, then upgrades.
-pub async fn upgrade(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Query<WsQuery>, ws: WebSocketUpgrade) -> Response {
-    let user = match crate::auth::bearer(&headers, q.token.as_deref()).and_then(|t| app.auth.verify(&t)) {
-        Ok(u) => u,
-        Err(e) => return e.into_response(),
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    crate::http::Q(q): crate::http::Q<WsQuery>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let user =
+        match crate::auth::bearer(&headers, q.token.as_deref()).and_then(|t| app.auth.verify(&t)) {
+            Ok(u) => u,
+            Err(e) => return e.into_response(),
+        };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return ApiError::invalid(format!("not a WebSocket upgrade: {}", e.body_text()))
+                .into_response();
+        }
     };
     if app.draining.is_cancelled() {
-        return ApiError::new(ErrorCode::Unavailable, "this node is draining; connect to another").into_response();
+        return ApiError::new(
+            ErrorCode::Unavailable,
+            "this node is draining; connect to another",
+        )
+        .into_response();
     }
     let tracker = app.connections.clone();
     ws.max_message_size(app.config.ws.max_frame_bytes)
-        .on_upgrade(move |socket| tracker.track_future(async move { Conn::run(app, user, socket).await }))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move { Conn::run(app, user, socket).await })
+        })
 }
 
 /// Ordering state of one channel on one connection.
@@ -95,7 +116,11 @@ impl Conn {
     async fn run(app: Arc<App>, user: UserId, socket: WebSocket) {
         let (tx, mut rx) = mpsc::channel(app.config.ws.queue_len);
         let (sends_tx, mut sends_rx) = mpsc::channel(64);
-        let sink = ConnSink { tx, lagged: Arc::new(AtomicBool::new(false)), wake: Arc::new(Notify::new()) };
+        let sink = ConnSink {
+            tx,
+            lagged: Arc::new(AtomicBool::new(false)),
+            wake: Arc::new(Notify::new()),
+        };
         let mut conn = Self {
             id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
             app,
@@ -122,7 +147,11 @@ impl Conn {
         tracing::debug!(user = %conn.user, conn = conn.id, reason, "websocket ended");
     }
 
-    async fn serve(&mut self, rx: &mut mpsc::Receiver<Delivery>, sends_rx: &mut mpsc::Receiver<SendResult>) -> End {
+    async fn serve(
+        &mut self,
+        rx: &mut mpsc::Receiver<Delivery>,
+        sends_rx: &mut mpsc::Receiver<SendResult>,
+    ) -> End {
         if let Err(end) = self.start().await {
             return end;
         }
@@ -193,12 +222,25 @@ impl Conn {
 
     // These return futures that do not borrow `self`: the socket inside is not Sync, so a
     // borrow of `Conn` held across an await would make the connection task !Send.
-    fn positions(&self) -> impl Future<Output = Result<Vec<(String, u64)>, ApiError>> + Send + 'static {
+    fn positions(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, u64)>, ApiError>> + Send + 'static {
         positions(self.app.clone(), self.user.clone())
     }
 
-    fn page_after(&self, channel: &str, after: u64, limit: u32) -> impl Future<Output = Result<(Vec<pb::Message>, bool), ApiError>> + Send + 'static {
-        page_after(self.app.clone(), self.user.clone(), channel.to_owned(), after, limit)
+    fn page_after(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<(Vec<pb::Message>, bool), ApiError>> + Send + 'static {
+        page_after(
+            self.app.clone(),
+            self.user.clone(),
+            channel.to_owned(),
+            after,
+            limit,
+        )
     }
 
     async fn subscribe(&mut self, topic: String) {
@@ -209,8 +251,14 @@ impl Conn {
 
     async fn join_channel(&mut self, channel: &str, position: u64) {
         if !self.cursors.contains_key(channel) {
-            self.cursors
-                .insert(channel.to_owned(), Cursor { delivered: position, target: position, ..Cursor::default() });
+            self.cursors.insert(
+                channel.to_owned(),
+                Cursor {
+                    delivered: position,
+                    target: position,
+                    ..Cursor::default()
+                },
+            );
             let topic = self.app.hub.channel_topic(channel);
             self.subscribe(topic).await;
         }
@@ -225,7 +273,10 @@ impl Conn {
     }
 
     async fn frame(&mut self, v: Value) -> Result<(), End> {
-        self.socket.send(WsMessage::Text(v.to_string().into())).await.map_err(|_| End::Error)
+        self.socket
+            .send(WsMessage::Text(v.to_string().into()))
+            .await
+            .map_err(|_| End::Error)
     }
 
     async fn error(&mut self, r: Option<Value>, e: &ApiError) -> Result<(), End> {
@@ -243,7 +294,13 @@ impl Conn {
         self.last_inbound = Instant::now();
         match m {
             WsMessage::Text(t) => self.on_frame(t.as_str()).await,
-            WsMessage::Binary(_) => self.error(None, &ApiError::invalid("binary frames are not supported; send JSON text")).await,
+            WsMessage::Binary(_) => {
+                self.error(
+                    None,
+                    &ApiError::invalid("binary frames are not supported; send JSON text"),
+                )
+                .await
+            }
             WsMessage::Close(_) => Err(End::Closed),
             WsMessage::Ping(_) | WsMessage::Pong(_) => Ok(()),
         }
@@ -252,8 +309,16 @@ impl Conn {
     async fn on_frame(&mut self, text: &str) -> Result<(), End> {
         let v: Value = match serde_json::from_str(text) {
             Ok(v @ Value::Object(_)) => v,
-            Ok(_) => return self.error(None, &ApiError::invalid("a frame must be a JSON object")).await,
-            Err(e) => return self.error(None, &ApiError::invalid(format!("malformed JSON: {e}"))).await,
+            Ok(_) => {
+                return self
+                    .error(None, &ApiError::invalid("a frame must be a JSON object"))
+                    .await;
+            }
+            Err(e) => {
+                return self
+                    .error(None, &ApiError::invalid(format!("malformed JSON: {e}")))
+                    .await;
+            }
         };
         let r = v.get("ref").cloned();
         let kind = v.get("type").and_then(Value::as_str).unwrap_or_default();
@@ -271,22 +336,35 @@ impl Conn {
                 }
                 return self.frame(f).await;
             }
-            "send" => (|| Ok((str_field("channel_id")?, str_field("client_msg_id")?, str_field("body")?)))().map(
-                |(channel, cid, body)| {
-                    let (app, user, tx, r) = (self.app.clone(), self.user.clone(), self.sends_tx.clone(), r.clone());
-                    tokio::spawn(async move {
-                        let result = crate::http::send(&app, &user, &channel, &cid, &body).await;
-                        let _ = tx.send((r, result)).await;
-                    });
-                },
-            ),
+            "send" => (|| {
+                Ok((
+                    str_field("channel_id")?,
+                    str_field("client_msg_id")?,
+                    str_field("body")?,
+                ))
+            })()
+            .map(|(channel, cid, body)| {
+                let (app, user, tx, r) = (
+                    self.app.clone(),
+                    self.user.clone(),
+                    self.sends_tx.clone(),
+                    r.clone(),
+                );
+                tokio::spawn(async move {
+                    let result = crate::http::send(&app, &user, &channel, &cid, &body).await;
+                    let _ = tx.send((r, result)).await;
+                });
+            }),
             "resume" => match v.get("positions").and_then(Value::as_object) {
                 Some(p) => {
                     let parsed: Result<Vec<(String, u64)>, ApiError> = p
                         .iter()
                         .map(|(k, v)| {
-                            let ch = parley_kit::domain::parse_uuid("positions key", k)?.to_string();
-                            let seq = v.as_u64().ok_or_else(|| ApiError::invalid("positions values must be non-negative integers"))?;
+                            let ch =
+                                parley_kit::domain::parse_uuid("positions key", k)?.to_string();
+                            let seq = v.as_u64().ok_or_else(|| {
+                                ApiError::invalid("positions values must be non-negative integers")
+                            })?;
                             Ok((ch, seq))
                         })
                         .collect();
@@ -295,7 +373,9 @@ impl Conn {
                         Err(e) => Err(e),
                     }
                 }
-                None => Err(ApiError::invalid("`positions` must be an object of channel id → seq")),
+                None => Err(ApiError::invalid(
+                    "`positions` must be an object of channel id → seq",
+                )),
             },
             "typing" | "ack" | "read" | "watch_presence" => Err(ApiError::new(
                 ErrorCode::Unavailable,
@@ -310,10 +390,15 @@ impl Conn {
         }
     }
 
-    async fn on_sent(&mut self, r: Option<Value>, result: Result<pb::SendMessageResponse, ApiError>) -> Result<(), End> {
+    async fn on_sent(
+        &mut self,
+        r: Option<Value>,
+        result: Result<pb::SendMessageResponse, ApiError>,
+    ) -> Result<(), End> {
         match result {
             Ok(resp) => {
-                let mut f = json!({"type": "sent", "message": resp.message.as_ref().map(view::message)});
+                let mut f =
+                    json!({"type": "sent", "message": resp.message.as_ref().map(view::message)});
                 if let Some(r) = r {
                     f["ref"] = r;
                 }
@@ -338,18 +423,27 @@ impl Conn {
         let event = &d.event;
         use ev::event::Payload;
         match &event.payload {
-            Some(Payload::MessageCreated(ev::MessageCreated { message: Some(m) })) => self.offer(m.clone()).await,
-            Some(Payload::MessageUpdated(ev::MessageUpdated { message: Some(m) })) => self.changed("message_updated", m).await,
-            Some(Payload::MessageDeleted(ev::MessageDeleted { message: Some(m), .. })) => self.changed("message_deleted", m).await,
+            Some(Payload::MessageCreated(ev::MessageCreated { message: Some(m) })) => {
+                self.offer(m.clone()).await
+            }
+            Some(Payload::MessageUpdated(ev::MessageUpdated { message: Some(m) })) => {
+                self.changed("message_updated", m).await
+            }
+            Some(Payload::MessageDeleted(ev::MessageDeleted {
+                message: Some(m), ..
+            })) => self.changed("message_deleted", m).await,
             Some(Payload::MemberJoined(j)) => {
-                let Some(member) = &j.member else { return Ok(()) };
+                let Some(member) = &j.member else {
+                    return Ok(());
+                };
                 let me = member.user_id == self.user.as_str();
                 // Events about this user come on the user topic; skip their copy on the channel topic.
                 if me != d.via_user_topic || self.seen_event(&event.event_id) {
                     return Ok(());
                 }
                 if me {
-                    self.join_channel(&member.channel_id, j.channel_last_seq).await;
+                    self.join_channel(&member.channel_id, j.channel_last_seq)
+                        .await;
                 }
                 self.frame(json!({
                     "type": "member_joined", "channel_id": member.channel_id, "user_id": member.user_id,
@@ -383,7 +477,9 @@ impl Conn {
 
     /// A new message: deliver in order, hold if early, drop if already delivered.
     async fn offer(&mut self, m: pb::Message) -> Result<(), End> {
-        let Some(c) = self.cursors.get_mut(&m.channel_id) else { return Ok(()) };
+        let Some(c) = self.cursors.get_mut(&m.channel_id) else {
+            return Ok(());
+        };
         if m.seq <= c.delivered {
             return Ok(());
         }
@@ -405,18 +501,25 @@ impl Conn {
             c.target = c.target.max(m.seq);
         }
         metrics::counter!("gateway_ws_messages_delivered_total").increment(1);
-        self.frame(json!({"type": "message", "message": view::message(&m)})).await
+        self.frame(json!({"type": "message", "message": view::message(&m)}))
+            .await
     }
 
     async fn flush_held(&mut self, channel: &str) -> Result<(), End> {
         loop {
-            let Some(c) = self.cursors.get_mut(channel) else { return Ok(()) };
+            let Some(c) = self.cursors.get_mut(channel) else {
+                return Ok(());
+            };
             let next = c.delivered + 1;
             c.held.retain(|s, _| *s >= next);
             match c.held.remove(&next) {
                 Some(m) => self.deliver(m).await?,
                 None => {
-                    c.gap_since = if c.target > c.delivered { c.gap_since.or(Some(Instant::now())) } else { None };
+                    c.gap_since = if c.target > c.delivered {
+                        c.gap_since.or(Some(Instant::now()))
+                    } else {
+                        None
+                    };
                     return Ok(());
                 }
             }
@@ -426,9 +529,13 @@ impl Conn {
     /// An edit or delete: forwarded when the client already has the message; otherwise the
     /// message is fetched in its current state when its turn comes.
     async fn changed(&mut self, kind: &str, m: &pb::Message) -> Result<(), End> {
-        let Some(c) = self.cursors.get_mut(&m.channel_id) else { return Ok(()) };
+        let Some(c) = self.cursors.get_mut(&m.channel_id) else {
+            return Ok(());
+        };
         if m.seq <= c.delivered {
-            return self.frame(json!({"type": kind, "message": view::message(m)})).await;
+            return self
+                .frame(json!({"type": kind, "message": view::message(m)}))
+                .await;
         }
         if let Some(held) = c.held.get_mut(&m.seq) {
             *held = m.clone();
@@ -443,7 +550,9 @@ impl Conn {
         let due: Vec<String> = self
             .cursors
             .iter()
-            .filter(|(_, c)| c.target > c.delivered && c.gap_since.is_some_and(|t| t.elapsed() >= wait))
+            .filter(|(_, c)| {
+                c.target > c.delivered && c.gap_since.is_some_and(|t| t.elapsed() >= wait)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for ch in due {
@@ -458,7 +567,9 @@ impl Conn {
     async fn fill(&mut self, channel: &str, probe: bool) -> Result<(), End> {
         let mut first = probe;
         loop {
-            let Some(c) = self.cursors.get(channel) else { return Ok(()) };
+            let Some(c) = self.cursors.get(channel) else {
+                return Ok(());
+            };
             if !first && c.target <= c.delivered {
                 return self.flush_held(channel).await;
             }
@@ -479,7 +590,9 @@ impl Conn {
                 self.offer(m).await?;
             }
             if !more || !got_any {
-                let Some(c) = self.cursors.get_mut(channel) else { return Ok(()) };
+                let Some(c) = self.cursors.get_mut(channel) else {
+                    return Ok(());
+                };
                 // History is authoritative: nothing above what it returned exists yet.
                 if !more && c.held.is_empty() {
                     c.target = c.delivered;
@@ -505,7 +618,12 @@ impl Conn {
             }
         };
         let current: HashSet<String> = positions.iter().map(|(c, _)| c.clone()).collect();
-        let gone: Vec<String> = self.cursors.keys().filter(|c| !current.contains(*c)).cloned().collect();
+        let gone: Vec<String> = self
+            .cursors
+            .keys()
+            .filter(|c| !current.contains(*c))
+            .cloned()
+            .collect();
         for ch in gone {
             self.leave_channel(&ch).await;
         }
@@ -537,12 +655,19 @@ impl Conn {
         let mut report = serde_json::Map::new();
         for (ch, pos) in positions {
             let Some(&last) = last_seqs.get(&ch) else {
-                let e = ApiError::new(ErrorCode::PermissionDenied, format!("not a member of channel {ch}"));
+                let e = ApiError::new(
+                    ErrorCode::PermissionDenied,
+                    format!("not a member of channel {ch}"),
+                );
                 self.error(None, &e).await?;
                 continue;
             };
             self.join_channel(&ch, last).await;
-            let (start, recovered) = if last.saturating_sub(pos) > limit { (last - limit, false) } else { (pos.min(last), true) };
+            let (start, recovered) = if last.saturating_sub(pos) > limit {
+                (last - limit, false)
+            } else {
+                (pos.min(last), true)
+            };
             if let Some(c) = self.cursors.get_mut(&ch) {
                 // Rewind (or fast-forward) to what the client has; live messages above it
                 // stay held until the replay reaches them, so nothing is sent twice.
@@ -552,20 +677,49 @@ impl Conn {
             }
             self.fill(&ch, true).await?;
             let to = self.cursors.get(&ch).map_or(start, |c| c.delivered);
-            report.insert(ch, json!({"from": start + 1, "to": to, "recovered": recovered}));
+            report.insert(
+                ch,
+                json!({"from": start + 1, "to": to, "recovered": recovered}),
+            );
         }
-        self.frame(json!({"type": "resumed", "channels": report})).await
+        self.frame(json!({"type": "resumed", "channels": report}))
+            .await
     }
 }
 
 async fn positions(app: Arc<App>, user: UserId) -> Result<Vec<(String, u64)>, ApiError> {
     let req = grpc(&user, pb::ListChannelPositionsRequest {})?;
-    let resp = app.messaging.clone().list_channel_positions(req).await?.into_inner();
-    Ok(resp.positions.into_iter().map(|p| (p.channel_id, p.last_seq)).collect())
+    let resp = app
+        .messaging
+        .clone()
+        .list_channel_positions(req)
+        .await?
+        .into_inner();
+    Ok(resp
+        .positions
+        .into_iter()
+        .map(|p| (p.channel_id, p.last_seq))
+        .collect())
 }
 
-async fn page_after(app: Arc<App>, user: UserId, channel: String, after: u64, limit: u32) -> Result<(Vec<pb::Message>, bool), ApiError> {
-    let req = pb::ListMessagesRequest { channel_id: channel, before: None, after: Some(after), limit };
-    let resp = app.messaging.clone().list_messages(grpc(&user, req)?).await?.into_inner();
+async fn page_after(
+    app: Arc<App>,
+    user: UserId,
+    channel: String,
+    after: u64,
+    limit: u32,
+) -> Result<(Vec<pb::Message>, bool), ApiError> {
+    let req = pb::ListMessagesRequest {
+        channel_id: channel,
+        before: None,
+        after: Some(after),
+        limit,
+    };
+    let resp = app
+        .messaging
+        .clone()
+        .list_messages(grpc(&user, req)?)
+        .await?
+        .into_inner();
     Ok((resp.messages, resp.has_more))
 }

@@ -29,7 +29,10 @@ impl From<Error> for tonic::Status {
             Error::Db(e) => {
                 let unavailable = matches!(
                     e,
-                    sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
+                    sqlx::Error::PoolTimedOut
+                        | sqlx::Error::Io(_)
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::Tls(_)
                 );
                 if unavailable {
                     tracing::warn!(error = %e, "database unavailable");

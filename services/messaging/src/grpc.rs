@@ -24,7 +24,11 @@ pub struct Messaging {
 
 impl Messaging {
     pub fn new(pool: PgPool, publisher: outbox::Publisher, config: Arc<Config>) -> Self {
-        Self { pool, publisher, config }
+        Self {
+            pool,
+            publisher,
+            config,
+        }
     }
 
     async fn publish(&self, entries: Vec<store::Pending>) {
@@ -64,18 +68,29 @@ fn channel_id(s: &str) -> Result<Uuid, Status> {
 }
 
 fn seq(s: u64) -> Result<i64, Status> {
-    i64::try_from(s).ok().filter(|s| *s > 0).ok_or_else(|| invalid("seq must be a positive integer"))
+    i64::try_from(s)
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| invalid("seq must be a positive integer"))
 }
 
 /// Opaque channel-list cursor: base64url("<last_activity micros>:<channel id>").
 fn encode_cursor(c: &store::ChannelRow) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(format!("{}:{}", c.last_activity_at.timestamp_micros(), c.id))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+        "{}:{}",
+        c.last_activity_at.timestamp_micros(),
+        c.id
+    ))
 }
 
 fn decode_cursor(s: &str) -> Result<(DateTime<Utc>, Uuid), Invalid> {
-    let bad = || Invalid { code: parley_kit::ErrorCode::InvalidArgument, message: "bad cursor".into() };
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
+    let bad = || Invalid {
+        code: parley_kit::ErrorCode::InvalidArgument,
+        message: "bad cursor".into(),
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| bad())?;
     let raw = String::from_utf8(raw).map_err(|_| bad())?;
     let (micros, id) = raw.split_once(':').ok_or_else(bad)?;
     let micros: i64 = micros.parse().map_err(|_| bad())?;
@@ -87,11 +102,21 @@ fn decode_cursor(s: &str) -> Result<(DateTime<Utc>, Uuid), Invalid> {
 #[tonic::async_trait]
 impl MessagingService for Messaging {
     #[tracing::instrument(skip_all, fields(user))]
-    async fn create_channel(&self, req: Request<pb::CreateChannelRequest>) -> Result<Response<pb::CreateChannelResponse>, Status> {
+    async fn create_channel(
+        &self,
+        req: Request<pb::CreateChannelRequest>,
+    ) -> Result<Response<pb::CreateChannelResponse>, Status> {
         let caller = user(&req)?;
         tracing::Span::current().record("user", caller.as_str());
-        let pb::CreateChannelRequest { kind, name, members } = req.into_inner();
-        let members = members.iter().map(|m| UserId::parse(m)).collect::<Result<Vec<_>, _>>()?;
+        let pb::CreateChannelRequest {
+            kind,
+            name,
+            members,
+        } = req.into_inner();
+        let members = members
+            .iter()
+            .map(|m| UserId::parse(m))
+            .collect::<Result<Vec<_>, _>>()?;
         let (channel, created, pending) = match pb::ChannelKind::try_from(kind) {
             Ok(pb::ChannelKind::Group) => {
                 let name = name.trim();
@@ -102,7 +127,14 @@ impl MessagingService for Messaging {
                         self.config.limits.max_name_chars
                     )));
                 }
-                let (c, p) = store::create_group(self.tx().await?, &caller, name, &members, self.config.limits.max_members).await?;
+                let (c, p) = store::create_group(
+                    self.tx().await?,
+                    &caller,
+                    name,
+                    &members,
+                    self.config.limits.max_members,
+                )
+                .await?;
                 (c, true, p)
             }
             Ok(pb::ChannelKind::Direct) => {
@@ -117,63 +149,119 @@ impl MessagingService for Messaging {
             _ => return Err(invalid("kind must be group or direct")),
         };
         self.publish(pending).await;
-        Ok(Response::new(pb::CreateChannelResponse { channel: Some(channel.into()), created }))
+        Ok(Response::new(pb::CreateChannelResponse {
+            channel: Some(channel.into()),
+            created,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(channel = %req.get_ref().channel_id))]
-    async fn get_channel(&self, req: Request<pb::GetChannelRequest>) -> Result<Response<pb::GetChannelResponse>, Status> {
+    async fn get_channel(
+        &self,
+        req: Request<pb::GetChannelRequest>,
+    ) -> Result<Response<pb::GetChannelResponse>, Status> {
         let caller = user(&req)?;
         let id = channel_id(&req.get_ref().channel_id)?;
         let c = store::get_channel(&mut *self.conn().await?, &caller, id).await?;
-        Ok(Response::new(pb::GetChannelResponse { channel: Some(c.into()) }))
+        Ok(Response::new(pb::GetChannelResponse {
+            channel: Some(c.into()),
+        }))
     }
 
     #[tracing::instrument(skip_all)]
-    async fn list_channels(&self, req: Request<pb::ListChannelsRequest>) -> Result<Response<pb::ListChannelsResponse>, Status> {
+    async fn list_channels(
+        &self,
+        req: Request<pb::ListChannelsRequest>,
+    ) -> Result<Response<pb::ListChannelsResponse>, Status> {
         let caller = user(&req)?;
         let pb::ListChannelsRequest { limit, cursor } = req.into_inner();
         let limit = self.limit(limit)?;
-        let after = if cursor.is_empty() { None } else { Some(decode_cursor(&cursor)?) };
-        let (rows, more) = store::list_channels(&mut *self.conn().await?, &caller, after, limit).await?;
-        let next_cursor = if more { rows.last().map(encode_cursor).unwrap_or_default() } else { String::new() };
-        Ok(Response::new(pb::ListChannelsResponse { channels: rows.into_iter().map(Into::into).collect(), next_cursor }))
+        let after = if cursor.is_empty() {
+            None
+        } else {
+            Some(decode_cursor(&cursor)?)
+        };
+        let (rows, more) =
+            store::list_channels(&mut *self.conn().await?, &caller, after, limit).await?;
+        let next_cursor = if more {
+            rows.last().map(encode_cursor).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListChannelsResponse {
+            channels: rows.into_iter().map(Into::into).collect(),
+            next_cursor,
+        }))
     }
 
     #[tracing::instrument(skip_all)]
-    async fn list_channel_positions(&self, req: Request<pb::ListChannelPositionsRequest>) -> Result<Response<pb::ListChannelPositionsResponse>, Status> {
+    async fn list_channel_positions(
+        &self,
+        req: Request<pb::ListChannelPositionsRequest>,
+    ) -> Result<Response<pb::ListChannelPositionsResponse>, Status> {
         let caller = user(&req)?;
         let rows = store::channel_positions(&mut *self.conn().await?, &caller).await?;
         Ok(Response::new(pb::ListChannelPositionsResponse {
             positions: rows
                 .into_iter()
-                .map(|(id, last)| pb::ChannelPosition { channel_id: id.to_string(), last_seq: last.max(0) as u64 })
+                .map(|(id, last)| pb::ChannelPosition {
+                    channel_id: id.to_string(),
+                    last_seq: last.max(0) as u64,
+                })
                 .collect(),
         }))
     }
 
     #[tracing::instrument(skip_all, fields(channel = %req.get_ref().channel_id))]
-    async fn list_members(&self, req: Request<pb::ListMembersRequest>) -> Result<Response<pb::ListMembersResponse>, Status> {
+    async fn list_members(
+        &self,
+        req: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
         let caller = user(&req)?;
         let id = channel_id(&req.get_ref().channel_id)?;
         let rows = store::list_members(&mut *self.conn().await?, &caller, id).await?;
-        Ok(Response::new(pb::ListMembersResponse { members: rows.into_iter().map(Into::into).collect() }))
+        Ok(Response::new(pb::ListMembersResponse {
+            members: rows.into_iter().map(Into::into).collect(),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(channel = %req.get_ref().channel_id))]
-    async fn add_member(&self, req: Request<pb::AddMemberRequest>) -> Result<Response<pb::AddMemberResponse>, Status> {
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::AddMemberResponse>, Status> {
         let caller = user(&req)?;
-        let pb::AddMemberRequest { channel_id: ch, user_id } = req.into_inner();
+        let pb::AddMemberRequest {
+            channel_id: ch,
+            user_id,
+        } = req.into_inner();
         let id = channel_id(&ch)?;
         let target = UserId::parse(&user_id)?;
-        let (m, created, pending) = store::add_member(self.tx().await?, &caller, id, &target, self.config.limits.max_members).await?;
+        let (m, created, pending) = store::add_member(
+            self.tx().await?,
+            &caller,
+            id,
+            &target,
+            self.config.limits.max_members,
+        )
+        .await?;
         self.publish(pending).await;
-        Ok(Response::new(pb::AddMemberResponse { member: Some(m.into()), created }))
+        Ok(Response::new(pb::AddMemberResponse {
+            member: Some(m.into()),
+            created,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(channel = %req.get_ref().channel_id))]
-    async fn remove_member(&self, req: Request<pb::RemoveMemberRequest>) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
         let caller = user(&req)?;
-        let pb::RemoveMemberRequest { channel_id: ch, user_id } = req.into_inner();
+        let pb::RemoveMemberRequest {
+            channel_id: ch,
+            user_id,
+        } = req.into_inner();
         let id = channel_id(&ch)?;
         let target = UserId::parse(&user_id)?;
         let pending = store::remove_member(self.tx().await?, &caller, id, &target).await?;
@@ -182,9 +270,16 @@ impl MessagingService for Messaging {
     }
 
     #[tracing::instrument(skip_all, fields(channel = %req.get_ref().channel_id, seq))]
-    async fn send_message(&self, req: Request<pb::SendMessageRequest>) -> Result<Response<pb::SendMessageResponse>, Status> {
+    async fn send_message(
+        &self,
+        req: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
         let caller = user(&req)?;
-        let pb::SendMessageRequest { channel_id: ch, client_msg_id, body } = req.into_inner();
+        let pb::SendMessageRequest {
+            channel_id: ch,
+            client_msg_id,
+            body,
+        } = req.into_inner();
         let id = channel_id(&ch)?;
         let cid = ClientMsgId::parse(&client_msg_id)?;
         let body = MessageBody::parse(&body, self.config.limits.max_body_bytes)?;
@@ -194,13 +289,24 @@ impl MessagingService for Messaging {
             metrics::counter!("messaging_messages_sent_total").increment(1);
         }
         self.publish(pending.into_iter().collect()).await;
-        Ok(Response::new(pb::SendMessageResponse { message: Some(m.into()), created }))
+        Ok(Response::new(pb::SendMessageResponse {
+            message: Some(m.into()),
+            created,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(channel = %req.get_ref().channel_id))]
-    async fn list_messages(&self, req: Request<pb::ListMessagesRequest>) -> Result<Response<pb::ListMessagesResponse>, Status> {
+    async fn list_messages(
+        &self,
+        req: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
         let caller = user(&req)?;
-        let pb::ListMessagesRequest { channel_id: ch, before, after, limit } = req.into_inner();
+        let pb::ListMessagesRequest {
+            channel_id: ch,
+            before,
+            after,
+            limit,
+        } = req.into_inner();
         let id = channel_id(&ch)?;
         let limit = self.limit(limit)?;
         let to_i64 = |v: u64| i64::try_from(v).map_err(|_| invalid("cursor out of range"));
@@ -210,31 +316,52 @@ impl MessagingService for Messaging {
             (None, Some(a)) => store::Page::After(to_i64(a)?),
             (None, None) => store::Page::Latest,
         };
-        let (rows, has_more) = store::list_messages(&mut *self.conn().await?, &caller, id, page, limit).await?;
-        Ok(Response::new(pb::ListMessagesResponse { messages: rows.into_iter().map(Into::into).collect(), has_more }))
+        let (rows, has_more) =
+            store::list_messages(&mut *self.conn().await?, &caller, id, page, limit).await?;
+        Ok(Response::new(pb::ListMessagesResponse {
+            messages: rows.into_iter().map(Into::into).collect(),
+            has_more,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(channel = %req.get_ref().channel_id, seq = req.get_ref().seq))]
-    async fn edit_message(&self, req: Request<pb::EditMessageRequest>) -> Result<Response<pb::EditMessageResponse>, Status> {
+    async fn edit_message(
+        &self,
+        req: Request<pb::EditMessageRequest>,
+    ) -> Result<Response<pb::EditMessageResponse>, Status> {
         let caller = user(&req)?;
-        let pb::EditMessageRequest { channel_id: ch, seq: s, body } = req.into_inner();
+        let pb::EditMessageRequest {
+            channel_id: ch,
+            seq: s,
+            body,
+        } = req.into_inner();
         let id = channel_id(&ch)?;
         let s = seq(s)?;
         let body = MessageBody::parse(&body, self.config.limits.max_body_bytes)?;
         let (m, p) = store::edit(self.tx().await?, &caller, id, s, &body).await?;
         self.publish(vec![p]).await;
-        Ok(Response::new(pb::EditMessageResponse { message: Some(m.into()) }))
+        Ok(Response::new(pb::EditMessageResponse {
+            message: Some(m.into()),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(channel = %req.get_ref().channel_id, seq = req.get_ref().seq))]
-    async fn delete_message(&self, req: Request<pb::DeleteMessageRequest>) -> Result<Response<pb::DeleteMessageResponse>, Status> {
+    async fn delete_message(
+        &self,
+        req: Request<pb::DeleteMessageRequest>,
+    ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
         let caller = user(&req)?;
-        let pb::DeleteMessageRequest { channel_id: ch, seq: s } = req.into_inner();
+        let pb::DeleteMessageRequest {
+            channel_id: ch,
+            seq: s,
+        } = req.into_inner();
         let id = channel_id(&ch)?;
         let s = seq(s)?;
         let (m, p) = store::delete(self.tx().await?, &caller, id, s).await?;
         self.publish(p.into_iter().collect()).await;
-        Ok(Response::new(pb::DeleteMessageResponse { message: Some(m.into()) }))
+        Ok(Response::new(pb::DeleteMessageResponse {
+            message: Some(m.into()),
+        }))
     }
 }
 
@@ -255,7 +382,10 @@ mod tests {
             last_seq: 0,
             last_activity_at: at,
         };
-        assert_eq!(decode_cursor(&encode_cursor(&row)).expect("decodes"), (at, row.id));
+        assert_eq!(
+            decode_cursor(&encode_cursor(&row)).expect("decodes"),
+            (at, row.id)
+        );
         assert!(decode_cursor("not-a-cursor").is_err());
         assert!(decode_cursor("").is_err());
     }

@@ -70,9 +70,12 @@ pub struct OutboxConfig {
 
 impl Config {
     /// Loads defaults < file < environment.
-    pub fn load(sources: &parley_kit::config::Sources) -> Result<Self, parley_kit::config::ConfigError> {
+    pub fn load(
+        sources: &parley_kit::config::Sources,
+    ) -> Result<Self, parley_kit::config::ConfigError> {
         let c: Self = parley_kit::config::load(DEFAULTS, sources)?;
-        c.validate().map_err(parley_kit::config::ConfigError::Message)?;
+        c.validate()
+            .map_err(parley_kit::config::ConfigError::Message)?;
         Ok(c)
     }
 
@@ -80,7 +83,10 @@ impl Config {
         if self.limits.max_members < 2 {
             return Err("limits.max_members must be at least 2".into());
         }
-        if self.limits.max_page == 0 || self.limits.default_page == 0 || self.limits.default_page > self.limits.max_page {
+        if self.limits.max_page == 0
+            || self.limits.default_page == 0
+            || self.limits.default_page > self.limits.max_page
+        {
             return Err("limits: need 0 < default_page <= max_page".into());
         }
         if self.limits.max_body_bytes == 0 {
@@ -112,14 +118,20 @@ pub async fn connect_db(cfg: &DatabaseConfig) -> Result<sqlx::PgPool, Error> {
 pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
     let mut conn = pool.acquire().await?;
     // Key: a fixed number for "parley.messaging migrations".
-    sqlx::query("SELECT pg_advisory_lock(7150001)").execute(&mut *conn).await?;
+    sqlx::query("SELECT pg_advisory_lock(7150001)")
+        .execute(&mut *conn)
+        .await?;
     let result = run_migrations(&mut conn).await;
-    sqlx::query("SELECT pg_advisory_unlock(7150001)").execute(&mut *conn).await?;
+    sqlx::query("SELECT pg_advisory_unlock(7150001)")
+        .execute(&mut *conn)
+        .await?;
     result
 }
 
 async fn run_migrations(conn: &mut sqlx::PgConnection) -> Result<(), Error> {
-    sqlx::query("CREATE SCHEMA IF NOT EXISTS messaging").execute(&mut *conn).await?;
+    sqlx::query("CREATE SCHEMA IF NOT EXISTS messaging")
+        .execute(&mut *conn)
+        .await?;
     // `run_direct` (not `run`) sidesteps sqlx's "Acquire is not general enough" error in spawned futures.
     MIGRATOR.run_direct(None, conn, false).await?;
     Ok(())
@@ -129,7 +141,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Runs the service on `listener` until `shutdown` is cancelled: migrates, starts the outbox
 /// sweeper and serves gRPC (+ health, + `/metrics`).
-pub async fn serve(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let pool = connect_db(&config.database).await?;
     migrate(&pool).await?;
     let redis = redis::Client::open(config.redis.url.as_str())?;
@@ -141,11 +157,17 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Cancellation
             .set_number_of_retries(2),
     )
     .await?;
-    let publisher = outbox::Publisher::new(redis, &config.redis.prefix, config.outbox.stream_maxlen);
+    let publisher =
+        outbox::Publisher::new(redis, &config.redis.prefix, config.outbox.stream_maxlen);
     let config = Arc::new(config);
 
     let sweeper = config.outbox.sweep_enabled.then(|| {
-        tokio::spawn(outbox::sweep(pool.clone(), publisher.clone(), config.outbox.clone(), shutdown.clone()))
+        tokio::spawn(outbox::sweep(
+            pool.clone(),
+            publisher.clone(),
+            config.outbox.clone(),
+            shutdown.clone(),
+        ))
     });
 
     let (health, health_svc) = parley_kit::server::health();

@@ -22,7 +22,11 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(redis: ConnectionManager, prefix: &str, maxlen: usize) -> Self {
-        Self { redis, prefix: prefix.to_owned(), maxlen }
+        Self {
+            redis,
+            prefix: prefix.to_owned(),
+            maxlen,
+        }
     }
 
     /// PUBLISH to every topic of each entry and XADD to the stream, in one round trip.
@@ -34,7 +38,10 @@ impl Publisher {
         let stream = format!("{}{STREAM}", self.prefix);
         for e in entries {
             for t in &e.topics {
-                pipe.cmd("PUBLISH").arg(format!("{}{t}", self.prefix)).arg(&e.payload).ignore();
+                pipe.cmd("PUBLISH")
+                    .arg(format!("{}{t}", self.prefix))
+                    .arg(&e.payload)
+                    .ignore();
             }
             pipe.cmd("XADD")
                 .arg(&stream)
@@ -64,7 +71,11 @@ pub async fn publish_committed(pool: &PgPool, publisher: &Publisher, entries: Ve
     }
     metrics::counter!("messaging_events_published_total").increment(entries.len() as u64);
     let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
-    if let Err(e) = sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(&ids).execute(pool).await {
+    if let Err(e) = sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(pool)
+        .await
+    {
         // Published but not cleared: the sweeper republishes later (consumers dedupe).
         tracing::warn!(error = %e, "clearing outbox rows failed");
     }
@@ -72,7 +83,12 @@ pub async fn publish_committed(pool: &PgPool, publisher: &Publisher, entries: Ve
 
 /// Periodically republishes outbox rows older than `sweep_min_age_ms`, sharing the work
 /// between replicas with `FOR UPDATE SKIP LOCKED`.
-pub async fn sweep(pool: PgPool, publisher: Publisher, cfg: OutboxConfig, shutdown: CancellationToken) {
+pub async fn sweep(
+    pool: PgPool,
+    publisher: Publisher,
+    cfg: OutboxConfig,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.sweep_interval_ms.max(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -94,7 +110,11 @@ pub async fn sweep(pool: PgPool, publisher: Publisher, cfg: OutboxConfig, shutdo
 }
 
 /// One sweep batch; returns how many rows were republished.
-pub async fn sweep_once(pool: &PgPool, publisher: &Publisher, cfg: &OutboxConfig) -> anyhow::Result<usize> {
+pub async fn sweep_once(
+    pool: &PgPool,
+    publisher: &Publisher,
+    cfg: &OutboxConfig,
+) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
     let rows: Vec<(i64, Vec<String>, Vec<u8>)> = sqlx::query_as(
         "SELECT id, topics, payload FROM outbox
@@ -105,15 +125,27 @@ pub async fn sweep_once(pool: &PgPool, publisher: &Publisher, cfg: &OutboxConfig
     .bind(cfg.sweep_batch)
     .fetch_all(&mut *tx)
     .await?;
-    let backlog: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&mut *tx).await?;
+    let backlog: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&mut *tx)
+        .await?;
     metrics::gauge!("messaging_outbox_backlog").set(backlog as f64);
     if rows.is_empty() {
         return Ok(0);
     }
-    let entries: Vec<Pending> = rows.into_iter().map(|(id, topics, payload)| Pending { id, topics, payload }).collect();
+    let entries: Vec<Pending> = rows
+        .into_iter()
+        .map(|(id, topics, payload)| Pending {
+            id,
+            topics,
+            payload,
+        })
+        .collect();
     publisher.publish(&entries).await?;
     let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
-    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     metrics::counter!("messaging_outbox_swept_total").increment(entries.len() as u64);
     tracing::info!(count = entries.len(), "outbox sweeper republished events");

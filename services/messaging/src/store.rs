@@ -59,7 +59,10 @@ const MESSAGE_COLS: &str =
     "id, channel_id, seq, sender_id, client_msg_id, body, created_at, edited_at, deleted";
 
 pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
 }
 
 pub fn role_to_pb(role: &str) -> pb::Role {
@@ -72,10 +75,23 @@ pub fn role_to_pb(role: &str) -> pb::Role {
 
 impl From<ChannelRow> for pb::Channel {
     fn from(r: ChannelRow) -> Self {
-        let ChannelRow { id, kind, name, created_by, created_at, member_count, last_seq, last_activity_at } = r;
+        let ChannelRow {
+            id,
+            kind,
+            name,
+            created_by,
+            created_at,
+            member_count,
+            last_seq,
+            last_activity_at,
+        } = r;
         pb::Channel {
             id: id.to_string(),
-            kind: if kind == "direct" { pb::ChannelKind::Direct } else { pb::ChannelKind::Group } as i32,
+            kind: if kind == "direct" {
+                pb::ChannelKind::Direct
+            } else {
+                pb::ChannelKind::Group
+            } as i32,
             name,
             created_by,
             created_at: Some(ts(created_at)),
@@ -88,7 +104,12 @@ impl From<ChannelRow> for pb::Channel {
 
 impl From<MemberRow> for pb::Member {
     fn from(r: MemberRow) -> Self {
-        let MemberRow { channel_id, user_id, role, joined_at } = r;
+        let MemberRow {
+            channel_id,
+            user_id,
+            role,
+            joined_at,
+        } = r;
         pb::Member {
             channel_id: channel_id.to_string(),
             user_id,
@@ -100,7 +121,17 @@ impl From<MemberRow> for pb::Member {
 
 impl From<MessageRow> for pb::Message {
     fn from(r: MessageRow) -> Self {
-        let MessageRow { id, channel_id, seq, sender_id, client_msg_id, body, created_at, edited_at, deleted } = r;
+        let MessageRow {
+            id,
+            channel_id,
+            seq,
+            sender_id,
+            client_msg_id,
+            body,
+            created_at,
+            edited_at,
+            deleted,
+        } = r;
         pb::Message {
             id: id.to_string(),
             channel_id: channel_id.to_string(),
@@ -126,7 +157,12 @@ pub fn user_topic(user: &str) -> String {
 }
 
 /// Writes `payload` for `channel` into the outbox.
-async fn enqueue(tx: &mut Tx, channel: Uuid, payload: ev::event::Payload, topics: Vec<String>) -> Result<Pending, Error> {
+async fn enqueue(
+    tx: &mut Tx,
+    channel: Uuid,
+    payload: ev::event::Payload,
+    topics: Vec<String>,
+) -> Result<Pending, Error> {
     let event_id = Uuid::now_v7();
     let event = ev::Event {
         event_id: event_id.to_string(),
@@ -136,23 +172,34 @@ async fn enqueue(tx: &mut Tx, channel: Uuid, payload: ev::event::Payload, topics
         payload: Some(payload),
     };
     let bytes = event.encode_to_vec();
-    let id: i64 = sqlx::query_scalar("INSERT INTO outbox (event_id, topics, payload) VALUES ($1, $2, $3) RETURNING id")
-        .bind(event_id)
-        .bind(&topics)
-        .bind(&bytes)
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok(Pending { id, topics, payload: bytes })
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO outbox (event_id, topics, payload) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(event_id)
+    .bind(&topics)
+    .bind(&bytes)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(Pending {
+        id,
+        topics,
+        payload: bytes,
+    })
 }
 
 /// The caller's role in `channel`; NOT_FOUND for an unknown channel, PERMISSION_DENIED
 /// for a non-member.
-async fn require_member(conn: &mut PgConnection, channel: Uuid, user: &UserId) -> Result<String, Error> {
-    let role: Option<String> = sqlx::query_scalar("SELECT role FROM members WHERE channel_id = $1 AND user_id = $2")
-        .bind(channel)
-        .bind(user.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
+async fn require_member(
+    conn: &mut PgConnection,
+    channel: Uuid,
+    user: &UserId,
+) -> Result<String, Error> {
+    let role: Option<String> =
+        sqlx::query_scalar("SELECT role FROM members WHERE channel_id = $1 AND user_id = $2")
+            .bind(channel)
+            .bind(user.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
     if let Some(role) = role {
         return Ok(role);
     }
@@ -167,7 +214,11 @@ async fn require_member(conn: &mut PgConnection, channel: Uuid, user: &UserId) -
     })
 }
 
-async fn channel_row(conn: &mut PgConnection, channel: Uuid, lock: bool) -> Result<ChannelRow, Error> {
+async fn channel_row(
+    conn: &mut PgConnection,
+    channel: Uuid,
+    lock: bool,
+) -> Result<ChannelRow, Error> {
     let sql = if lock {
         format!("SELECT {CHANNEL_COLS} FROM channels WHERE id = $1 FOR UPDATE")
     } else {
@@ -180,7 +231,13 @@ async fn channel_row(conn: &mut PgConnection, channel: Uuid, lock: bool) -> Resu
         .ok_or_else(|| Error::NotFound(format!("channel {channel} not found")))
 }
 
-async fn insert_member(tx: &mut Tx, channel: &ChannelRow, user: &str, role: &str, added_by: &str) -> Result<(MemberRow, Pending), Error> {
+async fn insert_member(
+    tx: &mut Tx,
+    channel: &ChannelRow,
+    user: &str,
+    role: &str,
+    added_by: &str,
+) -> Result<(MemberRow, Pending), Error> {
     let row = sqlx::query_as::<_, MemberRow>(
         "INSERT INTO members (channel_id, user_id, role) VALUES ($1, $2, $3)
          RETURNING channel_id, user_id, role, joined_at",
@@ -195,17 +252,35 @@ async fn insert_member(tx: &mut Tx, channel: &ChannelRow, user: &str, role: &str
         added_by: added_by.to_owned(),
         channel_last_seq: channel.last_seq.max(0) as u64,
     });
-    let pending = enqueue(tx, channel.id, payload, vec![channel_topic(channel.id), user_topic(user)]).await?;
+    let pending = enqueue(
+        tx,
+        channel.id,
+        payload,
+        vec![channel_topic(channel.id), user_topic(user)],
+    )
+    .await?;
     Ok((row, pending))
 }
 
 /// Creates a group channel with the caller as owner and `others` as members.
-pub async fn create_group(mut tx: Tx, caller: &UserId, name: &str, others: &[UserId], max_members: u32) -> Result<(ChannelRow, Vec<Pending>), Error> {
-    let mut members: Vec<&str> = others.iter().map(UserId::as_str).filter(|u| *u != caller.as_str()).collect();
+pub async fn create_group(
+    mut tx: Tx,
+    caller: &UserId,
+    name: &str,
+    others: &[UserId],
+    max_members: u32,
+) -> Result<(ChannelRow, Vec<Pending>), Error> {
+    let mut members: Vec<&str> = others
+        .iter()
+        .map(UserId::as_str)
+        .filter(|u| *u != caller.as_str())
+        .collect();
     members.sort_unstable();
     members.dedup();
     if members.len() + 1 > max_members as usize {
-        return Err(Error::Conflict(format!("a channel holds at most {max_members} members")));
+        return Err(Error::Conflict(format!(
+            "a channel holds at most {max_members} members"
+        )));
     }
     let id = Uuid::now_v7();
     let mut channel = sqlx::query_as::<_, ChannelRow>(sqlx::AssertSqlSafe(format!(
@@ -219,9 +294,17 @@ pub async fn create_group(mut tx: Tx, caller: &UserId, name: &str, others: &[Use
     .fetch_one(&mut *tx)
     .await?;
     let mut pending = Vec::with_capacity(members.len() + 1);
-    pending.push(insert_member(&mut tx, &channel, caller.as_str(), "owner", caller.as_str()).await?.1);
+    pending.push(
+        insert_member(&mut tx, &channel, caller.as_str(), "owner", caller.as_str())
+            .await?
+            .1,
+    );
     for m in members {
-        pending.push(insert_member(&mut tx, &channel, m, "member", caller.as_str()).await?.1);
+        pending.push(
+            insert_member(&mut tx, &channel, m, "member", caller.as_str())
+                .await?
+                .1,
+        );
     }
     tx.commit().await?;
     channel.member_count = pending.len() as i32;
@@ -229,8 +312,16 @@ pub async fn create_group(mut tx: Tx, caller: &UserId, name: &str, others: &[Use
 }
 
 /// Creates (or returns) the direct channel between the caller and `other`.
-pub async fn create_direct(mut tx: Tx, caller: &UserId, other: &UserId) -> Result<(ChannelRow, bool, Vec<Pending>), Error> {
-    let (a, b) = if caller < other { (caller, other) } else { (other, caller) };
+pub async fn create_direct(
+    mut tx: Tx,
+    caller: &UserId,
+    other: &UserId,
+) -> Result<(ChannelRow, bool, Vec<Pending>), Error> {
+    let (a, b) = if caller < other {
+        (caller, other)
+    } else {
+        (other, caller)
+    };
     let key = format!("{a}\n{b}");
     let inserted = sqlx::query_as::<_, ChannelRow>(sqlx::AssertSqlSafe(format!(
         "INSERT INTO channels (id, kind, name, created_by, member_count, direct_key)
@@ -252,13 +343,21 @@ pub async fn create_direct(mut tx: Tx, caller: &UserId, other: &UserId) -> Resul
         tx.commit().await?;
         return Ok((existing, false, Vec::new()));
     };
-    let p1 = insert_member(&mut tx, &channel, caller.as_str(), "owner", caller.as_str()).await?.1;
-    let p2 = insert_member(&mut tx, &channel, other.as_str(), "member", caller.as_str()).await?.1;
+    let p1 = insert_member(&mut tx, &channel, caller.as_str(), "owner", caller.as_str())
+        .await?
+        .1;
+    let p2 = insert_member(&mut tx, &channel, other.as_str(), "member", caller.as_str())
+        .await?
+        .1;
     tx.commit().await?;
     Ok((channel, true, vec![p1, p2]))
 }
 
-pub async fn get_channel(conn: &mut PgConnection, caller: &UserId, channel: Uuid) -> Result<ChannelRow, Error> {
+pub async fn get_channel(
+    conn: &mut PgConnection,
+    caller: &UserId,
+    channel: Uuid,
+) -> Result<ChannelRow, Error> {
     require_member(conn, channel, caller).await?;
     channel_row(conn, channel, false).await
 }
@@ -290,7 +389,10 @@ pub async fn list_channels(
     Ok((rows, more))
 }
 
-pub async fn channel_positions(conn: &mut PgConnection, caller: &UserId) -> Result<Vec<(Uuid, i64)>, Error> {
+pub async fn channel_positions(
+    conn: &mut PgConnection,
+    caller: &UserId,
+) -> Result<Vec<(Uuid, i64)>, Error> {
     Ok(sqlx::query_as::<_, (Uuid, i64)>(
         "SELECT c.id, c.last_seq FROM members m JOIN channels c ON c.id = m.channel_id WHERE m.user_id = $1",
     )
@@ -299,7 +401,11 @@ pub async fn channel_positions(conn: &mut PgConnection, caller: &UserId) -> Resu
     .await?)
 }
 
-pub async fn list_members(conn: &mut PgConnection, caller: &UserId, channel: Uuid) -> Result<Vec<MemberRow>, Error> {
+pub async fn list_members(
+    conn: &mut PgConnection,
+    caller: &UserId,
+    channel: Uuid,
+) -> Result<Vec<MemberRow>, Error> {
     require_member(conn, channel, caller).await?;
     Ok(sqlx::query_as::<_, MemberRow>(
         "SELECT channel_id, user_id, role, joined_at FROM members WHERE channel_id = $1 ORDER BY joined_at, user_id",
@@ -310,16 +416,26 @@ pub async fn list_members(conn: &mut PgConnection, caller: &UserId, channel: Uui
 }
 
 /// Adds `user` to `channel`. Owners/admins only; idempotent for an existing member.
-pub async fn add_member(mut tx: Tx, caller: &UserId, channel: Uuid, user: &UserId, max_members: u32) -> Result<(MemberRow, bool, Vec<Pending>), Error> {
+pub async fn add_member(
+    mut tx: Tx,
+    caller: &UserId,
+    channel: Uuid,
+    user: &UserId,
+    max_members: u32,
+) -> Result<(MemberRow, bool, Vec<Pending>), Error> {
     let role = require_member(&mut tx, channel, caller).await?;
     if role == "member" {
-        return Err(Error::PermissionDenied("only owners and admins add members".into()));
+        return Err(Error::PermissionDenied(
+            "only owners and admins add members".into(),
+        ));
     }
     // Lock the channel row: serialises with sends (consistent channel_last_seq in the
     // event) and with other adds (member limit).
     let ch = channel_row(&mut tx, channel, true).await?;
     if ch.kind == "direct" {
-        return Err(Error::Conflict("a direct channel has exactly two members".into()));
+        return Err(Error::Conflict(
+            "a direct channel has exactly two members".into(),
+        ));
     }
     let existing = sqlx::query_as::<_, MemberRow>(
         "SELECT channel_id, user_id, role, joined_at FROM members WHERE channel_id = $1 AND user_id = $2",
@@ -333,9 +449,12 @@ pub async fn add_member(mut tx: Tx, caller: &UserId, channel: Uuid, user: &UserI
         return Ok((m, false, Vec::new()));
     }
     if ch.member_count as u32 >= max_members {
-        return Err(Error::Conflict(format!("channel is full ({max_members} members)")));
+        return Err(Error::Conflict(format!(
+            "channel is full ({max_members} members)"
+        )));
     }
-    let (row, pending) = insert_member(&mut tx, &ch, user.as_str(), "member", caller.as_str()).await?;
+    let (row, pending) =
+        insert_member(&mut tx, &ch, user.as_str(), "member", caller.as_str()).await?;
     sqlx::query("UPDATE channels SET member_count = member_count + 1 WHERE id = $1")
         .bind(channel)
         .execute(&mut *tx)
@@ -345,23 +464,35 @@ pub async fn add_member(mut tx: Tx, caller: &UserId, channel: Uuid, user: &UserI
 }
 
 /// Removes `user` from `channel`: themselves, or others by an owner/admin.
-pub async fn remove_member(mut tx: Tx, caller: &UserId, channel: Uuid, user: &UserId) -> Result<Vec<Pending>, Error> {
+pub async fn remove_member(
+    mut tx: Tx,
+    caller: &UserId,
+    channel: Uuid,
+    user: &UserId,
+) -> Result<Vec<Pending>, Error> {
     let role = require_member(&mut tx, channel, caller).await?;
     let ch = channel_row(&mut tx, channel, true).await?;
-    let target_role: Option<String> = sqlx::query_scalar("SELECT role FROM members WHERE channel_id = $1 AND user_id = $2")
-        .bind(channel)
-        .bind(user.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
+    let target_role: Option<String> =
+        sqlx::query_scalar("SELECT role FROM members WHERE channel_id = $1 AND user_id = $2")
+            .bind(channel)
+            .bind(user.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
     let Some(target_role) = target_role else {
-        return Err(Error::NotFound(format!("{user} is not a member of channel {channel}")));
+        return Err(Error::NotFound(format!(
+            "{user} is not a member of channel {channel}"
+        )));
     };
     if caller != user {
         if role == "member" {
-            return Err(Error::PermissionDenied("only owners and admins remove others".into()));
+            return Err(Error::PermissionDenied(
+                "only owners and admins remove others".into(),
+            ));
         }
         if target_role == "owner" {
-            return Err(Error::PermissionDenied("the owner cannot be removed by others".into()));
+            return Err(Error::PermissionDenied(
+                "the owner cannot be removed by others".into(),
+            ));
         }
     }
     sqlx::query("DELETE FROM members WHERE channel_id = $1 AND user_id = $2")
@@ -378,12 +509,23 @@ pub async fn remove_member(mut tx: Tx, caller: &UserId, channel: Uuid, user: &Us
         user_id: user.to_string(),
         removed_by: caller.to_string(),
     });
-    let p = enqueue(&mut tx, ch.id, payload, vec![channel_topic(channel), user_topic(user.as_str())]).await?;
+    let p = enqueue(
+        &mut tx,
+        ch.id,
+        payload,
+        vec![channel_topic(channel), user_topic(user.as_str())],
+    )
+    .await?;
     tx.commit().await?;
     Ok(vec![p])
 }
 
-async fn find_by_client_id(conn: &mut PgConnection, channel: Uuid, sender: &UserId, cid: &ClientMsgId) -> Result<Option<MessageRow>, Error> {
+async fn find_by_client_id(
+    conn: &mut PgConnection,
+    channel: Uuid,
+    sender: &UserId,
+    cid: &ClientMsgId,
+) -> Result<Option<MessageRow>, Error> {
     Ok(sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {MESSAGE_COLS} FROM messages WHERE channel_id = $1 AND sender_id = $2 AND client_msg_id = $3"
     )))
@@ -395,7 +537,13 @@ async fn find_by_client_id(conn: &mut PgConnection, channel: Uuid, sender: &User
 }
 
 /// Sends a message: membership, idempotency, gapless seq, outbox — one transaction.
-pub async fn send(pool: &sqlx::PgPool, caller: &UserId, channel: Uuid, cid: &ClientMsgId, body: &MessageBody) -> Result<(MessageRow, bool, Option<Pending>), Error> {
+pub async fn send(
+    pool: &sqlx::PgPool,
+    caller: &UserId,
+    channel: Uuid,
+    cid: &ClientMsgId,
+    body: &MessageBody,
+) -> Result<(MessageRow, bool, Option<Pending>), Error> {
     let mut tx = pool.begin().await?;
     require_member(&mut tx, channel, caller).await?;
     if let Some(m) = find_by_client_id(&mut tx, channel, caller, cid).await? {
@@ -431,10 +579,14 @@ pub async fn send(pool: &sqlx::PgPool, caller: &UserId, channel: Uuid, cid: &Cli
         let mut conn = pool.acquire().await?;
         let original = find_by_client_id(&mut conn, channel, caller, cid)
             .await?
-            .ok_or_else(|| Error::Conflict("concurrent send with the same client_msg_id; retry".into()))?;
+            .ok_or_else(|| {
+                Error::Conflict("concurrent send with the same client_msg_id; retry".into())
+            })?;
         return Ok((original, false, None));
     };
-    let payload = ev::event::Payload::MessageCreated(ev::MessageCreated { message: Some(msg.clone().into()) });
+    let payload = ev::event::Payload::MessageCreated(ev::MessageCreated {
+        message: Some(msg.clone().into()),
+    });
     let p = enqueue(&mut tx, channel, payload, vec![channel_topic(channel)]).await?;
     tx.commit().await?;
     Ok((msg, true, Some(p)))
@@ -448,7 +600,13 @@ pub enum Page {
     After(i64),
 }
 
-pub async fn list_messages(conn: &mut PgConnection, caller: &UserId, channel: Uuid, page: Page, limit: u32) -> Result<(Vec<MessageRow>, bool), Error> {
+pub async fn list_messages(
+    conn: &mut PgConnection,
+    caller: &UserId,
+    channel: Uuid,
+    page: Page,
+    limit: u32,
+) -> Result<(Vec<MessageRow>, bool), Error> {
     require_member(conn, channel, caller).await?;
     let n = i64::from(limit) + 1;
     let q = match page {
@@ -488,11 +646,19 @@ async fn message_for_update(tx: &mut Tx, channel: Uuid, seq: i64) -> Result<Mess
 }
 
 /// Edits a message (sender only; not a deleted one).
-pub async fn edit(mut tx: Tx, caller: &UserId, channel: Uuid, seq: i64, body: &MessageBody) -> Result<(MessageRow, Pending), Error> {
+pub async fn edit(
+    mut tx: Tx,
+    caller: &UserId,
+    channel: Uuid,
+    seq: i64,
+    body: &MessageBody,
+) -> Result<(MessageRow, Pending), Error> {
     require_member(&mut tx, channel, caller).await?;
     let m = message_for_update(&mut tx, channel, seq).await?;
     if m.sender_id != caller.as_str() {
-        return Err(Error::PermissionDenied("only the sender edits a message".into()));
+        return Err(Error::PermissionDenied(
+            "only the sender edits a message".into(),
+        ));
     }
     if m.deleted {
         return Err(Error::NotFound(format!("message {seq} was deleted")));
@@ -505,18 +671,27 @@ pub async fn edit(mut tx: Tx, caller: &UserId, channel: Uuid, seq: i64, body: &M
     .bind(body.as_str())
     .fetch_one(&mut *tx)
     .await?;
-    let payload = ev::event::Payload::MessageUpdated(ev::MessageUpdated { message: Some(row.clone().into()) });
+    let payload = ev::event::Payload::MessageUpdated(ev::MessageUpdated {
+        message: Some(row.clone().into()),
+    });
     let p = enqueue(&mut tx, channel, payload, vec![channel_topic(channel)]).await?;
     tx.commit().await?;
     Ok((row, p))
 }
 
 /// Deletes a message, leaving a tombstone (sender, or owner/admin). Idempotent.
-pub async fn delete(mut tx: Tx, caller: &UserId, channel: Uuid, seq: i64) -> Result<(MessageRow, Option<Pending>), Error> {
+pub async fn delete(
+    mut tx: Tx,
+    caller: &UserId,
+    channel: Uuid,
+    seq: i64,
+) -> Result<(MessageRow, Option<Pending>), Error> {
     let role = require_member(&mut tx, channel, caller).await?;
     let m = message_for_update(&mut tx, channel, seq).await?;
     if m.sender_id != caller.as_str() && role == "member" {
-        return Err(Error::PermissionDenied("only the sender or an owner/admin deletes a message".into()));
+        return Err(Error::PermissionDenied(
+            "only the sender or an owner/admin deletes a message".into(),
+        ));
     }
     if m.deleted {
         tx.commit().await?;

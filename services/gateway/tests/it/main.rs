@@ -1,9 +1,124 @@
 //! Gateway integration tests: real messaging + gateway over real gRPC, real Postgres and
 //! Redis, driven through the public HTTP and WebSocket API.
 
+mod authz;
 mod chat;
+mod direct;
+mod drain;
+mod edit;
 mod errors;
+mod heartbeat;
+mod history;
+mod idempotency;
+mod membership;
+mod ordering;
+mod outbox;
+mod replicas;
+mod restart;
+mod resume;
 
 use std::time::Duration;
 
+use parley_testkit::{Reply, Ws};
+use serde_json::Value;
+
+/// Generous wait for anything that should happen (the suite shares 2 cores).
 pub const T: Duration = Duration::from_secs(10);
+/// Longer wait for bulk work (hundreds of messages).
+pub const LONG: Duration = Duration::from_secs(60);
+/// How long a socket is watched for a frame that must NOT arrive.
+pub const QUIET: Duration = Duration::from_millis(1500);
+
+/// Asserts `reply` is an API error: the status, and a body that is exactly
+/// `{"error": {"code": code, "message": <non-empty string>}}`.
+#[track_caller]
+pub fn assert_error(reply: &Reply, status: u16, code: &str) {
+    let (s, b, _) = reply;
+    assert_eq!(*s, status, "status of {b}");
+    assert_error_body(b, code);
+}
+
+/// Asserts `b` is exactly `{"error": {"code": code, "message": <non-empty string>}}`.
+#[track_caller]
+pub fn assert_error_body(b: &Value, code: &str) {
+    let outer = b
+        .as_object()
+        .unwrap_or_else(|| panic!("error body is not an object: {b}"));
+    assert_eq!(outer.len(), 1, "error body has extra keys: {b}");
+    let e = b["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no `error` object: {b}"));
+    assert_eq!(
+        e.len(),
+        2,
+        "`error` must hold exactly code and message: {b}"
+    );
+    assert_eq!(
+        e.get("code").and_then(Value::as_str),
+        Some(code),
+        "code of {b}"
+    );
+    assert!(
+        e.get("message")
+            .and_then(Value::as_str)
+            .is_some_and(|m| !m.is_empty()),
+        "message of {b}"
+    );
+}
+
+/// Asserts `f` is a WebSocket `error` frame with `code`, a non-empty message and `ref`.
+#[track_caller]
+pub fn assert_error_frame(f: &Value, code: &str, r: Option<&Value>) {
+    assert_eq!(f["type"], "error", "{f}");
+    assert_eq!(f["code"], code, "{f}");
+    assert!(f["message"].as_str().is_some_and(|m| !m.is_empty()), "{f}");
+    match r {
+        Some(r) => assert_eq!(&f["ref"], r, "{f}"),
+        None => assert!(f.get("ref").is_none(), "unexpected ref in {f}"),
+    }
+}
+
+/// Seqs of `message` frames for `channel` among `frames`.
+pub fn message_seqs(frames: &[Value], channel: &str) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "message" && f["message"]["channel_id"] == channel)
+        .filter_map(|f| f["message"]["seq"].as_u64())
+        .collect()
+}
+
+/// Seqs of a list of message objects.
+pub fn seqs(messages: &[Value]) -> Vec<u64> {
+    messages.iter().filter_map(|m| m["seq"].as_u64()).collect()
+}
+
+/// Sends a `ping` and waits for its `pong`, proving the socket still works; returns the
+/// frames that came before the pong.
+pub async fn ping(ws: &mut Ws, r: &str) -> anyhow::Result<Vec<Value>> {
+    ws.send(serde_json::json!({"type": "ping", "ref": r}))
+        .await?;
+    let mut frames = ws
+        .until(T, |f| f["type"] == "pong" && f["ref"] == r)
+        .await?;
+    frames.pop();
+    Ok(frames)
+}
+
+/// Polls `f` until it returns `Some` or `within` passes.
+pub async fn eventually<F, Fut, V>(within: Duration, mut f: F) -> anyhow::Result<V>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<V>>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f().await? {
+            return Ok(v);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
