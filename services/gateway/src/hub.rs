@@ -109,11 +109,12 @@ impl Hub {
         };
         if first {
             if let Some(s) = self.inner.sink.lock().await.as_mut()
-                && let Err(e) = s.subscribe(topic).await {
-                    // The reader reconnects and resubscribes every routed topic.
-                    tracing::warn!(error = %e, topic, "SUBSCRIBE failed");
-                    sink.mark_lagged();
-                }
+                && let Err(e) = s.subscribe(topic).await
+            {
+                // The reader reconnects and resubscribes every routed topic.
+                tracing::warn!(error = %e, topic, "SUBSCRIBE failed");
+                sink.mark_lagged();
+            }
             metrics::gauge!("gateway_pubsub_topics").increment(1.0);
         }
     }
@@ -141,9 +142,10 @@ impl Hub {
         };
         if last {
             if let Some(s) = self.inner.sink.lock().await.as_mut()
-                && let Err(e) = s.unsubscribe(topic).await {
-                    tracing::warn!(error = %e, topic, "UNSUBSCRIBE failed");
-                }
+                && let Err(e) = s.unsubscribe(topic).await
+            {
+                tracing::warn!(error = %e, topic, "UNSUBSCRIBE failed");
+            }
             metrics::gauge!("gateway_pubsub_topics").decrement(1.0);
         }
     }
