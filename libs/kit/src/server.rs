@@ -24,6 +24,13 @@ pub async fn serve_grpc(
         .into_axum_router()
         .route("/metrics", axum::routing::get(crate::metrics::render))
         .layer(crate::propagation::GrpcServerLayer::new(service));
+    // gRPC replies are small writes: without TCP_NODELAY, Nagle's algorithm and the peer's
+    // delayed ACK hold each one back ~40 ms on a connection making one call at a time.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let stop = shutdown.clone();
     let graceful = async move {
         stop.cancelled().await;
