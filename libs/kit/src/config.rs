@@ -65,8 +65,7 @@ pub fn load<T: DeserializeOwned>(
     let mut env = config::Environment::with_prefix("PARLEY")
         .prefix_separator("__")
         .separator("__")
-        .try_parsing(true)
-        .ignore_empty(true);
+        .try_parsing(true);
     if let Some(vars) = &sources.env {
         env = env.source(Some(vars.clone().into_iter().collect()));
     }

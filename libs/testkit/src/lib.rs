@@ -132,6 +132,9 @@ impl Stack {
             ("PARLEY__AUTH__HS256_SECRET".into(), SECRET.into()),
             ("PARLEY__AUTH__DEV_TOKENS".into(), "true".into()),
             ("PARLEY__WS__GAP_WAIT_MS".into(), "100".into()),
+            // Presence and receipts run only where a test starts them.
+            ("PARLEY__PRESENCE__URL".into(), String::new()),
+            ("PARLEY__RECEIPTS__URL".into(), String::new()),
         ]);
         vars.extend(
             extra

@@ -51,6 +51,10 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/channels/{id}/messages/{seq}",
             patch(edit_message).delete(delete_message),
         )
+        .route("/v1/channels/{id}/read", post(mark_read))
+        .route("/v1/channels/{id}/receipts", get(get_receipts))
+        .route("/v1/unread", get(get_unread))
+        .route("/v1/presence", get(get_presence))
         .route("/v1/ws", get(crate::ws::upgrade))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -186,38 +190,50 @@ async fn readyz(State(app): AppState) -> Response {
     if app.stopping.is_cancelled() || app.draining.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
-    let mut health =
-        tonic_health::pb::health_client::HealthClient::new(app.messaging_channel.clone());
-    let probe = async {
-        health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .ok()
-            .filter(|r| {
-                r.get_ref().status
-                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-            })
-            .is_some()
+    let two_secs = std::time::Duration::from_secs(2);
+    let optional = |c: Option<tonic::transport::Channel>| async move {
+        match c {
+            Some(c) => Some(serving(c, two_secs).await),
+            None => None,
+        }
     };
-    let messaging_ok = tokio::time::timeout(std::time::Duration::from_secs(2), probe)
-        .await
-        .unwrap_or(false);
+    let (messaging_ok, presence_ok, receipts_ok) = tokio::join!(
+        serving(app.messaging_channel.clone(), two_secs),
+        optional(app.presence.as_ref().map(|p| p.channel())),
+        optional(app.receipts.as_ref().map(|r| r.channel())),
+    );
     let mut redis = app.redis.clone();
     let redis_ok = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
+        two_secs,
         redis::cmd("PING").query_async::<String>(&mut redis),
     )
     .await
     .is_ok_and(|r| r.is_ok());
-    let body =
-        Json(json!({"messaging": messaging_ok, "redis": redis_ok, "pubsub": app.hub.connected()}));
+    // Presence and receipts are reported but do not gate readiness: chat must keep
+    // working through their outage (a gateway taken out of rotation would stop it).
+    let body = Json(json!({
+        "messaging": messaging_ok, "redis": redis_ok, "pubsub": app.hub.connected(),
+        "presence": presence_ok, "receipts": receipts_ok,
+    }));
     if messaging_ok && redis_ok && app.hub.connected() {
         (StatusCode::OK, body).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
+}
+
+/// Whether the gRPC service behind `channel` reports SERVING within `within`.
+async fn serving(channel: tonic::transport::Channel, within: std::time::Duration) -> bool {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let probe = health.check(tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    });
+    tokio::time::timeout(within, probe).await.is_ok_and(|r| {
+        r.is_ok_and(|r| {
+            r.get_ref().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        })
+    })
 }
 
 #[derive(Deserialize)]
@@ -325,9 +341,100 @@ async fn list_channels(
         .await?
         .into_inner();
     let next = (!resp.next_cursor.is_empty()).then_some(resp.next_cursor);
+    let mut channels: Vec<Value> = resp.channels.iter().map(view::channel).collect();
+    // `unread` on every entry when receipts answers; omitted (not guessed) when it is down.
+    if let Some(receipts) = &app.receipts {
+        if let Ok(u) = receipts.unread(&user).await {
+            let counts: std::collections::HashMap<&str, u64> = u
+                .channels
+                .iter()
+                .map(|c| (c.channel_id.as_str(), c.unread))
+                .collect();
+            for c in &mut channels {
+                let n = c["id"]
+                    .as_str()
+                    .and_then(|id| counts.get(id))
+                    .copied()
+                    .unwrap_or(0);
+                c["unread"] = json!(n);
+            }
+        }
+    }
+    Ok(Json(json!({"channels": channels, "next_cursor": next})))
+}
+
+#[derive(Deserialize)]
+struct PresenceQuery {
+    user_ids: Option<String>,
+}
+
+/// Most users one `GET /v1/presence` may ask about (the presence batch limit).
+const MAX_PRESENCE_QUERY: usize = 500;
+
+async fn get_presence(
+    State(app): AppState,
+    Caller(_user): Caller,
+    Q(q): Q<PresenceQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let raw = q.user_ids.unwrap_or_default();
+    let mut ids = Vec::new();
+    for part in raw.split(',').filter(|p| !p.is_empty()) {
+        ids.push(UserId::parse(part)?.to_string());
+    }
+    if ids.is_empty() || ids.len() > MAX_PRESENCE_QUERY {
+        return Err(ApiError::invalid(format!(
+            "user_ids must list 1-{MAX_PRESENCE_QUERY} comma-separated user ids"
+        )));
+    }
+    let presence = app.presence.as_ref().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "presence is not configured on this gateway",
+        )
+    })?;
+    let list = presence.get(ids).await?;
     Ok(Json(
-        json!({"channels": resp.channels.iter().map(view::channel).collect::<Vec<_>>(), "next_cursor": next}),
+        json!({"presence": list.iter().map(crate::presence::view).collect::<Vec<_>>()}),
     ))
+}
+
+fn receipts(app: &App) -> Result<&crate::receipts::Receipts, ApiError> {
+    app.receipts.as_ref().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "receipts is not configured on this gateway",
+        )
+    })
+}
+
+#[derive(Deserialize)]
+struct ReadBody {
+    seq: u64,
+}
+
+async fn mark_read(
+    State(app): AppState,
+    Caller(user): Caller,
+    P(id): P<String>,
+    JsonBody(b): JsonBody<ReadBody>,
+) -> Result<StatusCode, ApiError> {
+    let channel_id = channel_path(&id)?;
+    receipts(&app)?.read(&user, channel_id, b.seq).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_receipts(
+    State(app): AppState,
+    Caller(user): Caller,
+    P(id): P<String>,
+) -> Result<Json<Value>, ApiError> {
+    let channel_id = channel_path(&id)?;
+    Ok(Json(receipts(&app)?.receipts(&user, channel_id).await?))
+}
+
+async fn get_unread(State(app): AppState, Caller(user): Caller) -> Result<Json<Value>, ApiError> {
+    let u = receipts(&app)?.unread(&user).await?;
+    Ok(Json(crate::receipts::unread_view(&u)))
 }
 
 async fn get_channel(

@@ -16,17 +16,32 @@ use std::{
 };
 
 use futures::StreamExt as _;
-use parley_proto::events::v1 as ev;
+use parley_proto::{events::v1 as ev, presence::v1 as presence, receipts::v1 as receipts};
 use prost::Message as _;
 use tokio::sync::{Mutex, Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+/// What arrived, decoded once per node.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// From messaging (`messaging:channel:*`, `messaging:user:*`).
+    Messaging(Arc<ev::Event>),
+    /// From presence (`presence:events` routed per watched user, `presence:channel:*`).
+    Presence(Arc<presence::PresenceEvent>),
+    /// From receipts (`receipts:channel:*`).
+    Receipt(Arc<receipts::ReceiptChanged>),
+}
+
 /// An event routed to a connection, with whether it came on the user's own topic.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    pub event: Arc<ev::Event>,
+    pub payload: Payload,
     pub via_user_topic: bool,
 }
+
+/// Routes under this prefix are local only (no Redis subscription): the hub fills them
+/// from the node-wide `presence:events` subscription, per watched user.
+const WATCH: &str = "watch:";
 
 /// How the hub reaches one connection.
 #[derive(Clone)]
@@ -54,6 +69,8 @@ struct Inner {
     ops: Mutex<()>,
     sink: Mutex<Option<redis::aio::PubSubSink>>,
     connected: AtomicBool,
+    /// Topics subscribed for the whole life of the node (`presence:events`).
+    pinned: Vec<String>,
 }
 
 /// The node's pub/sub hub (cheap to clone).
@@ -64,9 +81,20 @@ pub struct Hub {
 
 impl Hub {
     /// Starts the reader task, which (re)connects until `shutdown`.
-    pub fn start(client: redis::Client, prefix: String, shutdown: CancellationToken) -> Self {
+    pub fn start(
+        client: redis::Client,
+        prefix: String,
+        presence: bool,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let pinned = if presence {
+            vec![format!("{prefix}presence:events")]
+        } else {
+            Vec::new()
+        };
         let hub = Self {
             inner: Arc::new(Inner {
+                pinned,
                 prefix,
                 routes: RwLock::new(HashMap::new()),
                 ops: Mutex::new(()),
@@ -88,6 +116,21 @@ impl Hub {
         format!("{}messaging:channel:{channel}", self.inner.prefix)
     }
 
+    /// Topic of typing events of a channel (presence).
+    pub fn typing_topic(&self, channel: &str) -> String {
+        format!("{}presence:channel:{channel}", self.inner.prefix)
+    }
+
+    /// Topic of watermark changes of a channel (receipts).
+    pub fn receipts_topic(&self, channel: &str) -> String {
+        format!("{}receipts:channel:{channel}", self.inner.prefix)
+    }
+
+    /// Local route of a watched user's online/offline events.
+    pub fn watch_topic(&self, user: &str) -> String {
+        format!("{WATCH}{user}")
+    }
+
     /// Topic of membership events about a user.
     pub fn user_topic(&self, user: &str) -> String {
         format!("{}messaging:user:{user}", self.inner.prefix)
@@ -107,7 +150,7 @@ impl Hub {
             subs.insert(id, sink.clone());
             first
         };
-        if first {
+        if first && !topic.starts_with(WATCH) {
             if let Some(s) = self.inner.sink.lock().await.as_mut()
                 && let Err(e) = s.subscribe(topic).await
             {
@@ -140,7 +183,7 @@ impl Hub {
                 None => false,
             }
         };
-        if last {
+        if last && !topic.starts_with(WATCH) {
             if let Some(s) = self.inner.sink.lock().await.as_mut()
                 && let Err(e) = s.unsubscribe(topic).await
             {
@@ -172,14 +215,16 @@ impl Hub {
             backoff = Duration::from_millis(100);
             {
                 let _op = self.inner.ops.lock().await;
-                let topics: Vec<String> = self
+                let mut topics: Vec<String> = self
                     .inner
                     .routes
                     .read()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .keys()
+                    .filter(|t| !t.starts_with(WATCH))
                     .cloned()
                     .collect();
+                topics.extend(self.inner.pinned.iter().cloned());
                 let mut ok = true;
                 for chunk in topics.chunks(500) {
                     if let Err(e) = sink.subscribe(chunk).await {
@@ -189,6 +234,7 @@ impl Hub {
                     }
                 }
                 if !ok {
+                    tokio::time::sleep(backoff).await;
                     continue;
                 }
                 *self.inner.sink.lock().await = Some(sink);
@@ -225,26 +271,49 @@ impl Hub {
         }
     }
 
-    fn dispatch(&self, topic: &str, payload: &[u8]) {
-        let event = match ev::Event::decode(payload) {
-            Ok(e) => Arc::new(e),
-            Err(e) => {
-                tracing::warn!(error = %e, topic, "undecodable event");
-                return;
+    fn dispatch(&self, topic: &str, bytes: &[u8]) {
+        let p = &self.inner.prefix;
+        let rest = topic.strip_prefix(p.as_str()).unwrap_or(topic);
+        let (payload, route) = if rest.starts_with("messaging:") {
+            match ev::Event::decode(bytes) {
+                Ok(e) => (Payload::Messaging(Arc::new(e)), None),
+                Err(e) => return tracing::warn!(error = %e, topic, "undecodable event"),
             }
+        } else if rest.starts_with("presence:") {
+            match presence::PresenceEvent::decode(bytes) {
+                Ok(e) => {
+                    // Online/offline events come on one node-wide topic: route them to the
+                    // connections watching that user.
+                    let route = match &e.payload {
+                        Some(presence::presence_event::Payload::PresenceChanged(c)) => {
+                            c.presence.as_ref().map(|p| self.watch_topic(&p.user_id))
+                        }
+                        _ => None,
+                    };
+                    (Payload::Presence(Arc::new(e)), route)
+                }
+                Err(e) => return tracing::warn!(error = %e, topic, "undecodable presence event"),
+            }
+        } else if rest.starts_with("receipts:") {
+            match receipts::ReceiptChanged::decode(bytes) {
+                Ok(e) => (Payload::Receipt(Arc::new(e)), None),
+                Err(e) => return tracing::warn!(error = %e, topic, "undecodable receipt event"),
+            }
+        } else {
+            return;
         };
-        let via_user_topic = topic.starts_with(&format!("{}messaging:user:", self.inner.prefix));
+        let via_user_topic = rest.starts_with("messaging:user:");
         let routes = self
             .inner
             .routes
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(subs) = routes.get(topic) else {
+        let Some(subs) = routes.get(route.as_deref().unwrap_or(topic)) else {
             return;
         };
         for s in subs.values() {
             match s.tx.try_send(Delivery {
-                event: event.clone(),
+                payload: payload.clone(),
                 via_user_topic,
             }) {
                 Ok(()) => {}

@@ -7,7 +7,9 @@ mod auth;
 mod error;
 mod http;
 mod hub;
+mod presence;
 mod ratelimit;
+mod receipts;
 mod view;
 mod ws;
 
@@ -30,6 +32,9 @@ pub const DEFAULTS: &str = include_str!("config.toml");
 pub struct Config {
     pub http: HttpConfig,
     pub messaging: ServiceConfig,
+    pub presence: PresenceConfig,
+    pub receipts: ServiceConfig,
+    pub node: NodeConfig,
     pub redis: RedisConfig,
     pub auth: AuthConfig,
     pub limits: Limits,
@@ -48,6 +53,18 @@ pub struct HttpConfig {
 pub struct ServiceConfig {
     pub url: String,
     pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PresenceConfig {
+    pub url: String,
+    pub timeout_ms: u64,
+    pub heartbeat_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeConfig {
+    pub id: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +135,9 @@ impl Config {
         if l.default_page == 0 || l.default_page > l.max_page {
             return Err("limits: need 0 < default_page <= max_page".into());
         }
+        if self.presence.heartbeat_ms < 1000 {
+            return Err("presence.heartbeat_ms must be at least 1000".into());
+        }
         if self.ws.heartbeat_ms < 100 || self.ws.queue_len == 0 || self.ws.resume_limit == 0 {
             return Err("ws: heartbeat_ms >= 100, queue_len and resume_limit > 0".into());
         }
@@ -133,6 +153,8 @@ pub(crate) struct App {
     auth: auth::Verifier,
     messaging: Messaging,
     messaging_channel: Channel,
+    presence: Option<Arc<presence::Presence>>,
+    receipts: Option<receipts::Receipts>,
     redis: redis::aio::ConnectionManager,
     limiter: ratelimit::Limiter,
     hub: hub::Hub,
@@ -159,6 +181,31 @@ pub async fn serve(
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true);
     let messaging_channel = endpoint.connect_lazy();
+    let optional = |cfg: &ServiceConfig| -> anyhow::Result<Option<Channel>> {
+        if cfg.url.trim().is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            tonic::transport::Endpoint::from_shared(cfg.url.clone())?
+                .timeout(Duration::from_millis(cfg.timeout_ms))
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .connect_lazy(),
+        ))
+    };
+    let node_id = if config.node.id.is_empty() {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".into());
+        format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    } else {
+        config.node.id.clone()
+    };
+    let presence_heartbeat = Duration::from_millis(config.presence.heartbeat_ms);
+    let presence = optional(&ServiceConfig {
+        url: config.presence.url.clone(),
+        timeout_ms: config.presence.timeout_ms,
+    })?
+    .map(|ch| presence::Presence::new(ch, node_id.clone(), presence_heartbeat));
+    let receipts = optional(&config.receipts)?.map(receipts::Receipts::new);
     let messaging = MessagingServiceClient::with_interceptor(messaging_channel.clone(), Outbound);
     let redis_client = redis::Client::open(config.redis.url.as_str())?;
     let redis = redis::aio::ConnectionManager::new_with_config(
@@ -179,12 +226,22 @@ pub async fn serve(
     // receiving events during the drain delay, until they are told to reconnect.
     let hub_stop = CancellationToken::new();
     let _hub_guard = hub_stop.clone().drop_guard();
-    let hub = hub::Hub::start(redis_client, config.redis.prefix.clone(), hub_stop);
+    let hub = hub::Hub::start(
+        redis_client,
+        config.redis.prefix.clone(),
+        presence.is_some(),
+        hub_stop.clone(),
+    );
+    let heartbeats = presence
+        .clone()
+        .map(|p| tokio::spawn(p.heartbeat_loop(presence_heartbeat, hub_stop.clone())));
     let app = Arc::new(App {
         auth: auth::Verifier::new(&config.auth)?,
         config,
         messaging,
         messaging_channel,
+        presence,
+        receipts,
         redis,
         limiter,
         hub,
@@ -220,6 +277,53 @@ pub async fn serve(
     )
     .with_graceful_shutdown(graceful)
     .await?;
+    // Stop fan-out and heartbeats; the heartbeat loop unregisters whatever connections are
+    // left, so their users do not wait for a TTL to turn offline.
+    hub_stop.cancel();
+    if let Some(h) = heartbeats {
+        let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+    }
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parley_kit::config::Sources;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::load(&Sources::from_vars(Vec::<(String, String)>::new()))
+            .expect("defaults load");
+        assert_eq!(c.limits.max_message_bytes, 4096);
+        assert_eq!(c.limits.send_burst, 60);
+        assert!(!c.auth.dev_tokens, "dev tokens are off unless asked for");
+        assert!(!c.presence.url.is_empty() && !c.receipts.url.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_and_empty_urls_disable() {
+        let c = Config::load(&Sources::from_vars([
+            ("PARLEY__PRESENCE__URL", ""),
+            ("PARLEY__LIMITS__SEND_BURST", "5"),
+            ("PARLEY__AUTH__DEV_TOKENS", "true"),
+        ]))
+        .expect("loads");
+        assert!(c.presence.url.is_empty());
+        assert_eq!(c.limits.send_burst, 5);
+        assert!(c.auth.dev_tokens);
+    }
+
+    #[test]
+    fn invalid_limits_are_refused() {
+        assert!(Config::load(&Sources::from_vars([("PARLEY__LIMITS__SEND_BURST", "0")])).is_err());
+        assert!(
+            Config::load(&Sources::from_vars([(
+                "PARLEY__LIMITS__DEFAULT_PAGE",
+                "500"
+            )]))
+            .is_err()
+        );
+    }
 }

@@ -33,7 +33,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::{
     ApiError, App,
     http::grpc,
-    hub::{ConnSink, Delivery},
+    hub::{ConnSink, Delivery, Payload as HubPayload},
     view,
 };
 
@@ -103,6 +103,10 @@ struct Conn {
     recent_events: VecDeque<String>,
     sends_tx: mpsc::Sender<SendResult>,
     last_inbound: Instant,
+    /// The WebSocket `session_id`, also the connection id towards presence.
+    session_id: String,
+    /// Users this connection watches, with the newest presence version sent for each.
+    watched: HashMap<String, u64>,
 }
 
 /// Why a connection ended.
@@ -132,9 +136,17 @@ impl Conn {
             recent_events: VecDeque::new(),
             sends_tx,
             last_inbound: Instant::now(),
+            session_id: uuid::Uuid::now_v7().to_string(),
+            watched: HashMap::new(),
         };
         metrics::gauge!("gateway_ws_connections").increment(1.0);
+        if let Some(p) = &conn.app.presence {
+            p.connected(conn.user.as_str(), &conn.session_id).await;
+        }
         let end = conn.serve(&mut rx, &mut sends_rx).await;
+        if let Some(p) = &conn.app.presence {
+            p.disconnected(conn.user.as_str(), &conn.session_id).await;
+        }
         for t in std::mem::take(&mut conn.topics) {
             conn.app.hub.unsubscribe(conn.id, &t).await;
         }
@@ -195,7 +207,7 @@ impl Conn {
 
     /// `hello`, subscriptions, and starting positions for every channel of the user.
     async fn start(&mut self) -> Result<(), End> {
-        let session_id = uuid::Uuid::now_v7().to_string();
+        let session_id = self.session_id.clone();
         let topic = self.app.hub.user_topic(self.user.as_str());
         self.subscribe(topic).await;
         let positions = match self.positions().await {
@@ -259,16 +271,149 @@ impl Conn {
                     ..Cursor::default()
                 },
             );
-            let topic = self.app.hub.channel_topic(channel);
-            self.subscribe(topic).await;
+            for topic in self.channel_topics(channel) {
+                self.subscribe(topic).await;
+            }
         }
+    }
+
+    /// Topics a member's connection listens to for one channel: messages and membership,
+    /// plus typing and receipts when those services are configured.
+    fn channel_topics(&self, channel: &str) -> Vec<String> {
+        let hub = &self.app.hub;
+        let mut t = vec![hub.channel_topic(channel)];
+        if self.app.presence.is_some() {
+            t.push(hub.typing_topic(channel));
+        }
+        if self.app.receipts.is_some() {
+            t.push(hub.receipts_topic(channel));
+        }
+        t
     }
 
     async fn leave_channel(&mut self, channel: &str) {
         self.cursors.remove(channel);
-        let topic = self.app.hub.channel_topic(channel);
-        if self.topics.remove(&topic) {
-            self.app.hub.unsubscribe(self.id, &topic).await;
+        for topic in self.channel_topics(channel) {
+            if self.topics.remove(&topic) {
+                self.app.hub.unsubscribe(self.id, &topic).await;
+            }
+        }
+    }
+
+    /// A channel id from a frame that must be one of the user's channels.
+    fn member_channel(&self, v: &Value) -> Result<String, ApiError> {
+        let raw = v
+            .get("channel_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::invalid("`channel_id` must be a string"))?;
+        let id = parley_kit::domain::parse_uuid("channel_id", raw)?.to_string();
+        if self.cursors.contains_key(&id) {
+            Ok(id)
+        } else {
+            Err(ApiError::new(
+                ErrorCode::PermissionDenied,
+                format!("not a member of channel {id}"),
+            ))
+        }
+    }
+
+    fn seq_field(v: &Value) -> Result<u64, ApiError> {
+        v.get("seq")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| ApiError::invalid("`seq` must be a non-negative integer"))
+    }
+
+    /// `typing`: membership is checked here (the connection knows the user's channels).
+    async fn typing(&mut self, v: &Value) -> Result<(), ApiError> {
+        let channel = self.member_channel(v)?;
+        let presence = self.app.presence.clone().ok_or_else(presence_off)?;
+        let user = self.user.clone();
+        // Fire and forget: the event comes back through pub/sub to the other members.
+        tokio::spawn(async move {
+            let _ = presence.typing(user.as_str(), &channel).await;
+        });
+        Ok(())
+    }
+
+    /// `ack` / `read`: the delivered / read watermark.
+    async fn mark(&mut self, v: &Value, read: bool) -> Result<(), ApiError> {
+        let channel = self.member_channel(v)?;
+        let seq = Self::seq_field(v)?;
+        let app = self.app.clone();
+        let user = self.user.clone();
+        let receipts = app.receipts.as_ref().ok_or_else(receipts_off)?;
+        if read {
+            receipts.read(&user, channel, seq).await
+        } else {
+            receipts.delivered(&user, channel, seq).await
+        }
+    }
+
+    /// `watch_presence`: subscribe first, then read the current state, so no change is
+    /// missed; later events older than what was sent (by `version`) are dropped.
+    async fn watch_presence(&mut self, v: &Value) -> Result<(), End> {
+        let r = v.get("ref").cloned();
+        let Some(presence) = self.app.presence.clone() else {
+            return self.error(r, &presence_off()).await;
+        };
+        let ids = match v.get("user_ids").and_then(Value::as_array) {
+            Some(a) => a
+                .iter()
+                .map(|u| {
+                    u.as_str()
+                        .ok_or_else(|| ApiError::invalid("`user_ids` must be strings"))
+                        .and_then(|s| Ok(UserId::parse(s)?.to_string()))
+                })
+                .collect::<Result<Vec<String>, ApiError>>(),
+            None => Err(ApiError::invalid("`user_ids` must be an array of user ids")),
+        };
+        let mut ids = match ids {
+            Ok(ids) => ids,
+            Err(e) => return self.error(r, &e).await,
+        };
+        ids.sort();
+        ids.dedup();
+        let max = self.app.config.ws.max_watch;
+        let new: Vec<String> = ids
+            .into_iter()
+            .filter(|u| !self.watched.contains_key(u))
+            .collect();
+        if self.watched.len() + new.len() > max {
+            let e = ApiError::invalid(format!("a connection watches at most {max} users"));
+            return self.error(r, &e).await;
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        for u in &new {
+            self.watched.insert(u.clone(), 0);
+            let topic = self.app.hub.watch_topic(u);
+            self.subscribe(topic).await;
+        }
+        match presence.get(new).await {
+            Ok(list) => {
+                for p in list {
+                    self.presence_changed(&p).await?;
+                }
+                Ok(())
+            }
+            Err(e) => self.error(r, &e).await,
+        }
+    }
+
+    /// Sends a `presence` frame when `p` is newer than what this connection last sent.
+    async fn presence_changed(
+        &mut self,
+        p: &parley_proto::presence::v1::UserPresence,
+    ) -> Result<(), End> {
+        match self.watched.get_mut(&p.user_id) {
+            Some(v) if p.version > *v || (*v == 0 && p.version == 0) => {
+                *v = p.version.max(1);
+                let mut f = crate::presence::view(p);
+                f["type"] = json!("presence");
+                self.frame(f).await
+            }
+            _ => Ok(()),
         }
     }
 
@@ -377,10 +522,10 @@ impl Conn {
                     "`positions` must be an object of channel id → seq",
                 )),
             },
-            "typing" | "ack" | "read" | "watch_presence" => Err(ApiError::new(
-                ErrorCode::Unavailable,
-                format!("`{kind}` needs a service that is not part of this deployment yet"),
-            )),
+            "typing" => self.typing(&v).await,
+            "ack" => self.mark(&v, false).await,
+            "read" => self.mark(&v, true).await,
+            "watch_presence" => return self.watch_presence(&v).await,
             "" => Err(ApiError::invalid("a frame needs a string `type`")),
             other => Err(ApiError::invalid(format!("unknown frame type `{other}`"))),
         };
@@ -408,6 +553,29 @@ impl Conn {
         }
     }
 
+    async fn on_presence(
+        &mut self,
+        e: &parley_proto::presence::v1::PresenceEvent,
+    ) -> Result<(), End> {
+        use parley_proto::presence::v1::presence_event::Payload as P;
+        match &e.payload {
+            Some(P::PresenceChanged(c)) => match &c.presence {
+                Some(p) => self.presence_changed(p).await,
+                None => Ok(()),
+            },
+            // Never echoed to the typist; only for channels this user is in.
+            Some(P::UserTyping(t))
+                if t.user_id != self.user.as_str() && self.cursors.contains_key(&t.channel_id) =>
+            {
+                self.frame(
+                    json!({"type": "typing", "channel_id": t.channel_id, "user_id": t.user_id}),
+                )
+                .await
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn seen_event(&mut self, id: &str) -> bool {
         if self.recent_events.iter().any(|e| e == id) {
             return true;
@@ -420,7 +588,16 @@ impl Conn {
     }
 
     async fn on_event(&mut self, d: Delivery) -> Result<(), End> {
-        let event = &d.event;
+        let event = match &d.payload {
+            HubPayload::Messaging(e) => e.clone(),
+            HubPayload::Presence(e) => return self.on_presence(e).await,
+            HubPayload::Receipt(r) => {
+                if !self.cursors.contains_key(&r.channel_id) {
+                    return Ok(());
+                }
+                return self.frame(crate::receipts::frame(r)).await;
+            }
+        };
         use ev::event::Payload;
         match &event.payload {
             Some(Payload::MessageCreated(ev::MessageCreated { message: Some(m) })) => {
@@ -722,4 +899,18 @@ async fn page_after(
         .await?
         .into_inner();
     Ok((resp.messages, resp.has_more))
+}
+
+fn presence_off() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unavailable,
+        "presence is not configured on this gateway",
+    )
+}
+
+fn receipts_off() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unavailable,
+        "receipts is not configured on this gateway",
+    )
 }

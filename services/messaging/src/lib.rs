@@ -193,3 +193,24 @@ pub async fn serve(
     tracing::info!("messaging stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parley_kit::config::Sources;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::load(&Sources::from_vars(Vec::<(String, String)>::new()))
+            .expect("defaults load");
+        assert_eq!(c.limits.max_members, 1000);
+        assert_eq!(c.limits.max_body_bytes, 4096);
+        assert!(c.outbox.publish_inline && c.outbox.sweep_enabled);
+    }
+
+    #[test]
+    fn invalid_limits_are_refused() {
+        assert!(Config::load(&Sources::from_vars([("PARLEY__LIMITS__MAX_MEMBERS", "1")])).is_err());
+        assert!(Config::load(&Sources::from_vars([("PARLEY__LIMITS__MAX_PAGE", "0")])).is_err());
+    }
+}
