@@ -13,7 +13,7 @@ NEXTEST_PROFILE ?= $(if $(filter true 1 yes,$(CI)),ci,default)
 # extra arguments for the test runner, e.g. make test TEST_ARGS='-E test(foo)'
 TEST_ARGS ?=
 
-.PHONY: help deps build up up-detached down test lint fmt clean-local
+.PHONY: help deps build up up-detached down test lint fmt clean-local compose-check
 
 help: ## List the targets
 	@echo "Parley make targets (CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)):"
@@ -26,10 +26,10 @@ deps: ## Ensure Postgres + Redis (private instances under .local/ unless configu
 build: ## Build all service binaries (debug)
 	$(CARGO) build --workspace --bins
 
-up: build deps ## Build, then run all services in the foreground (Ctrl-C stops them)
+up: deps build ## Build, then run all services in the foreground (Ctrl-C stops them)
 	scripts/up.sh
 
-up-detached: build deps ## Build, then start all services in the background
+up-detached: deps build ## Build, then start all services in the background
 	scripts/up.sh --detach
 
 down: ## Stop the services started by make up / up-detached
@@ -51,6 +51,10 @@ lint: ## rustfmt check, clippy (-D warnings), buf lint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	bash scripts/buf.sh lint
+
+compose-check: ## Validate docker-compose.yml (installs the docker-compose client if missing; no engine needed)
+	@command -v docker-compose >/dev/null 2>&1 || apt-get install -y docker-compose >/dev/null
+	docker-compose -f docker-compose.yml config -q && echo "docker-compose.yml is valid"
 
 fmt: ## Format the Rust code
 	$(CARGO) fmt --all

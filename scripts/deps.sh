@@ -360,6 +360,10 @@ fi
 
 case "$CMD" in
 start | up | "")
+	# Build prerequisite: the Web Push encryption crate links OpenSSL.
+	if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists openssl 2>/dev/null; then
+		apt_install pkg-config libssl-dev
+	fi
 	if [[ -n ${PARLEY_PG_URL:-} ]]; then
 		if ! pg_client psql >/dev/null || ! pg_client pg_isready >/dev/null; then
 			apt_install postgresql-client

@@ -16,21 +16,21 @@ pub mod events {
     }
 }
 
-/// `parley.presence.v1`: online/offline, last seen, typing (contract; service not built yet).
+/// `parley.presence.v1`: online/offline, last seen, typing.
 pub mod presence {
     pub mod v1 {
         tonic::include_proto!("parley.presence.v1");
     }
 }
 
-/// `parley.receipts.v1`: delivered/read watermarks, unread (contract; service not built yet).
+/// `parley.receipts.v1`: delivered/read watermarks, unread.
 pub mod receipts {
     pub mod v1 {
         tonic::include_proto!("parley.receipts.v1");
     }
 }
 
-/// `parley.notification.v1`: devices, preferences, push (contract; service not built yet).
+/// `parley.notification.v1`: devices, preferences, push fan-out.
 pub mod notification {
     pub mod v1 {
         tonic::include_proto!("parley.notification.v1");

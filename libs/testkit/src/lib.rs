@@ -30,21 +30,67 @@ pub struct Running {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<anyhow::Result<()>>,
+    /// The service's own runtime, when it has one: dropping it drops every task the service
+    /// spawned, which is what a killed process looks like from outside.
+    rt: Option<tokio::runtime::Runtime>,
 }
 
 impl Running {
     /// SIGTERM-like stop: cancels and waits for the drain to finish.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task)
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
             .await
             .context("stop timed out")??
     }
 
-    /// kill -9-like stop: the task is aborted mid-flight, nothing drains.
-    pub fn kill(self) {
-        self.task.abort();
+    /// kill -9-like stop: nothing drains. A service on its own runtime loses every task
+    /// at once (connections, heartbeats, background loops); otherwise only its main task
+    /// is aborted.
+    pub fn kill(mut self) {
+        match self.rt.take() {
+            Some(rt) => rt.shutdown_background(),
+            None => self.task.abort(),
+        }
     }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.task.abort();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Runs `serve` on a runtime of its own, on a listener bound to an ephemeral port.
+fn spawn_isolated<F, Fut>(serve: F) -> anyhow::Result<Running>
+where
+    F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = rt.spawn(async move {
+        // Registered with this runtime's reactor, not the test's.
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        serve(listener, token).await
+    });
+    Ok(Running {
+        addr,
+        shutdown,
+        task,
+        rt: Some(rt),
+    })
 }
 
 /// A fresh database + key prefix, and the services started on them.
@@ -55,6 +101,9 @@ pub struct Stack {
     pub prefix: String,
     pub messaging: Vec<Running>,
     pub gateways: Vec<Running>,
+    pub presence: Vec<Running>,
+    pub receipts: Vec<Running>,
+    pub notification: Vec<Running>,
 }
 
 impl Stack {
@@ -74,6 +123,9 @@ impl Stack {
             redis_url: redis_url(),
             prefix: format!("t{}:", &id[..12]),
             messaging: Vec::new(),
+            presence: Vec::new(),
+            receipts: Vec::new(),
+            notification: Vec::new(),
             gateways: Vec::new(),
         })
     }
@@ -110,6 +162,7 @@ impl Stack {
             addr,
             shutdown,
             task,
+            rt: None,
         });
         Ok(addr)
     }
@@ -133,8 +186,28 @@ impl Stack {
             ("PARLEY__AUTH__DEV_TOKENS".into(), "true".into()),
             ("PARLEY__WS__GAP_WAIT_MS".into(), "100".into()),
             // Presence and receipts run only where a test starts them.
-            ("PARLEY__PRESENCE__URL".into(), String::new()),
-            ("PARLEY__RECEIPTS__URL".into(), String::new()),
+            (
+                "PARLEY__PRESENCE__URL".into(),
+                self.presence
+                    .first()
+                    .map(|r| format!("http://{}", r.addr))
+                    .unwrap_or_default(),
+            ),
+            (
+                "PARLEY__RECEIPTS__URL".into(),
+                self.receipts
+                    .first()
+                    .map(|r| format!("http://{}", r.addr))
+                    .unwrap_or_default(),
+            ),
+            ("PARLEY__PRESENCE__HEARTBEAT_MS".into(), "1000".into()),
+            (
+                "PARLEY__NOTIFICATION__URL".into(),
+                self.notification
+                    .first()
+                    .map(|r| format!("http://{}", r.addr))
+                    .unwrap_or_default(),
+            ),
         ]);
         vars.extend(
             extra
@@ -142,10 +215,9 @@ impl Stack {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
         let config = parley_gateway::Config::load(&parley_kit::config::Sources::from_vars(vars))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(parley_gateway::serve(config, listener, shutdown.clone()));
+        // Its own runtime, so `kill()` is a faithful kill -9 (see Running::kill).
+        let running = spawn_isolated(move |l, t| parley_gateway::serve(config, l, t))?;
+        let addr = running.addr;
         let ready = format!("http://{addr}/readyz");
         let http = reqwest::Client::new();
         for _ in 0..100 {
@@ -155,16 +227,101 @@ impl Stack {
                 .await
                 .is_ok_and(|r| r.status().is_success())
             {
-                self.gateways.push(Running {
-                    addr,
-                    shutdown,
-                    task,
-                });
+                self.gateways.push(running);
                 return Ok(addr);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         anyhow::bail!("gateway at {addr} never became ready")
+    }
+
+    /// Starts a presence instance (gateways started afterwards use the first one).
+    pub async fn add_presence(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<SocketAddr> {
+        let mut vars: HashMap<String, String> = HashMap::from([
+            ("PARLEY__REDIS__URL".into(), self.redis_url.clone()),
+            ("PARLEY__REDIS__PREFIX".into(), self.prefix.clone()),
+            ("PARLEY__SWEEPER__INTERVAL_MS".into(), "200".into()),
+        ]);
+        vars.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let config = parley_presence::Config::load(&parley_kit::config::Sources::from_vars(vars))?;
+        let running = spawn_isolated(move |l, t| parley_presence::serve(config, l, t))?;
+        let addr = running.addr;
+        wait_port(addr).await?;
+        self.presence.push(running);
+        Ok(addr)
+    }
+
+    /// Starts a receipts instance consuming this stack's event stream (gateways started
+    /// afterwards use the first one).
+    pub async fn add_receipts(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<SocketAddr> {
+        let messaging = self
+            .messaging
+            .first()
+            .context("start messaging first")?
+            .addr;
+        let mut vars: HashMap<String, String> = HashMap::from([
+            ("PARLEY__DATABASE__URL".into(), self.db_url.clone()),
+            ("PARLEY__REDIS__URL".into(), self.redis_url.clone()),
+            ("PARLEY__REDIS__PREFIX".into(), self.prefix.clone()),
+            (
+                "PARLEY__MESSAGING__URL".into(),
+                format!("http://{messaging}"),
+            ),
+            ("PARLEY__CONSUMER__BLOCK_MS".into(), "200".into()),
+        ]);
+        vars.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let config = parley_receipts::Config::load(&parley_kit::config::Sources::from_vars(vars))?;
+        let running = spawn_isolated(move |l, t| parley_receipts::serve(config, l, t))?;
+        let addr = running.addr;
+        wait_port(addr).await?;
+        self.receipts.push(running);
+        Ok(addr)
+    }
+
+    /// Starts a notification instance on this stack's stream, messaging and presence (start
+    /// those first; gateways started afterwards use the first instance). Pushes go out at
+    /// once (no coalescing window) unless `extra` says otherwise.
+    pub async fn add_notification(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<SocketAddr> {
+        let messaging = self
+            .messaging
+            .first()
+            .context("start messaging first")?
+            .addr;
+        let presence = self.presence.first().context("start presence first")?.addr;
+        let mut vars: HashMap<String, String> = HashMap::from([
+            ("PARLEY__DATABASE__URL".into(), self.db_url.clone()),
+            ("PARLEY__REDIS__URL".into(), self.redis_url.clone()),
+            ("PARLEY__REDIS__PREFIX".into(), self.prefix.clone()),
+            (
+                "PARLEY__MESSAGING__URL".into(),
+                format!("http://{messaging}"),
+            ),
+            ("PARLEY__PRESENCE__URL".into(), format!("http://{presence}")),
+            ("PARLEY__CONSUMER__BLOCK_MS".into(), "200".into()),
+            ("PARLEY__DELIVERY__COALESCE_WINDOW_MS".into(), "0".into()),
+            ("PARLEY__DELIVERY__POLL_INTERVAL_MS".into(), "50".into()),
+            ("PARLEY__DELIVERY__BACKOFF_BASE_MS".into(), "100".into()),
+        ]);
+        vars.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let config =
+            parley_notification::Config::load(&parley_kit::config::Sources::from_vars(vars))?;
+        let running = spawn_isolated(move |l, t| parley_notification::serve(config, l, t))?;
+        let addr = running.addr;
+        wait_port(addr).await?;
+        self.notification.push(running);
+        Ok(addr)
     }
 
     /// Base URL of gateway `i`.
@@ -192,10 +349,12 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for r in self.messaging.drain(..).chain(self.gateways.drain(..)) {
-            r.shutdown.cancel();
-            r.task.abort();
-        }
+        // Gateways first: they hold connections to the others.
+        drop(std::mem::take(&mut self.gateways));
+        drop(std::mem::take(&mut self.receipts));
+        drop(std::mem::take(&mut self.notification));
+        drop(std::mem::take(&mut self.presence));
+        drop(std::mem::take(&mut self.messaging));
         let (db, admin, redis, prefix) = (
             self.db_name.clone(),
             pg_admin_url(),

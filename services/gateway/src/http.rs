@@ -55,6 +55,15 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/channels/{id}/receipts", get(get_receipts))
         .route("/v1/unread", get(get_unread))
         .route("/v1/presence", get(get_presence))
+        .route("/v1/devices", post(crate::notification::register))
+        .route(
+            "/v1/devices/{id}",
+            axum::routing::delete(crate::notification::unregister),
+        )
+        .route(
+            "/v1/channels/{id}/notifications",
+            axum::routing::put(crate::notification::set_level),
+        )
         .route("/v1/ws", get(crate::ws::upgrade))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -197,10 +206,11 @@ async fn readyz(State(app): AppState) -> Response {
             None => None,
         }
     };
-    let (messaging_ok, presence_ok, receipts_ok) = tokio::join!(
+    let (messaging_ok, presence_ok, receipts_ok, notification_ok) = tokio::join!(
         serving(app.messaging_channel.clone(), two_secs),
         optional(app.presence.as_ref().map(|p| p.channel())),
         optional(app.receipts.as_ref().map(|r| r.channel())),
+        optional(app.notification.as_ref().map(|(_, ch)| ch.clone())),
     );
     let mut redis = app.redis.clone();
     let redis_ok = tokio::time::timeout(
@@ -209,11 +219,11 @@ async fn readyz(State(app): AppState) -> Response {
     )
     .await
     .is_ok_and(|r| r.is_ok());
-    // Presence and receipts are reported but do not gate readiness: chat must keep
+    // Presence, receipts and notification are reported but do not gate readiness: chat must keep
     // working through their outage (a gateway taken out of rotation would stop it).
     let body = Json(json!({
         "messaging": messaging_ok, "redis": redis_ok, "pubsub": app.hub.connected(),
-        "presence": presence_ok, "receipts": receipts_ok,
+        "presence": presence_ok, "receipts": receipts_ok, "notification": notification_ok,
     }));
     if messaging_ok && redis_ok && app.hub.connected() {
         (StatusCode::OK, body).into_response()
@@ -343,21 +353,21 @@ async fn list_channels(
     let next = (!resp.next_cursor.is_empty()).then_some(resp.next_cursor);
     let mut channels: Vec<Value> = resp.channels.iter().map(view::channel).collect();
     // `unread` on every entry when receipts answers; omitted (not guessed) when it is down.
-    if let Some(receipts) = &app.receipts {
-        if let Ok(u) = receipts.unread(&user).await {
-            let counts: std::collections::HashMap<&str, u64> = u
-                .channels
-                .iter()
-                .map(|c| (c.channel_id.as_str(), c.unread))
-                .collect();
-            for c in &mut channels {
-                let n = c["id"]
-                    .as_str()
-                    .and_then(|id| counts.get(id))
-                    .copied()
-                    .unwrap_or(0);
-                c["unread"] = json!(n);
-            }
+    if let Some(receipts) = &app.receipts
+        && let Ok(u) = receipts.unread(&user).await
+    {
+        let counts: std::collections::HashMap<&str, u64> = u
+            .channels
+            .iter()
+            .map(|c| (c.channel_id.as_str(), c.unread))
+            .collect();
+        for c in &mut channels {
+            let n = c["id"]
+                .as_str()
+                .and_then(|id| counts.get(id))
+                .copied()
+                .unwrap_or(0);
+            c["unread"] = json!(n);
         }
     }
     Ok(Json(json!({"channels": channels, "next_cursor": next})))

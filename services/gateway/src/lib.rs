@@ -7,6 +7,7 @@ mod auth;
 mod error;
 mod http;
 mod hub;
+mod notification;
 mod presence;
 mod ratelimit;
 mod receipts;
@@ -34,6 +35,7 @@ pub struct Config {
     pub messaging: ServiceConfig,
     pub presence: PresenceConfig,
     pub receipts: ServiceConfig,
+    pub notification: ServiceConfig,
     pub node: NodeConfig,
     pub redis: RedisConfig,
     pub auth: AuthConfig,
@@ -155,6 +157,8 @@ pub(crate) struct App {
     messaging_channel: Channel,
     presence: Option<Arc<presence::Presence>>,
     receipts: Option<receipts::Receipts>,
+    /// The notification client and its channel (for health).
+    notification: Option<(notification::Client, Channel)>,
     redis: redis::aio::ConnectionManager,
     limiter: ratelimit::Limiter,
     hub: hub::Hub,
@@ -206,6 +210,8 @@ pub async fn serve(
     })?
     .map(|ch| presence::Presence::new(ch, node_id.clone(), presence_heartbeat));
     let receipts = optional(&config.receipts)?.map(receipts::Receipts::new);
+    let notification =
+        optional(&config.notification)?.map(|ch| (notification::client(ch.clone()), ch));
     let messaging = MessagingServiceClient::with_interceptor(messaging_channel.clone(), Outbound);
     let redis_client = redis::Client::open(config.redis.url.as_str())?;
     let redis = redis::aio::ConnectionManager::new_with_config(
@@ -242,6 +248,7 @@ pub async fn serve(
         messaging_channel,
         presence,
         receipts,
+        notification,
         redis,
         limiter,
         hub,

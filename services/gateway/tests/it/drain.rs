@@ -92,7 +92,7 @@ async fn readiness_fails_first_and_live_delivery_continues_during_the_drain_dela
         bob.closed_within(T).await,
         "socket still open after reconnect"
     );
-    let gw = stack.gateways.remove(0);
-    tokio::time::timeout(LONG, gw.task).await???;
+    let mut gw = stack.gateways.remove(0);
+    tokio::time::timeout(LONG, &mut gw.task).await???;
     Ok(())
 }

@@ -1,0 +1,197 @@
+//! Devices, notification levels and pushes through the gateway: real notification,
+//! presence, messaging; a local HTTP receiver stands in for the push endpoint.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
+use parley_testkit::{Client, Stack, Ws};
+use serde_json::{Value, json};
+
+use crate::{QUIET, T};
+
+type Seen = Arc<Mutex<Vec<(HeaderMap, Value)>>>;
+
+/// A webhook endpoint on loopback that records every push.
+async fn receiver() -> anyhow::Result<(String, Seen)> {
+    let seen: Seen = Arc::default();
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(|State(s): State<Seen>, h: HeaderMap, b: Bytes| async move {
+                let v = serde_json::from_slice(&b).unwrap_or(Value::Null);
+                s.lock().expect("lock").push((h, v));
+                "ok"
+            }),
+        )
+        .with_state(seen.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(async move { axum::serve(l, app).await });
+    Ok((format!("http://{addr}/hook"), seen))
+}
+
+async fn stack() -> anyhow::Result<Stack> {
+    let mut s = Stack::empty().await?;
+    s.add_messaging(&[]).await?;
+    s.add_presence(&[]).await?;
+    s.add_notification(&[]).await?;
+    s.add_gateway(&[]).await?;
+    Ok(s)
+}
+
+/// Pushes received for message `seq`, after waiting until `n` arrived (or `within`).
+async fn pushes(seen: &Seen, n: usize, within: Duration) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let got: Vec<Value> = seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect();
+        if got.len() >= n || tokio::time::Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn offline_member_with_a_device_is_pushed_once() -> anyhow::Result<()> {
+    let stack = stack().await?;
+    let (hook, seen) = receiver().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let bob = Client::new(&stack.url(0), "bob");
+    let ch = alice.group("team", &["bob", "carol"]).await?;
+
+    let (s, d, _) = bob
+        .req(
+            "POST",
+            "/v1/devices",
+            Some(json!({"platform": "webhook", "token": hook})),
+        )
+        .await?;
+    assert_eq!(s, 201, "{d}");
+    assert_eq!(d["platform"], "webhook");
+    let device = d["id"].as_str().expect("id").to_owned();
+    let (s, again, _) = bob
+        .req(
+            "POST",
+            "/v1/devices",
+            Some(json!({"platform": "webhook", "token": hook})),
+        )
+        .await?;
+    assert_eq!(
+        (s, again["id"].clone()),
+        (200, json!(device)),
+        "registration is idempotent"
+    );
+
+    // Carol is online (and has the same hook registered): she must not be pushed.
+    let carol = Client::new(&stack.url(0), "carol");
+    carol
+        .req(
+            "POST",
+            "/v1/devices",
+            Some(json!({"platform": "webhook", "token": hook})),
+        )
+        .await?;
+    let _carol_ws = Ws::connect(&stack.url(0), "carol").await?;
+
+    let m = alice.send(&ch, "m1", "hello @bob").await?;
+    let got = pushes(&seen, 1, T).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["user_id"], "bob");
+    assert_eq!(got[0]["message_id"], m["id"]);
+    assert_eq!(got[0]["channel_id"], ch.as_str());
+    assert_eq!(got[0]["sender_id"], "alice");
+    assert!(
+        seen.lock().expect("lock")[0]
+            .0
+            .get("x-parley-signature")
+            .is_some()
+    );
+    // Exactly once, even after waiting.
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(pushes(&seen, 2, Duration::ZERO).await.len(), 1);
+
+    // Level none: nothing more for bob from this channel.
+    let (s, _, _) = bob
+        .req(
+            "PUT",
+            &format!("/v1/channels/{ch}/notifications"),
+            Some(json!({"level": "none"})),
+        )
+        .await?;
+    assert_eq!(s, 204);
+    alice.send(&ch, "m2", "quiet please").await?;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(pushes(&seen, 2, Duration::ZERO).await.len(), 1);
+
+    // Back to all, then the device is removed: no push either.
+    bob.req(
+        "PUT",
+        &format!("/v1/channels/{ch}/notifications"),
+        Some(json!({"level": "all"})),
+    )
+    .await?;
+    let (s, _, _) = bob
+        .req("DELETE", &format!("/v1/devices/{device}"), None)
+        .await?;
+    assert_eq!(s, 204);
+    let (s, _, _) = bob
+        .req("DELETE", &format!("/v1/devices/{device}"), None)
+        .await?;
+    assert_eq!(s, 404);
+    alice.send(&ch, "m3", "anyone?").await?;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(pushes(&seen, 2, Duration::ZERO).await.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_devices_and_levels_are_refused() -> anyhow::Result<()> {
+    let stack = stack().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let ch = alice.group("x", &[]).await?;
+    let bad = [
+        json!({"platform": "webhook", "token": "http://169.254.169.254/latest"}),
+        json!({"platform": "webhook", "token": "http://example.com/hook"}),
+        json!({"platform": "pager", "token": "x"}),
+        json!({"platform": "fcm", "token": ""}),
+    ];
+    for b in bad {
+        let (s, e, _) = alice.req("POST", "/v1/devices", Some(b.clone())).await?;
+        assert_eq!(
+            (s, e["error"]["code"].clone()),
+            (400, json!("invalid_argument")),
+            "{b} → {e}"
+        );
+    }
+    let (s, _, _) = alice
+        .req(
+            "PUT",
+            &format!("/v1/channels/{ch}/notifications"),
+            Some(json!({"level": "loud"})),
+        )
+        .await?;
+    assert_eq!(s, 400);
+    let mallory = Client::new(&stack.url(0), "mallory");
+    let (s, e, _) = mallory
+        .req(
+            "PUT",
+            &format!("/v1/channels/{ch}/notifications"),
+            Some(json!({"level": "none"})),
+        )
+        .await?;
+    assert_eq!(
+        (s, e["error"]["code"].clone()),
+        (403, json!("permission_denied"))
+    );
+    let (s, _, _) = alice.req("DELETE", "/v1/devices/not-a-uuid", None).await?;
+    assert_eq!(s, 400);
+    Ok(())
+}

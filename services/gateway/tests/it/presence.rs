@@ -1,0 +1,199 @@
+//! Presence through the gateway: real presence service, two gateway replicas.
+
+use std::time::Duration;
+
+use parley_testkit::{Client, Stack, Ws};
+use serde_json::{Value, json};
+
+use crate::{QUIET, T};
+
+/// One messaging, one presence, two gateways.
+async fn stack() -> anyhow::Result<Stack> {
+    let mut s = Stack::empty().await?;
+    s.add_messaging(&[]).await?;
+    s.add_presence(&[("PARLEY__TYPING__THROTTLE_MS", "300")])
+        .await?;
+    s.add_gateway(&[]).await?;
+    s.add_gateway(&[]).await?;
+    Ok(s)
+}
+
+async fn status(c: &Client, users: &str) -> anyhow::Result<Vec<Value>> {
+    let (s, b, _) = c
+        .req("GET", &format!("/v1/presence?user_ids={users}"), None)
+        .await?;
+    anyhow::ensure!(s == 200, "presence: {s} {b}");
+    Ok(b["presence"].as_array().cloned().unwrap_or_default())
+}
+
+/// Polls until `user`'s status is `want` (bounded), returning the entry.
+async fn wait_status(
+    c: &Client,
+    user: &str,
+    want: &str,
+    within: Duration,
+) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let p = status(c, user).await?;
+        if p[0]["status"] == want {
+            return Ok(p[0].clone());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{user} not {want} within {within:?}: {}",
+            p[0]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn online_while_any_connection_lives_then_offline_with_last_seen() -> anyhow::Result<()> {
+    let stack = stack().await?;
+    let carol = Client::new(&stack.url(0), "carol");
+    let p = status(&carol, "bob").await?;
+    assert_eq!(p[0]["status"], "offline");
+    assert_eq!(p[0]["last_seen_at"], Value::Null, "never seen");
+
+    let b1 = Ws::connect(&stack.url(0), "bob").await?;
+    let b2 = Ws::connect(&stack.url(1), "bob").await?;
+    wait_status(&carol, "bob", "online", T).await?;
+    b1.close().await;
+    // Still online: the connection on the other replica lives.
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(status(&carol, "bob").await?[0]["status"], "online");
+    b2.close().await;
+    let p = wait_status(&carol, "bob", "offline", T).await?;
+    assert!(p["last_seen_at"].is_string(), "last_seen_at kept: {p}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn killed_replica_users_go_offline_and_watchers_are_told() -> anyhow::Result<()> {
+    let mut stack = stack().await?;
+    // Watcher on replica 1; bob only on replica 0, which dies without cleanup.
+    let mut watcher = Ws::connect(&stack.url(1), "carol").await?;
+    let _bob = Ws::connect(&stack.url(0), "bob").await?;
+    let carol = Client::new(&stack.url(1), "carol");
+    wait_status(&carol, "bob", "online", T).await?;
+    watcher
+        .send(json!({"type": "watch_presence", "user_ids": ["bob"]}))
+        .await?;
+    let first = watcher.expect("presence", T).await?;
+    assert_eq!(first["user_id"], "bob");
+    assert_eq!(first["status"], "online");
+
+    stack.gateways.remove(0).kill();
+    // The gateway heartbeats every second here, so connections live 5 s (the minimum TTL);
+    // the sweeper must turn bob offline and tell the watcher on the other replica.
+    let f = watcher.expect("presence", Duration::from_secs(20)).await?;
+    assert_eq!(f["user_id"], "bob");
+    assert_eq!(f["status"], "offline");
+    assert!(f["last_seen_at"].is_string());
+    assert_eq!(status(&carol, "bob").await?[0]["status"], "offline");
+    Ok(())
+}
+
+#[tokio::test]
+async fn typing_reaches_members_on_other_replica_not_the_typist() -> anyhow::Result<()> {
+    let stack = stack().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let ch = alice.group("team", &["bob"]).await?;
+    let mut a = Ws::connect(&stack.url(0), "alice").await?;
+    let mut b = Ws::connect(&stack.url(1), "bob").await?;
+    let mut outsider = Ws::connect(&stack.url(1), "mallory").await?;
+
+    a.send(json!({"type": "typing", "channel_id": ch})).await?;
+    let t = b.expect("typing", T).await?;
+    assert_eq!(t["channel_id"], ch.as_str());
+    assert_eq!(t["user_id"], "alice");
+    // Not echoed to the typist, not seen by a non-member.
+    for f in a.frames_for(QUIET).await? {
+        assert_ne!(f["type"], "typing", "typist got its own typing: {f}");
+    }
+    for f in outsider.frames_for(Duration::from_millis(200)).await? {
+        assert_ne!(f["type"], "typing", "non-member got typing: {f}");
+    }
+
+    // A non-member typing is rejected and nothing is broadcast.
+    outsider
+        .send(json!({"type": "typing", "channel_id": ch, "ref": 9}))
+        .await?;
+    let e = outsider.expect("error", T).await?;
+    assert_eq!(e["code"], "permission_denied");
+    assert_eq!(e["ref"], 9);
+    for f in b.frames_for(QUIET).await? {
+        assert_ne!(
+            f["type"], "typing",
+            "typing from a non-member was broadcast: {f}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn batch_query_of_500_users() -> anyhow::Result<()> {
+    let stack = stack().await?;
+    let mut live = Vec::new();
+    for i in 0..5 {
+        live.push(Ws::connect(&stack.url(i % 2), &format!("u{i}")).await?);
+    }
+    let c = Client::new(&stack.url(0), "asker");
+    wait_status(&c, "u4", "online", T).await?;
+    let ids: Vec<String> = (0..500).map(|i| format!("u{i}")).collect();
+    let p = status(&c, &ids.join(",")).await?;
+    assert_eq!(p.len(), 500);
+    for (i, e) in p.iter().enumerate() {
+        assert_eq!(e["user_id"], format!("u{i}"));
+        assert_eq!(e["status"], if i < 5 { "online" } else { "offline" }, "{e}");
+    }
+    let too_many: Vec<String> = (0..501).map(|i| format!("u{i}")).collect();
+    let (s, b, _) = c
+        .req(
+            "GET",
+            &format!("/v1/presence?user_ids={}", too_many.join(",")),
+            None,
+        )
+        .await?;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"]["code"], "invalid_argument");
+    let (s, _, _) = c.req("GET", "/v1/presence?user_ids=bad%20id", None).await?;
+    assert_eq!(s, 400);
+    Ok(())
+}
+
+#[tokio::test]
+async fn presence_down_chat_still_works() -> anyhow::Result<()> {
+    let mut stack = stack().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let ch = alice.group("ops", &["bob"]).await?;
+    stack.presence.remove(0).kill();
+
+    // New connections, live delivery, REST send and history all keep working.
+    let mut b = Ws::connect(&stack.url(1), "bob").await?;
+    let mut a = Ws::connect(&stack.url(0), "alice").await?;
+    alice.send(&ch, "m1", "still here").await?;
+    assert_eq!(b.messages(1, T).await?[0]["body"], "still here");
+    a.send(json!({"type": "send", "ref": 1, "channel_id": ch, "client_msg_id": "m2", "body": "ws too"})).await?;
+    assert_eq!(b.messages(1, T).await?[0]["seq"], 2);
+    let (s, h, _) = alice
+        .req("GET", &format!("/v1/channels/{ch}/messages"), None)
+        .await?;
+    assert_eq!(s, 200);
+    assert_eq!(h["messages"].as_array().map(Vec::len), Some(2));
+
+    // Presence features degrade with a clear error; readiness stays up.
+    let (s, b2, _) = alice.req("GET", "/v1/presence?user_ids=bob", None).await?;
+    assert_eq!(s, 503, "{b2}");
+    assert_eq!(b2["error"]["code"], "unavailable");
+    a.send(json!({"type": "typing", "channel_id": ch})).await?;
+    a.send(json!({"type": "watch_presence", "user_ids": ["bob"], "ref": "w"}))
+        .await?;
+    let e = a.expect("error", T).await?;
+    assert_eq!(e["code"], "unavailable");
+    let (s, r, _) = alice.raw("GET", "/readyz", None, None).await?;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["presence"], false);
+    Ok(())
+}

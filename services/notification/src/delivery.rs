@@ -1,0 +1,348 @@
+//! Delivery workers: send due rows of the delivery log, several workers and replicas at
+//! once.
+//!
+//! A round locks up to `delivery.batch` pending rows with `FOR UPDATE SKIP LOCKED` (no two
+//! workers ever hold the same row), taking for each due (device, channel) ALL its pending
+//! rows, also those still inside their coalescing window: they go out as ONE push ("N new
+//! messages in #channel") and share its fate. The transaction stays open while the
+//! providers are called and commits the outcome, so a crash before the commit leaves the
+//! rows pending for any worker (no loss) and a row marked `sent` is never sent again.
+//! The remaining window (provider answered 2xx, crash before the commit) resends the push
+//! with the same `X-Parley-Delivery-Id` so the receiver can drop the duplicate.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use rand::Rng as _;
+use sha2::{Digest as _, Sha256};
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use crate::{
+    Config, Error,
+    consumer::pause,
+    provider::{Outcome, Providers, Push, platform_label},
+    store,
+};
+
+/// A locked pending row with its device (None when the device was removed).
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Row {
+    message_id: Uuid,
+    device_id: Uuid,
+    delivery_id: Uuid,
+    user_id: String,
+    channel_id: Uuid,
+    channel_name: String,
+    seq: i64,
+    sender_id: String,
+    preview: String,
+    attempts: i32,
+    trace_context: serde_json::Value,
+    platform: Option<i16>,
+    token: Option<String>,
+}
+
+const CLAIM: &str = "
+SELECT d.message_id, d.device_id, d.delivery_id, d.user_id, d.channel_id, d.channel_name,
+       d.seq, d.sender_id, d.preview, d.attempts, d.trace_context, v.platform, v.token
+FROM deliveries d
+LEFT JOIN devices v ON v.id = d.device_id
+WHERE d.status = 'pending'
+  AND (d.device_id, d.channel_id) IN (
+      SELECT device_id, channel_id FROM deliveries
+      WHERE status = 'pending' AND next_attempt_at <= now()
+      ORDER BY next_attempt_at
+      LIMIT $1)
+ORDER BY d.device_id, d.channel_id, d.seq
+LIMIT $1
+FOR UPDATE OF d SKIP LOCKED";
+
+/// Delay before attempt `attempt + 1` after `attempt` failures: base·2^(attempt-1),
+/// capped at `max`, with jitter in [50 %, 100 %] so that a failing endpoint's retries
+/// spread out.
+pub fn backoff(attempt: i32, base_ms: u64, max_ms: u64) -> Duration {
+    let exp = u32::try_from(attempt.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+    let ceiling = base_ms.saturating_mul(1u64 << exp).min(max_ms).max(1);
+    let ms = rand::rng().random_range(ceiling / 2..=ceiling);
+    Duration::from_millis(ms)
+}
+
+/// The delivery id a push carries: the row's own, or for a coalesced push a UUID derived
+/// from its rows' ids (the same set of rows always gets the same id).
+pub fn push_id(ids: &[Uuid]) -> Uuid {
+    if let [one] = ids {
+        return *one;
+    }
+    let mut sorted = ids.to_vec();
+    sorted.sort();
+    let mut h = Sha256::new();
+    for id in &sorted {
+        h.update(id.as_bytes());
+    }
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+pub struct Worker {
+    index: usize,
+    pool: PgPool,
+    providers: Arc<Providers>,
+    config: Arc<Config>,
+}
+
+impl Worker {
+    pub fn new(index: usize, pool: PgPool, providers: Arc<Providers>, config: Arc<Config>) -> Self {
+        Self {
+            index,
+            pool,
+            providers,
+            config,
+        }
+    }
+
+    /// Sends until `shutdown`. A round in flight finishes (its requests are bounded by
+    /// `request_timeout_ms`) so that what was sent is recorded.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(worker = self.index, "delivery worker started");
+        let idle = Duration::from_millis(self.config.delivery.poll_interval_ms);
+        while !shutdown.is_cancelled() {
+            match self.round().await {
+                Ok(0) => {
+                    if pause(&shutdown, idle).await {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    metrics::counter!("notification_delivery_errors_total").increment(1);
+                    tracing::warn!(error = %e, worker = self.index, "delivery round failed");
+                    if pause(&shutdown, idle).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One round; returns how many rows it settled.
+    async fn round(&self) -> Result<usize, Error> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<Row> = sqlx::query_as(CLAIM)
+            .bind(self.config.delivery.batch)
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        let n = rows.len();
+        let mut groups: Vec<Vec<Row>> = Vec::new();
+        for row in rows {
+            match groups.last_mut() {
+                Some(g) if g[0].device_id == row.device_id && g[0].channel_id == row.channel_id => {
+                    g.push(row);
+                }
+                _ => groups.push(vec![row]),
+            }
+        }
+        let outcomes = futures::future::join_all(groups.iter().map(|g| self.send_group(g))).await;
+        for (group, outcome) in groups.iter().zip(outcomes) {
+            self.settle(&mut tx, group, outcome).await?;
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Sends one (device, channel) group as one push, in a span that continues the trace
+    /// of the (newest) message's fan-out.
+    async fn send_group(&self, group: &[Row]) -> Outcome {
+        let newest = group.last().expect("groups are never empty");
+        let trace: HashMap<String, String> =
+            serde_json::from_value(newest.trace_context.clone()).unwrap_or_default();
+        let platform = newest.platform.unwrap_or(0);
+        let span = tracing::info_span!(
+            "notification.push",
+            otel.kind = "client",
+            platform = platform_label(platform),
+            channel = %newest.channel_id,
+            seq = newest.seq,
+            count = group.len(),
+            outcome = tracing::field::Empty,
+        );
+        parley_kit::propagation::set_parent_from_map(&span, &trace);
+        let (Some(platform), Some(token)) = (newest.platform, newest.token.clone()) else {
+            return Outcome::Gone("device was removed".into());
+        };
+        let Some(provider) = self.providers.get(platform) else {
+            return Outcome::Refused(format!("unknown platform {platform}"));
+        };
+        let ids: Vec<Uuid> = group.iter().map(|r| r.delivery_id).collect();
+        let push = Push {
+            delivery_id: push_id(&ids),
+            user_id: newest.user_id.clone(),
+            channel_id: newest.channel_id,
+            channel_name: newest.channel_name.clone(),
+            message_id: newest.message_id,
+            seq: newest.seq,
+            sender_id: newest.sender_id.clone(),
+            preview: newest.preview.clone(),
+            message_ids: group.iter().map(|r| r.message_id).collect(),
+            token,
+        };
+        let started = std::time::Instant::now();
+        let outcome = provider.send(&push).instrument(span.clone()).await;
+        let label = platform_label(platform);
+        span.record("outcome", outcome.label());
+        metrics::histogram!("notification_push_duration_seconds", "platform" => label)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("notification_push_attempts_total", "platform" => label, "outcome" => outcome.label())
+            .increment(1);
+        match &outcome {
+            Outcome::Delivered => {
+                if group.len() > 1 {
+                    metrics::counter!("notification_pushes_coalesced_total")
+                        .increment(group.len() as u64 - 1);
+                }
+            }
+            Outcome::Retry(e) | Outcome::Refused(e) => {
+                metrics::counter!("notification_push_failures_total", "platform" => label)
+                    .increment(1);
+                tracing::info!(parent: &span, error = %e, "push failed");
+            }
+            Outcome::Gone(_) => {}
+        }
+        outcome
+    }
+
+    /// Records a group's outcome in the open transaction.
+    async fn settle(
+        &self,
+        tx: &mut PgConnection,
+        group: &[Row],
+        outcome: Outcome,
+    ) -> Result<(), Error> {
+        let messages: Vec<Uuid> = group.iter().map(|r| r.message_id).collect();
+        let devices: Vec<Uuid> = group.iter().map(|r| r.device_id).collect();
+        let platform = platform_label(group[0].platform.unwrap_or(0));
+        const KEYS: &str =
+            "(message_id, device_id) IN (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]))";
+        match outcome {
+            Outcome::Delivered => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE deliveries SET status = 'sent', attempts = attempts + 1,
+                         finished_at = now(), last_error = NULL WHERE {KEYS}"
+                )))
+                .bind(&messages)
+                .bind(&devices)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Outcome::Gone(reason) => {
+                // Only this group's rows: other workers may hold the device's other rows;
+                // they will find the device missing and settle them the same way.
+                store::remove_device(tx, group[0].device_id).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE deliveries SET status = 'gone', attempts = attempts + 1,
+                         finished_at = now(), last_error = $3 WHERE {KEYS}"
+                )))
+                .bind(&messages)
+                .bind(&devices)
+                .bind(&reason)
+                .execute(&mut *tx)
+                .await?;
+                tracing::info!(device = %group[0].device_id, reason = %reason, "device removed: token gone");
+                metrics::counter!("notification_devices_removed_total", "platform" => platform)
+                    .increment(1);
+            }
+            Outcome::Retry(reason) => {
+                let attempts = group.iter().map(|r| r.attempts).max().unwrap_or(0) + 1;
+                let d = &self.config.delivery;
+                let delay = backoff(attempts, d.backoff_base_ms, d.backoff_max_ms);
+                let dead: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "UPDATE deliveries SET attempts = attempts + 1, last_error = $3,
+                         status = CASE WHEN attempts + 1 >= $4 THEN 'dead' ELSE 'pending' END,
+                         finished_at = CASE WHEN attempts + 1 >= $4 THEN now() END,
+                         next_attempt_at = now() + make_interval(secs => $5::float8 / 1000.0)
+                     WHERE {KEYS} RETURNING status"
+                )))
+                .bind(&messages)
+                .bind(&devices)
+                .bind(&reason)
+                .bind(d.max_attempts)
+                .bind(delay.as_millis() as f64)
+                .fetch_all(&mut *tx)
+                .await?;
+                let dead = dead.iter().filter(|s| *s == "dead").count() as u64;
+                if dead > 0 {
+                    metrics::counter!("notification_dead_letters_total", "platform" => platform)
+                        .increment(dead);
+                    tracing::warn!(device = %group[0].device_id, rows = dead, reason = %reason, "deliveries dead-lettered after max attempts");
+                }
+            }
+            Outcome::Refused(reason) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE deliveries SET status = 'dead', attempts = attempts + 1,
+                         finished_at = now(), last_error = $3 WHERE {KEYS}"
+                )))
+                .bind(&messages)
+                .bind(&devices)
+                .bind(&reason)
+                .execute(&mut *tx)
+                .await?;
+                metrics::counter!("notification_dead_letters_total", "platform" => platform)
+                    .increment(group.len() as u64);
+                tracing::warn!(device = %group[0].device_id, reason = %reason, "deliveries refused: dead-lettered");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refreshes the gauges of the delivery log (pending rows, dead letters) until shutdown.
+pub async fn gauges(pool: PgPool, every: Duration, shutdown: CancellationToken) {
+    loop {
+        let counts: Result<(i64, i64), sqlx::Error> = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending'),
+                    (SELECT count(*) FROM deliveries WHERE status = 'dead')",
+        )
+        .fetch_one(&pool)
+        .await;
+        match counts {
+            Ok((pending, dead)) => {
+                metrics::gauge!("notification_deliveries_pending").set(pending as f64);
+                metrics::gauge!("notification_dead_letters").set(dead as f64);
+            }
+            Err(e) => tracing::debug!(error = %e, "delivery gauges failed"),
+        }
+        if pause(&shutdown, every).await {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        for attempt in 1..40 {
+            let d = backoff(attempt, 100, 5_000).as_millis() as u64;
+            let ceiling = (100u64 << (attempt - 1).min(30)).min(5_000);
+            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d}");
+        }
+    }
+
+    #[test]
+    fn push_ids_are_stable() {
+        let a = Uuid::new_v4();
+        let b = Uuid::new_v4();
+        assert_eq!(push_id(&[a]), a);
+        assert_eq!(push_id(&[a, b]), push_id(&[b, a]));
+        assert_ne!(push_id(&[a, b]), a);
+    }
+}

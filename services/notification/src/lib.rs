@@ -1,0 +1,356 @@
+//! The notification service: devices, per-channel notification preferences and the push
+//! delivery log (Postgres schema `notification`). It consumes messaging's event stream
+//! `<prefix>messaging:events` with a consumer group, asks presence which recipients are
+//! offline, records one delivery row per (message, device) and lets delivery workers
+//! push them (webhook, FCM, APNs, Web Push) with retries, coalescing and dead letters.
+//! See docs/notification.md.
+//!
+//! `serve(config, listener, shutdown)` is how the binary and the tests start it.
+
+pub mod allowlist;
+mod consumer;
+pub mod delivery;
+mod error;
+mod grpc;
+pub mod provider;
+mod store;
+mod upstream;
+
+use std::{sync::Arc, time::Duration};
+
+use secrecy::SecretString as Secret;
+use serde::Deserialize;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::Error;
+
+/// Embedded defaults (see `src/config.toml`).
+pub const DEFAULTS: &str = include_str!("config.toml");
+
+/// Notification configuration.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub grpc: GrpcConfig,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub messaging: UpstreamConfig,
+    pub presence: PresenceConfig,
+    pub consumer: ConsumerConfig,
+    pub delivery: DeliveryConfig,
+    pub webhook: WebhookConfig,
+    pub fcm: FcmConfig,
+    pub apns: ApnsConfig,
+    pub webpush: WebPushConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GrpcConfig {
+    pub addr: String,
+    pub drain_delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisConfig {
+    pub url: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpstreamConfig {
+    pub url: String,
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PresenceConfig {
+    pub url: String,
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub batch: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConsumerConfig {
+    pub enabled: bool,
+    pub group: String,
+    pub name: String,
+    pub batch: usize,
+    pub block_ms: u64,
+    pub claim_idle_ms: u64,
+    pub claim_interval_ms: u64,
+    pub retry_backoff_ms: u64,
+    pub lag_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeliveryConfig {
+    pub enabled: bool,
+    pub workers: usize,
+    pub batch: i64,
+    pub poll_interval_ms: u64,
+    pub coalesce_window_ms: u64,
+    pub max_attempts: i32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    pub request_timeout_ms: u64,
+    pub preview_chars: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookConfig {
+    pub secret: Secret,
+    pub allowed_hosts: Vec<String>,
+    pub allowed_networks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FcmConfig {
+    pub endpoint: String,
+    pub project_id: String,
+    pub access_token: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApnsConfig {
+    pub endpoint: String,
+    pub topic: String,
+    pub provider_token: Secret,
+    pub http2_prior_knowledge: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebPushConfig {
+    pub vapid_private_key: Secret,
+    pub vapid_subject: String,
+    pub ttl_seconds: u32,
+    pub allowed_host_suffixes: Vec<String>,
+}
+
+impl Config {
+    /// Loads defaults < file < environment.
+    pub fn load(
+        sources: &parley_kit::config::Sources,
+    ) -> Result<Self, parley_kit::config::ConfigError> {
+        let c: Self = parley_kit::config::load(DEFAULTS, sources)?;
+        c.validate()
+            .map_err(parley_kit::config::ConfigError::Message)?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.database.max_connections == 0 {
+            return Err("database.max_connections must be positive".into());
+        }
+        for (name, t, c) in [
+            (
+                "messaging",
+                self.messaging.timeout_ms,
+                self.messaging.connect_timeout_ms,
+            ),
+            (
+                "presence",
+                self.presence.timeout_ms,
+                self.presence.connect_timeout_ms,
+            ),
+        ] {
+            if t == 0 || c == 0 {
+                return Err(format!("{name}: timeouts must be positive"));
+            }
+        }
+        if !(1..=500).contains(&self.presence.batch) {
+            return Err("presence.batch must be 1-500".into());
+        }
+        let c = &self.consumer;
+        if c.group.is_empty() {
+            return Err("consumer.group must not be empty".into());
+        }
+        if c.batch == 0 || c.batch > 10_000 {
+            return Err("consumer.batch must be 1-10000".into());
+        }
+        if c.block_ms == 0 || c.claim_idle_ms == 0 || c.claim_interval_ms == 0 {
+            return Err(
+                "consumer: block_ms, claim_idle_ms, claim_interval_ms must be positive".into(),
+            );
+        }
+        let d = &self.delivery;
+        if d.workers == 0 || d.workers > 64 {
+            return Err("delivery.workers must be 1-64".into());
+        }
+        if d.batch <= 0 || d.batch > 10_000 {
+            return Err("delivery.batch must be 1-10000".into());
+        }
+        if d.max_attempts <= 0 {
+            return Err("delivery.max_attempts must be positive".into());
+        }
+        if d.backoff_base_ms == 0 || d.backoff_max_ms < d.backoff_base_ms {
+            return Err("delivery: 0 < backoff_base_ms <= backoff_max_ms".into());
+        }
+        if d.coalesce_window_ms > 3_600_000 {
+            return Err("delivery.coalesce_window_ms must be at most 3600000".into());
+        }
+        if d.request_timeout_ms == 0 || d.poll_interval_ms == 0 {
+            return Err(
+                "delivery: request_timeout_ms and poll_interval_ms must be positive".into(),
+            );
+        }
+        allowlist::Allowlist::new(&self.webhook.allowed_hosts, &self.webhook.allowed_networks)?;
+        Ok(())
+    }
+}
+
+/// Connects to Postgres with `search_path = notification`.
+pub async fn connect_db(cfg: &DatabaseConfig) -> Result<sqlx::PgPool, Error> {
+    let opts: PgConnectOptions = cfg
+        .url
+        .parse::<PgConnectOptions>()?
+        .options([("search_path", "notification")])
+        .application_name("parley-notification");
+    Ok(PgPoolOptions::new()
+        .max_connections(cfg.max_connections)
+        .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
+        .connect_with(opts)
+        .await?)
+}
+
+/// Creates schema `notification` and applies the migrations, under an advisory lock so
+/// that replicas starting together do not race. Safe to run any number of times.
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
+    let mut conn = pool.acquire().await?;
+    // Key: a fixed number for "parley.notification migrations".
+    sqlx::query("SELECT pg_advisory_lock(7150004)")
+        .execute(&mut *conn)
+        .await?;
+    let result = run_migrations(&mut conn).await;
+    sqlx::query("SELECT pg_advisory_unlock(7150004)")
+        .execute(&mut *conn)
+        .await?;
+    result
+}
+
+async fn run_migrations(conn: &mut sqlx::PgConnection) -> Result<(), Error> {
+    sqlx::query("CREATE SCHEMA IF NOT EXISTS notification")
+        .execute(&mut *conn)
+        .await?;
+    // `run_direct` (not `run`) sidesteps sqlx's "Acquire is not general enough" error in
+    // spawned futures.
+    MIGRATOR.run_direct(None, conn, false).await?;
+    Ok(())
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Runs the service on `listener` until `shutdown` is cancelled: migrates, starts the
+/// event consumer and the delivery workers, and serves gRPC (+ health, + `/metrics`).
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    parley_kit::metrics::handle();
+    let pool = connect_db(&config.database).await?;
+    migrate(&pool).await?;
+    let redis = redis::Client::open(config.redis.url.as_str())?;
+    let config = Arc::new(config);
+    let allow = Arc::new(
+        allowlist::Allowlist::new(
+            &config.webhook.allowed_hosts,
+            &config.webhook.allowed_networks,
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
+    let messaging = upstream::Messaging::new(&config.messaging)?;
+    let presence = upstream::Presence::new(&config.presence)?;
+
+    let mut tasks = Vec::new();
+    if config.consumer.enabled {
+        let c = consumer::Consumer::new(
+            pool.clone(),
+            redis.clone(),
+            messaging.clone(),
+            presence,
+            config.clone(),
+        );
+        tasks.push(tokio::spawn(c.run(shutdown.clone())));
+    }
+    if config.delivery.enabled {
+        let providers = Arc::new(provider::Providers::new(&config, allow.clone())?);
+        for i in 0..config.delivery.workers {
+            let w = delivery::Worker::new(i, pool.clone(), providers.clone(), config.clone());
+            tasks.push(tokio::spawn(w.run(shutdown.clone())));
+        }
+    }
+    tasks.push(tokio::spawn(delivery::gauges(
+        pool.clone(),
+        Duration::from_millis(config.consumer.lag_interval_ms.max(100)),
+        shutdown.clone(),
+    )));
+
+    let (health, health_svc) = parley_kit::server::health();
+    let svc = grpc::Notification::new(pool.clone(), messaging, allow, config.clone());
+    let routes = tonic::service::Routes::new(health_svc).add_service(
+        parley_proto::notification::v1::notification_service_server::NotificationServiceServer::new(
+            svc,
+        ),
+    );
+    tracing::info!(addr = %listener.local_addr()?, "notification serving");
+    let served = parley_kit::server::serve_grpc(
+        "notification",
+        listener,
+        routes,
+        health,
+        Duration::from_millis(config.grpc.drain_delay_ms),
+        shutdown.clone(),
+    )
+    .await;
+    // serve_grpc also returns on an I/O error without shutdown: stop the loops then too.
+    shutdown.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    pool.close().await;
+    tracing::info!("notification stopped");
+    served?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::load(&parley_kit::config::Sources::from_vars(Vec::<(
+            String,
+            String,
+        )>::new()))
+        .expect("defaults load");
+        assert_eq!(c.grpc.addr, "127.0.0.1:50054");
+        assert_eq!(c.consumer.group, "notification");
+        assert_eq!(c.delivery.coalesce_window_ms, 2000);
+        assert!(!format!("{c:?}").contains("parley-dev-webhook-secret"));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for (k, v) in [
+            ("PARLEY__PRESENCE__BATCH", "501"),
+            ("PARLEY__DELIVERY__MAX_ATTEMPTS", "0"),
+            ("PARLEY__DELIVERY__WORKERS", "0"),
+        ] {
+            assert!(
+                Config::load(&parley_kit::config::Sources::from_vars([(k, v)])).is_err(),
+                "{k}={v} must be refused"
+            );
+        }
+    }
+}

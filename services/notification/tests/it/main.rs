@@ -1,0 +1,477 @@
+//! Integration tests of the notification service: real Postgres, Redis, messaging and
+//! presence (from the testkit), notification started on port 0 with `serve()`, and a
+//! local HTTP receiver standing in for the push providers / webhook endpoints.
+
+mod api;
+mod fanout;
+mod providers;
+mod recovery;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use parley_kit::propagation::with_user;
+use parley_proto::{
+    messaging::v1::{self as mpb, messaging_service_client::MessagingServiceClient},
+    notification::v1::{self as pb, notification_service_client::NotificationServiceClient},
+    presence::v1::{self as ppb, presence_service_client::PresenceServiceClient},
+};
+use parley_testkit::Stack;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// Bound of every wait.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The webhook secret the tests configure.
+pub const SECRET: &str = "test-webhook-secret";
+
+/// A VAPID private key (P-256 scalar, base64url) for the tests only.
+pub const VAPID_KEY: &str = "z1g3kjAI8wW8CvffCHhcA7shCkr727WnXXr06XE8sS8";
+/// A browser's subscription keys (P-256 public point and auth secret) for the tests only.
+pub const UA_P256DH: &str =
+    "BBNbm1g3vEkBIfAhe9ZqOp9VHsclQDtSFJj-kMKpvaRqgi5LKFQl1V2MMhqrdDZTlFU3U74LrDCjD5Flr54rCvU";
+pub const UA_AUTH: &str = "8jwLbXsLLPhD6tA1BAzQzA";
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub path: String,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    seen: Mutex<Vec<Recorded>>,
+    /// Per path: statuses to answer next (then 200).
+    script: Mutex<HashMap<String, VecDeque<u16>>>,
+}
+
+/// A local HTTP server (HTTP/1.1 and HTTP/2 prior knowledge) that records requests.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<ReceiverState>,
+    _task: JoinHandle<()>,
+}
+
+impl Receiver {
+    pub async fn start() -> anyhow::Result<Self> {
+        let state = Arc::new(ReceiverState::default());
+        let s = state.clone();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let s = s.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, 1 << 20)
+                    .await
+                    .map(|b| b.to_vec())
+                    .unwrap_or_default();
+                let path = parts.uri.path().to_owned();
+                s.seen.lock().expect("lock").push(Recorded {
+                    path: path.clone(),
+                    version: parts.version,
+                    headers: parts.headers,
+                    body,
+                });
+                let code = s
+                    .script
+                    .lock()
+                    .expect("lock")
+                    .get_mut(&path)
+                    .and_then(VecDeque::pop_front)
+                    .unwrap_or(200);
+                http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::OK)
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            addr,
+            state,
+            _task: task,
+        })
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Answers the next requests to `path` with these statuses.
+    pub fn script(&self, path: &str, statuses: &[u16]) {
+        self.state
+            .script
+            .lock()
+            .expect("lock")
+            .entry(path.to_owned())
+            .or_default()
+            .extend(statuses);
+    }
+
+    /// Every request to `path` so far.
+    pub fn seen(&self, path: &str) -> Vec<Recorded> {
+        self.state
+            .seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `path` got at least `n` requests; returns them.
+    pub async fn wait(&self, path: &str, n: usize) -> anyhow::Result<Vec<Recorded>> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let seen = self.seen(path);
+            if seen.len() >= n {
+                return Ok(seen);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{path}: {} requests, wanted {n}",
+                seen.len()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// The message ids carried by `pushes` (a coalesced push carries several), in order.
+pub fn pushed_messages(pushes: &[Recorded]) -> Vec<String> {
+    pushes
+        .iter()
+        .flat_map(|p| {
+            p.json()["message_ids"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A running notification instance.
+pub struct Instance {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Instance {
+    /// SIGTERM-like stop.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task).await???;
+        Ok(())
+    }
+}
+
+/// Stack (messaging + presence), receiver and, once started, notification.
+pub struct Env {
+    pub stack: Stack,
+    pub receiver: Receiver,
+    pub notification: Option<Instance>,
+    messaging: MessagingServiceClient<Channel>,
+    presence: PresenceServiceClient<Channel>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(n) = self.notification.take() {
+            n.shutdown.cancel();
+            n.task.abort();
+        }
+    }
+}
+
+/// `msg` as a request made on behalf of `user`.
+pub fn as_user<T>(msg: T, user: &str) -> tonic::Request<T> {
+    with_user(tonic::Request::new(msg), user).expect("test user ids are valid metadata values")
+}
+
+/// Messaging, presence and the receiver; notification not started.
+pub async fn env() -> anyhow::Result<Env> {
+    let mut stack = Stack::empty().await?;
+    let m = stack.add_messaging(&[]).await?;
+    let p = stack.add_presence(&[]).await?;
+    let messaging = MessagingServiceClient::connect(format!("http://{m}")).await?;
+    let presence = PresenceServiceClient::connect(format!("http://{p}")).await?;
+    Ok(Env {
+        stack,
+        receiver: Receiver::start().await?,
+        notification: None,
+        messaging,
+        presence,
+    })
+}
+
+/// Everything, notification started with `extra` settings.
+pub async fn spawn(extra: &[(&str, &str)]) -> anyhow::Result<Env> {
+    let mut env = env().await?;
+    env.notification = Some(env.start(extra).await?);
+    Ok(env)
+}
+
+impl Env {
+    /// Starts a notification instance (it is returned, not stored).
+    pub async fn start(&self, extra: &[(&str, &str)]) -> anyhow::Result<Instance> {
+        let messaging = self.stack.messaging.first().context("messaging")?.addr;
+        let presence = self.stack.presence.first().context("presence")?.addr;
+        let recv = self.receiver.url("");
+        let mut vars: HashMap<String, String> = [
+            ("PARLEY__DATABASE__URL", self.stack.db_url.clone()),
+            ("PARLEY__DATABASE__MAX_CONNECTIONS", "8".into()),
+            ("PARLEY__REDIS__URL", self.stack.redis_url.clone()),
+            ("PARLEY__REDIS__PREFIX", self.stack.prefix.clone()),
+            ("PARLEY__MESSAGING__URL", format!("http://{messaging}")),
+            ("PARLEY__PRESENCE__URL", format!("http://{presence}")),
+            ("PARLEY__CONSUMER__BLOCK_MS", "200".into()),
+            ("PARLEY__CONSUMER__LAG_INTERVAL_MS", "200".into()),
+            ("PARLEY__CONSUMER__RETRY_BACKOFF_MS", "100".into()),
+            ("PARLEY__DELIVERY__POLL_INTERVAL_MS", "50".into()),
+            ("PARLEY__DELIVERY__COALESCE_WINDOW_MS", "0".into()),
+            ("PARLEY__DELIVERY__BACKOFF_BASE_MS", "50".into()),
+            ("PARLEY__DELIVERY__BACKOFF_MAX_MS", "200".into()),
+            ("PARLEY__DELIVERY__REQUEST_TIMEOUT_MS", "5000".into()),
+            ("PARLEY__WEBHOOK__SECRET", SECRET.into()),
+            ("PARLEY__FCM__ENDPOINT", format!("{recv}/fcm")),
+            ("PARLEY__FCM__PROJECT_ID", "parley-test".into()),
+            ("PARLEY__FCM__ACCESS_TOKEN", "fcm-access-token".into()),
+            ("PARLEY__APNS__ENDPOINT", format!("{recv}/apns")),
+            ("PARLEY__APNS__TOPIC", "app.parley.test".into()),
+            ("PARLEY__APNS__PROVIDER_TOKEN", "apns-provider-token".into()),
+            ("PARLEY__APNS__HTTP2_PRIOR_KNOWLEDGE", "true".into()),
+            ("PARLEY__WEBPUSH__VAPID_PRIVATE_KEY", VAPID_KEY.into()),
+            ("PARLEY__WEBPUSH__TTL_SECONDS", "60".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        vars.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        // A list cannot be set through a flat variable map: use the file layer for it.
+        let file = std::env::temp_dir().join(format!("parley-notif-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(
+            &file,
+            "[webpush]\nallowed_host_suffixes = [\"127.0.0.1\"]\n",
+        )?;
+        let mut sources = parley_kit::config::Sources::from_vars(vars);
+        sources.file = Some(file);
+        let config = parley_notification::Config::load(&sources)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(parley_notification::serve(
+            config,
+            listener,
+            shutdown.clone(),
+        ));
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Ok(mut c) = NotificationServiceClient::connect(format!("http://{addr}")).await
+                && c.list_devices(as_user(pb::ListDevicesRequest {}, "probe"))
+                    .await
+                    .is_ok()
+            {
+                return Ok(Instance {
+                    addr,
+                    shutdown,
+                    task,
+                });
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "notification never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn client(&self) -> anyhow::Result<NotificationServiceClient<Channel>> {
+        let addr = self.notification.as_ref().context("not started")?.addr;
+        Ok(NotificationServiceClient::connect(format!("http://{addr}")).await?)
+    }
+
+    /// A group channel named "test" of `owner` with `members`; returns its id.
+    pub async fn group(&self, owner: &str, members: &[&str]) -> anyhow::Result<String> {
+        let req = mpb::CreateChannelRequest {
+            kind: mpb::ChannelKind::Group as i32,
+            name: "test".into(),
+            members: members.iter().map(|m| (*m).to_owned()).collect(),
+        };
+        let c = self
+            .messaging
+            .clone()
+            .create_channel(as_user(req, owner))
+            .await?
+            .into_inner();
+        Ok(c.channel.context("channel")?.id)
+    }
+
+    /// Sends `body` as `user`; returns the message id.
+    pub async fn send(&self, user: &str, channel: &str, body: &str) -> anyhow::Result<String> {
+        let req = mpb::SendMessageRequest {
+            channel_id: channel.into(),
+            client_msg_id: uuid::Uuid::new_v4().to_string(),
+            body: body.into(),
+        };
+        let m = self
+            .messaging
+            .clone()
+            .send_message(as_user(req, user))
+            .await?
+            .into_inner();
+        Ok(m.message.context("message")?.id)
+    }
+
+    /// Makes `user` ONLINE (a live connection in presence).
+    pub async fn online(&self, user: &str) -> anyhow::Result<()> {
+        self.presence
+            .clone()
+            .register_connection(ppb::RegisterConnectionRequest {
+                user_id: user.into(),
+                connection_id: uuid::Uuid::new_v4().to_string(),
+                node_id: "test-node".into(),
+                ttl_seconds: 600,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Registers a device of `user`; returns its id.
+    pub async fn register(
+        &self,
+        user: &str,
+        platform: pb::Platform,
+        token: &str,
+    ) -> Result<pb::RegisterDeviceResponse, tonic::Status> {
+        let mut c = self
+            .client()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Ok(c.register_device(as_user(
+            pb::RegisterDeviceRequest {
+                platform: platform as i32,
+                token: token.into(),
+            },
+            user,
+        ))
+        .await?
+        .into_inner())
+    }
+
+    /// Registers a webhook device of `user` at the receiver's `path`.
+    pub async fn webhook(&self, user: &str, path: &str) -> anyhow::Result<String> {
+        let r = self
+            .register(user, pb::Platform::Webhook, &self.receiver.url(path))
+            .await?;
+        Ok(r.device.context("device")?.id)
+    }
+
+    pub async fn devices(&self, user: &str) -> anyhow::Result<Vec<pb::Device>> {
+        Ok(self
+            .client()
+            .await?
+            .list_devices(as_user(pb::ListDevicesRequest {}, user))
+            .await?
+            .into_inner()
+            .devices)
+    }
+
+    pub async fn count(&self, sql: &str) -> anyhow::Result<i64> {
+        self.stack.query_i64(sql).await
+    }
+
+    /// Waits until `sql` (one integer) returns `want`.
+    pub async fn wait_count(&self, sql: &str, want: i64) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let got = self.count(sql).await?;
+            if got == want {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{sql}: got {got}, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until the notification group has read and acknowledged every stream entry.
+    pub async fn wait_consumed(&self) -> anyhow::Result<()> {
+        let mut r = redis::Client::open(self.stack.redis_url.as_str())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let key = self.stream_key();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let stream: redis::streams::StreamInfoStreamReply = redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(&key)
+                .query_async(&mut r)
+                .await?;
+            let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&key)
+                .query_async(&mut r)
+                .await?;
+            let done = groups.groups.iter().any(|g| {
+                g.name == "notification"
+                    && g.last_delivered_id == stream.last_generated_id
+                    && g.pending == 0
+            });
+            if done {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the notification group never caught up: {groups:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn stream_key(&self) -> String {
+        format!("{}messaging:events", self.stack.prefix)
+    }
+
+    /// Waits until no delivery row is pending.
+    pub async fn wait_settled(&self) -> anyhow::Result<()> {
+        self.wait_consumed().await?;
+        self.wait_count(
+            "SELECT count(*) FROM notification.deliveries WHERE status = 'pending'",
+            0,
+        )
+        .await
+    }
+}

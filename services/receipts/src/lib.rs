@@ -1,0 +1,271 @@
+//! The receipts service: per (channel, member) delivered/read watermarks and unread counts
+//! in Postgres schema `receipts`, kept against a projection of messaging's channels that
+//! is fed by the `messaging:events` stream (consumer group) and corrected on demand by
+//! asking messaging. Watermark changes go out, coalesced, on Redis pub/sub
+//! `receipts:channel:<id>`. See docs/receipts.md.
+//!
+//! `serve(config, listener, shutdown)` is how the binary, the tests and `make up` start it.
+
+mod authority;
+mod changes;
+mod error;
+mod grpc;
+mod projection;
+mod store;
+
+use std::{sync::Arc, time::Duration};
+
+use serde::Deserialize;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::Error;
+pub use store::UNREAD_SQL;
+
+/// Embedded defaults (see `src/config.toml`).
+pub const DEFAULTS: &str = include_str!("config.toml");
+
+/// Receipts configuration.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub grpc: GrpcConfig,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub messaging: MessagingConfig,
+    pub consumer: ConsumerConfig,
+    pub publish: PublishConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GrpcConfig {
+    pub addr: String,
+    pub drain_delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisConfig {
+    pub url: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MessagingConfig {
+    pub url: String,
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConsumerConfig {
+    pub enabled: bool,
+    pub group: String,
+    pub name: String,
+    pub batch: usize,
+    pub block_ms: u64,
+    pub claim_idle_ms: u64,
+    pub claim_interval_ms: u64,
+    pub retry_backoff_ms: u64,
+    pub lag_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PublishConfig {
+    pub coalesce_ms: u64,
+    pub queue: usize,
+}
+
+impl Config {
+    /// Loads defaults < file < environment.
+    pub fn load(
+        sources: &parley_kit::config::Sources,
+    ) -> Result<Self, parley_kit::config::ConfigError> {
+        let c: Self = parley_kit::config::load(DEFAULTS, sources)?;
+        c.validate()
+            .map_err(parley_kit::config::ConfigError::Message)?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.database.max_connections == 0 {
+            return Err("database.max_connections must be positive".into());
+        }
+        if self.messaging.timeout_ms == 0 || self.messaging.connect_timeout_ms == 0 {
+            return Err("messaging: timeouts must be positive".into());
+        }
+        let c = &self.consumer;
+        if c.group.is_empty() {
+            return Err("consumer.group must not be empty".into());
+        }
+        if c.batch == 0 || c.batch > 10_000 {
+            return Err("consumer.batch must be 1-10000".into());
+        }
+        if c.block_ms == 0 || c.claim_idle_ms == 0 || c.claim_interval_ms == 0 {
+            return Err(
+                "consumer: block_ms, claim_idle_ms and claim_interval_ms must be positive".into(),
+            );
+        }
+        if self.publish.queue == 0 {
+            return Err("publish.queue must be positive".into());
+        }
+        if self.publish.coalesce_ms > 60_000 {
+            return Err("publish.coalesce_ms must be at most 60000".into());
+        }
+        Ok(())
+    }
+}
+
+/// Connects to Postgres with `search_path = receipts`.
+pub async fn connect_db(cfg: &DatabaseConfig) -> Result<sqlx::PgPool, Error> {
+    let opts: PgConnectOptions = cfg
+        .url
+        .parse::<PgConnectOptions>()?
+        .options([("search_path", "receipts")])
+        .application_name("parley-receipts");
+    Ok(PgPoolOptions::new()
+        .max_connections(cfg.max_connections)
+        .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
+        .connect_with(opts)
+        .await?)
+}
+
+/// Creates schema `receipts` and applies the migrations, under an advisory lock so that
+/// replicas starting together do not race. Safe to run any number of times.
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
+    let mut conn = pool.acquire().await?;
+    // Key: a fixed number for "parley.receipts migrations".
+    sqlx::query("SELECT pg_advisory_lock(7150003)")
+        .execute(&mut *conn)
+        .await?;
+    let result = run_migrations(&mut conn).await;
+    sqlx::query("SELECT pg_advisory_unlock(7150003)")
+        .execute(&mut *conn)
+        .await?;
+    result
+}
+
+async fn run_migrations(conn: &mut sqlx::PgConnection) -> Result<(), Error> {
+    sqlx::query("CREATE SCHEMA IF NOT EXISTS receipts")
+        .execute(&mut *conn)
+        .await?;
+    // `run_direct` (not `run`) sidesteps sqlx's "Acquire is not general enough" error in spawned futures.
+    MIGRATOR.run_direct(None, conn, false).await?;
+    Ok(())
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Runs the service on `listener` until `shutdown` is cancelled: migrates, starts the event
+/// consumer and the receipt publisher, and serves gRPC (+ health, + `/metrics`).
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    parley_kit::metrics::handle();
+    let pool = connect_db(&config.database).await?;
+    migrate(&pool).await?;
+    let redis = redis::Client::open(config.redis.url.as_str())?;
+    let publish_conn = redis::aio::ConnectionManager::new_with_config(
+        redis.clone(),
+        redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2),
+    )
+    .await?;
+    let config = Arc::new(config);
+    let messaging = authority::Messaging::new(&config.messaging)?;
+
+    // The publisher outlives the gRPC drain (marks made while draining still go out) and
+    // flushes what is pending when the server is done.
+    let done = CancellationToken::new();
+    let (changes, publisher) = changes::start(
+        publish_conn,
+        &config.redis.prefix,
+        Duration::from_millis(config.publish.coalesce_ms),
+        config.publish.queue,
+        done.clone(),
+    );
+    // Stops with `shutdown`, or when the server ends on its own (an I/O error).
+    let stop_consumer = shutdown.child_token();
+    let consumer = config.consumer.enabled.then(|| {
+        let c = projection::Consumer::new(
+            pool.clone(),
+            redis.clone(),
+            changes.clone(),
+            config.consumer.clone(),
+            &config.redis.prefix,
+        );
+        tokio::spawn(c.run(stop_consumer.clone()))
+    });
+
+    let (health, health_svc) = parley_kit::server::health();
+    health.set_serving::<parley_proto::receipts::v1::receipts_service_server::ReceiptsServiceServer<grpc::Receipts>>().await;
+    let svc = grpc::Receipts::new(pool.clone(), messaging, changes);
+    let routes = tonic::service::Routes::new(health_svc).add_service(
+        parley_proto::receipts::v1::receipts_service_server::ReceiptsServiceServer::new(svc),
+    );
+    tracing::info!(addr = %listener.local_addr()?, "receipts serving");
+    let served = parley_kit::server::serve_grpc(
+        "receipts",
+        listener,
+        routes,
+        health,
+        Duration::from_millis(config.grpc.drain_delay_ms),
+        shutdown.clone(),
+    )
+    .await;
+    // serve_grpc also returns on an I/O error without shutdown: stop the consumer then too.
+    stop_consumer.cancel();
+    if let Some(c) = consumer {
+        let _ = c.await;
+    }
+    done.cancel();
+    let _ = publisher.await;
+    pool.close().await;
+    tracing::info!("receipts stopped");
+    served?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::load(&parley_kit::config::Sources::from_vars(Vec::<(
+            String,
+            String,
+        )>::new()))
+        .expect("defaults load");
+        assert_eq!(c.grpc.addr, "127.0.0.1:50053");
+        assert_eq!(c.publish.coalesce_ms, 100);
+        assert!(c.consumer.enabled);
+    }
+
+    #[test]
+    fn environment_overrides_and_bad_values_are_refused() {
+        let c = Config::load(&parley_kit::config::Sources::from_vars([(
+            "PARLEY__PUBLISH__COALESCE_MS",
+            "250",
+        )]))
+        .expect("loads");
+        assert_eq!(c.publish.coalesce_ms, 250);
+        assert!(
+            Config::load(&parley_kit::config::Sources::from_vars([(
+                "PARLEY__CONSUMER__BATCH",
+                "0"
+            )]))
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,629 @@
+//! The projection of messaging's channels that receipts keeps: each channel's last_seq, its
+//! members (with the channel's last_seq when they joined) and the senders' own watermarks,
+//! maintained by consuming the event stream `<prefix>messaging:events` with a consumer
+//! group.
+//!
+//! Consumption: `XGROUP CREATE … 0 MKSTREAM` (a new group replays what the stream still
+//! holds), then this replica's own pending entries (`XREADGROUP … 0`, left by a previous
+//! run under the same name), then new entries (`XREADGROUP … >`). Every `claim_interval`
+//! it takes over entries another consumer left pending for longer than `claim_idle`
+//! (`XAUTOCLAIM`; that consumer died). A batch is folded into a [`Delta`], applied in one
+//! transaction, and acknowledged (`XACK`) only after the commit: at-least-once.
+//!
+//! Idempotency: channels' last_seq and senders' watermarks only grow (GREATEST);
+//! memberships are last-writer-wins by (event occurred_at, event_id). Applying any event
+//! twice, or a batch of old events after newer ones, changes nothing.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use parley_proto::events::v1 as ev;
+use prost::Message as _;
+use redis::{
+    aio::ConnectionManager,
+    streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadReply},
+};
+use sqlx::PgPool;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    ConsumerConfig,
+    changes::{Change, Changes},
+    store,
+};
+
+/// Name of messaging's event stream (without the deployment prefix).
+pub const STREAM: &str = "messaging:events";
+
+/// A membership event reduced to what receipts keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub active: bool,
+    /// The channel's last_seq at the join (unused for a leave).
+    pub joined_seq: i64,
+    /// Order key: the event's occurred_at, then its event_id.
+    pub at: DateTime<Utc>,
+    pub event_id: Uuid,
+}
+
+/// The highest own message of a sender in a batch, with the trace it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub seq: i64,
+    pub trace: HashMap<String, String>,
+}
+
+/// A batch of events folded into the writes they imply. Keys are sorted (BTreeMap) so
+/// that rows are locked in one global order.
+#[derive(Debug, Default)]
+pub struct Delta {
+    /// channel → highest seq seen (a join contributes the channel's last_seq at the join).
+    pub channels: BTreeMap<Uuid, i64>,
+    /// (channel, user) → the newest membership event of the batch.
+    pub memberships: BTreeMap<(Uuid, String), Membership>,
+    /// (channel, sender) → their highest own message.
+    pub senders: BTreeMap<(Uuid, String), Sent>,
+}
+
+/// Why an event was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Undecodable, or a required field is missing / malformed.
+    Invalid,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty() && self.memberships.is_empty() && self.senders.is_empty()
+    }
+
+    fn channel(&mut self, id: Uuid, seq: i64) {
+        let e = self.channels.entry(id).or_insert(seq);
+        *e = (*e).max(seq);
+    }
+
+    /// Folds one event in; returns its kind (a metric label).
+    pub fn add(&mut self, event: &ev::Event) -> Result<&'static str, Skip> {
+        let ev::Event {
+            event_id,
+            occurred_at,
+            channel_id,
+            trace_context,
+            payload,
+        } = event;
+        let channel = Uuid::parse_str(channel_id).map_err(|_| Skip::Invalid)?;
+        let seq_of =
+            |m: &Option<parley_proto::messaging::v1::Message>| -> Result<(i64, String), Skip> {
+                let m = m.as_ref().ok_or(Skip::Invalid)?;
+                let seq = i64::try_from(m.seq)
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .ok_or(Skip::Invalid)?;
+                Ok((seq, m.sender_id.clone()))
+            };
+        // Events without a usable order key sort before every real event: they can create
+        // a membership but never override one.
+        let at = occurred_at
+            .as_ref()
+            .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+            .unwrap_or(DateTime::UNIX_EPOCH);
+        let event_id = Uuid::parse_str(event_id).unwrap_or(Uuid::nil());
+        match payload.as_ref().ok_or(Skip::Invalid)? {
+            ev::event::Payload::MessageCreated(ev::MessageCreated { message }) => {
+                let (seq, sender) = seq_of(message)?;
+                self.channel(channel, seq);
+                if !sender.is_empty() {
+                    let e = self
+                        .senders
+                        .entry((channel, sender))
+                        .or_insert_with(|| Sent {
+                            seq,
+                            trace: trace_context.clone(),
+                        });
+                    if seq > e.seq {
+                        *e = Sent {
+                            seq,
+                            trace: trace_context.clone(),
+                        };
+                    }
+                }
+                Ok("message_created")
+            }
+            ev::event::Payload::MessageUpdated(ev::MessageUpdated { message }) => {
+                self.channel(channel, seq_of(message)?.0);
+                Ok("message_updated")
+            }
+            // Deleted messages still count (as unread and in last_seq): a tombstone keeps
+            // its seq, and counting around it would need per-message storage.
+            ev::event::Payload::MessageDeleted(ev::MessageDeleted {
+                message,
+                deleted_by: _,
+            }) => {
+                self.channel(channel, seq_of(message)?.0);
+                Ok("message_deleted")
+            }
+            ev::event::Payload::MemberJoined(ev::MemberJoined {
+                member,
+                added_by: _,
+                channel_last_seq,
+            }) => {
+                let user = member
+                    .as_ref()
+                    .map(|m| m.user_id.clone())
+                    .filter(|u| !u.is_empty())
+                    .ok_or(Skip::Invalid)?;
+                let joined_seq = i64::try_from(*channel_last_seq).map_err(|_| Skip::Invalid)?;
+                self.channel(channel, joined_seq);
+                self.membership(
+                    channel,
+                    user,
+                    Membership {
+                        active: true,
+                        joined_seq,
+                        at,
+                        event_id,
+                    },
+                );
+                Ok("member_joined")
+            }
+            ev::event::Payload::MemberLeft(ev::MemberLeft {
+                channel_id: _,
+                user_id,
+                removed_by: _,
+            }) => {
+                if user_id.is_empty() {
+                    return Err(Skip::Invalid);
+                }
+                self.channel(channel, 0);
+                self.membership(
+                    channel,
+                    user_id.clone(),
+                    Membership {
+                        active: false,
+                        joined_seq: 0,
+                        at,
+                        event_id,
+                    },
+                );
+                Ok("member_left")
+            }
+        }
+    }
+
+    fn membership(&mut self, channel: Uuid, user: String, m: Membership) {
+        match self.memberships.entry((channel, user)) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(m);
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                if (m.at, m.event_id) > (o.get().at, o.get().event_id) {
+                    o.insert(m);
+                }
+            }
+        }
+    }
+}
+
+/// This replica's consumer of the event stream.
+pub struct Consumer {
+    pool: PgPool,
+    client: redis::Client,
+    changes: Changes,
+    cfg: ConsumerConfig,
+    stream: String,
+    name: String,
+}
+
+impl Consumer {
+    pub fn new(
+        pool: PgPool,
+        client: redis::Client,
+        changes: Changes,
+        cfg: ConsumerConfig,
+        prefix: &str,
+    ) -> Self {
+        let name = if cfg.name.is_empty() {
+            default_name()
+        } else {
+            cfg.name.clone()
+        };
+        Self {
+            pool,
+            client,
+            changes,
+            stream: format!("{prefix}{STREAM}"),
+            name,
+            cfg,
+        }
+    }
+
+    /// Consumes until `shutdown`. Never returns early: Redis or Postgres outages are
+    /// retried with a pause (the entries stay in the stream / pending list meanwhile).
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(stream = %self.stream, group = %self.cfg.group, consumer = %self.name, "consuming events");
+        let backoff = Duration::from_millis(self.cfg.retry_backoff_ms.max(10));
+        // A dedicated connection: XREADGROUP BLOCK holds it for up to block_ms.
+        let mut conn = loop {
+            let cfg = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(
+                    Duration::from_millis(self.cfg.block_ms) + Duration::from_secs(5),
+                ))
+                .set_number_of_retries(1);
+            match ConnectionManager::new_with_config(self.client.clone(), cfg).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream: cannot connect to Redis; retrying");
+                    if pause(&shutdown, backoff).await {
+                        return;
+                    }
+                }
+            }
+        };
+        let mut group_ready = false;
+        // Start with our own pending entries ("0"), then new ones (">").
+        let mut own_pending = true;
+        let mut next_claim = Instant::now();
+        let mut next_lag = Instant::now();
+        while !shutdown.is_cancelled() {
+            if !group_ready {
+                match self.create_group(&mut conn).await {
+                    Ok(()) => group_ready = true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event stream: cannot create the consumer group; retrying");
+                        if pause(&shutdown, backoff).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            if Instant::now() >= next_lag {
+                self.record_lag(&mut conn).await;
+                next_lag =
+                    Instant::now() + Duration::from_millis(self.cfg.lag_interval_ms.max(100));
+            }
+            if Instant::now() >= next_claim {
+                if let Err(e) = self.claim(&mut conn, &shutdown).await {
+                    tracing::warn!(error = %e, "event stream: XAUTOCLAIM failed");
+                    group_ready = !is_nogroup(&e);
+                }
+                next_claim =
+                    Instant::now() + Duration::from_millis(self.cfg.claim_interval_ms.max(10));
+            }
+            let id = if own_pending { "0" } else { ">" };
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
+                .arg(&self.cfg.group)
+                .arg(&self.name)
+                .arg("COUNT")
+                .arg(self.cfg.batch);
+            if !own_pending {
+                // Wake up for the next claim / lag refresh at the latest.
+                let until = next_claim
+                    .min(next_lag)
+                    .saturating_duration_since(Instant::now());
+                let block = Duration::from_millis(self.cfg.block_ms)
+                    .min(until)
+                    .max(Duration::from_millis(1));
+                cmd.arg("BLOCK").arg(block.as_millis() as u64);
+            }
+            cmd.arg("STREAMS").arg(&self.stream).arg(id);
+            let read = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = cmd.query_async::<Option<StreamReadReply>>(&mut conn) => r,
+            };
+            let entries: Vec<StreamId> = match read {
+                Ok(reply) => reply
+                    .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+                    .unwrap_or_default(),
+                Err(e) => {
+                    metrics::counter!("receipts_consumer_errors_total", "step" => "read")
+                        .increment(1);
+                    tracing::warn!(error = %e, "event stream: XREADGROUP failed");
+                    group_ready = !is_nogroup(&e);
+                    if pause(&shutdown, backoff).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if own_pending && entries.is_empty() {
+                own_pending = false;
+                continue;
+            }
+            if entries.is_empty() {
+                continue;
+            }
+            // A batch is retried here until it is applied (or we stop): its entries stay
+            // pending for this consumer meanwhile, so nobody else claims them before
+            // claim_idle passes.
+            if !self.process_until_done(&mut conn, entries, &shutdown).await {
+                return;
+            }
+        }
+    }
+
+    async fn create_group(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+        let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(&self.cfg.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        match r {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Takes over entries idle for longer than `claim_idle_ms` and applies them.
+    async fn claim(
+        &self,
+        conn: &mut ConnectionManager,
+        shutdown: &CancellationToken,
+    ) -> redis::RedisResult<()> {
+        let mut start = "0-0".to_owned();
+        loop {
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(&self.stream)
+                .arg(&self.cfg.group)
+                .arg(&self.name)
+                .arg(self.cfg.claim_idle_ms)
+                .arg(&start)
+                .arg("COUNT")
+                .arg(self.cfg.batch)
+                .query_async(conn)
+                .await?;
+            if !reply.claimed.is_empty() {
+                metrics::counter!("receipts_events_claimed_total")
+                    .increment(reply.claimed.len() as u64);
+                tracing::info!(
+                    count = reply.claimed.len(),
+                    "claimed events left pending by another consumer"
+                );
+                if !self.process_until_done(conn, reply.claimed, shutdown).await {
+                    return Ok(());
+                }
+            }
+            if reply.next_stream_id == "0-0" || shutdown.is_cancelled() {
+                return Ok(());
+            }
+            start = reply.next_stream_id;
+        }
+    }
+
+    /// Applies and acknowledges `entries`, retrying on failure; false when stopped first.
+    async fn process_until_done(
+        &self,
+        conn: &mut ConnectionManager,
+        entries: Vec<StreamId>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let backoff = Duration::from_millis(self.cfg.retry_backoff_ms.max(10));
+        let (delta, kinds) = fold(&entries);
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        let mut applied = false;
+        loop {
+            if !applied {
+                match store::apply(&self.pool, &delta).await {
+                    Ok(changed) => {
+                        applied = true;
+                        for (kind, n) in &kinds {
+                            metrics::counter!("receipts_events_applied_total", "kind" => *kind)
+                                .increment(*n);
+                        }
+                        for row in changed {
+                            let trace = delta
+                                .senders
+                                .get(&(row.channel_id, row.user_id.clone()))
+                                .map(|s| s.trace.clone())
+                                .unwrap_or_default();
+                            self.changes.offer(Change::from_row(&row, trace));
+                        }
+                    }
+                    Err(e) => {
+                        metrics::counter!("receipts_consumer_errors_total", "step" => "apply")
+                            .increment(1);
+                        tracing::warn!(error = %e, count = ids.len(), "applying events failed; retrying");
+                    }
+                }
+            }
+            if applied {
+                let acked: redis::RedisResult<i64> = redis::cmd("XACK")
+                    .arg(&self.stream)
+                    .arg(&self.cfg.group)
+                    .arg(&ids)
+                    .query_async(conn)
+                    .await;
+                match acked {
+                    Ok(_) => return true,
+                    Err(e) => {
+                        // Applied but not acknowledged: retrying the XACK is enough (and
+                        // should the process die first, the redelivery changes nothing).
+                        metrics::counter!("receipts_consumer_errors_total", "step" => "ack")
+                            .increment(1);
+                        tracing::warn!(error = %e, "XACK failed; retrying");
+                    }
+                }
+            }
+            if pause(shutdown, backoff).await {
+                return false;
+            }
+        }
+    }
+
+    async fn record_lag(&self, conn: &mut ConnectionManager) {
+        let info: redis::RedisResult<StreamInfoGroupsReply> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.stream)
+            .query_async(conn)
+            .await;
+        match info {
+            Ok(info) => {
+                if let Some(g) = info.groups.iter().find(|g| g.name == self.cfg.group) {
+                    if let Some(lag) = g.lag {
+                        metrics::gauge!("receipts_stream_lag").set(lag as f64);
+                    }
+                    metrics::gauge!("receipts_stream_pending").set(g.pending as f64);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "XINFO GROUPS failed"),
+        }
+    }
+}
+
+/// Decodes entries (field `event`) into a delta; undecodable ones are counted and dropped
+/// (they are acknowledged with the batch: retrying cannot make them valid).
+fn fold(entries: &[StreamId]) -> (Delta, BTreeMap<&'static str, u64>) {
+    let mut delta = Delta::default();
+    let mut kinds = BTreeMap::new();
+    for entry in entries {
+        let event = entry
+            .get::<Vec<u8>>("event")
+            .and_then(|b| ev::Event::decode(b.as_slice()).ok());
+        let Some(event) = event else {
+            metrics::counter!("receipts_events_invalid_total").increment(1);
+            tracing::warn!(entry = %entry.id, "skipping an undecodable stream entry");
+            continue;
+        };
+        // Continue the trace of the request that caused the event.
+        let span = tracing::info_span!("receipts.consume", event_id = %event.event_id, channel = %event.channel_id, kind = tracing::field::Empty);
+        parley_kit::propagation::set_parent_from_map(&span, &event.trace_context);
+        let _entered = span.enter();
+        match delta.add(&event) {
+            Ok(kind) => {
+                span.record("kind", kind);
+                *kinds.entry(kind).or_insert(0) += 1;
+            }
+            Err(Skip::Invalid) => {
+                metrics::counter!("receipts_events_invalid_total").increment(1);
+                tracing::warn!(entry = %entry.id, "skipping an invalid event");
+            }
+        }
+    }
+    (delta, kinds)
+}
+
+fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP")
+}
+
+/// Sleeps `d` unless `shutdown` comes first; true when stopped.
+async fn pause(shutdown: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+/// `<hostname>-<pid>`, or a UUID when the host name is unknown.
+fn default_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty());
+    match host {
+        Some(h) => format!("{h}-{}", std::process::id()),
+        None => Uuid::new_v4().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parley_proto::messaging::v1 as pb;
+
+    fn event(channel: Uuid, at_secs: i64, payload: ev::event::Payload) -> ev::Event {
+        ev::Event {
+            event_id: Uuid::now_v7().to_string(),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: at_secs,
+                nanos: 0,
+            }),
+            channel_id: channel.to_string(),
+            trace_context: HashMap::new(),
+            payload: Some(payload),
+        }
+    }
+
+    fn created(channel: Uuid, seq: u64, sender: &str) -> ev::event::Payload {
+        ev::event::Payload::MessageCreated(ev::MessageCreated {
+            message: Some(pb::Message {
+                channel_id: channel.to_string(),
+                seq,
+                sender_id: sender.into(),
+                ..Default::default()
+            }),
+        })
+    }
+
+    fn joined(channel: Uuid, user: &str, last: u64) -> ev::event::Payload {
+        ev::event::Payload::MemberJoined(ev::MemberJoined {
+            member: Some(pb::Member {
+                channel_id: channel.to_string(),
+                user_id: user.into(),
+                ..Default::default()
+            }),
+            added_by: user.into(),
+            channel_last_seq: last,
+        })
+    }
+
+    fn left(channel: Uuid, user: &str) -> ev::event::Payload {
+        ev::event::Payload::MemberLeft(ev::MemberLeft {
+            channel_id: channel.to_string(),
+            user_id: user.into(),
+            removed_by: user.into(),
+        })
+    }
+
+    #[test]
+    fn folds_to_maxima_and_newest_membership() {
+        let c = Uuid::now_v7();
+        let mut d = Delta::default();
+        // Out of order on purpose: the fold must not care.
+        d.add(&event(c, 30, created(c, 3, "bob"))).expect("valid");
+        d.add(&event(c, 10, created(c, 1, "bob"))).expect("valid");
+        d.add(&event(c, 20, created(c, 2, "alice"))).expect("valid");
+        d.add(&event(c, 50, joined(c, "carol", 3))).expect("valid");
+        d.add(&event(c, 40, left(c, "carol"))).expect("valid");
+        d.add(&event(c, 5, joined(c, "dave", 0))).expect("valid");
+        d.add(&event(c, 60, left(c, "dave"))).expect("valid");
+        assert_eq!(d.channels.get(&c), Some(&3));
+        assert_eq!(d.senders.get(&(c, "bob".into())).map(|s| s.seq), Some(3));
+        assert_eq!(d.senders.get(&(c, "alice".into())).map(|s| s.seq), Some(2));
+        let carol = &d.memberships[&(c, "carol".into())];
+        assert!(
+            carol.active,
+            "the join at t=50 is newer than the leave at t=40"
+        );
+        assert_eq!(carol.joined_seq, 3);
+        assert!(!d.memberships[&(c, "dave".into())].active);
+    }
+
+    #[test]
+    fn rejects_malformed_events() {
+        let c = Uuid::now_v7();
+        let mut d = Delta::default();
+        let mut bad = event(c, 1, created(c, 1, "bob"));
+        bad.channel_id = "nope".into();
+        assert_eq!(d.add(&bad), Err(Skip::Invalid));
+        assert_eq!(
+            d.add(&event(c, 1, created(c, 0, "bob"))),
+            Err(Skip::Invalid)
+        );
+        let mut empty = event(c, 1, created(c, 1, "bob"));
+        empty.payload = None;
+        assert_eq!(d.add(&empty), Err(Skip::Invalid));
+        assert!(d.is_empty());
+    }
+}
