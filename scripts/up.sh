@@ -18,11 +18,11 @@ set -euo pipefail
 #   PARLEY_DB_URL (database `parley`), PARLEY_PG_URL (admin), PARLEY_REDIS_URL.
 # shellcheck disable=SC2016 # expanded later by expand_vars
 SERVICES='
-messaging     parley-messaging     tcp:127.0.0.1:50051           PARLEY__GRPC__ADDR=127.0.0.1:50051 PARLEY__DATABASE__URL=${PARLEY_DB_URL} PARLEY__REDIS__URL=${PARLEY_REDIS_URL}
-presence      parley-presence      tcp:127.0.0.1:50052           PARLEY__GRPC__ADDR=127.0.0.1:50052 PARLEY__REDIS__URL=${PARLEY_REDIS_URL}
-receipts      parley-receipts      tcp:127.0.0.1:50053           PARLEY__GRPC__ADDR=127.0.0.1:50053 PARLEY__DATABASE__URL=${PARLEY_DB_URL} PARLEY__REDIS__URL=${PARLEY_REDIS_URL} PARLEY__MESSAGING__URL=http://127.0.0.1:50051
-notification  parley-notification  tcp:127.0.0.1:50054           PARLEY__GRPC__ADDR=127.0.0.1:50054 PARLEY__DATABASE__URL=${PARLEY_DB_URL} PARLEY__REDIS__URL=${PARLEY_REDIS_URL} PARLEY__MESSAGING__URL=http://127.0.0.1:50051 PARLEY__PRESENCE__URL=http://127.0.0.1:50052
-gateway       parley-gateway       http://127.0.0.1:8080/readyz  PARLEY__HTTP__ADDR=127.0.0.1:8080 PARLEY__MESSAGING__URL=http://127.0.0.1:50051 PARLEY__REDIS__URL=${PARLEY_REDIS_URL} PARLEY__AUTH__DEV_TOKENS=true PARLEY__PRESENCE__URL=http://127.0.0.1:50052 PARLEY__RECEIPTS__URL=http://127.0.0.1:50053 PARLEY__NOTIFICATION__URL=http://127.0.0.1:50054
+messaging     parley-messaging     tcp:127.0.0.1:5051           PARLEY__GRPC__ADDR=127.0.0.1:5051 PARLEY__DATABASE__URL=${PARLEY_DB_URL} PARLEY__REDIS__URL=${PARLEY_REDIS_URL}
+presence      parley-presence      tcp:127.0.0.1:5052           PARLEY__GRPC__ADDR=127.0.0.1:5052 PARLEY__REDIS__URL=${PARLEY_REDIS_URL}
+receipts      parley-receipts      tcp:127.0.0.1:5053           PARLEY__GRPC__ADDR=127.0.0.1:5053 PARLEY__DATABASE__URL=${PARLEY_DB_URL} PARLEY__REDIS__URL=${PARLEY_REDIS_URL} PARLEY__MESSAGING__URL=http://127.0.0.1:5051
+notification  parley-notification  tcp:127.0.0.1:5054           PARLEY__GRPC__ADDR=127.0.0.1:5054 PARLEY__DATABASE__URL=${PARLEY_DB_URL} PARLEY__REDIS__URL=${PARLEY_REDIS_URL} PARLEY__MESSAGING__URL=http://127.0.0.1:5051 PARLEY__PRESENCE__URL=http://127.0.0.1:5052
+gateway       parley-gateway       http://127.0.0.1:8080/readyz  PARLEY__HTTP__ADDR=127.0.0.1:8080 PARLEY__MESSAGING__URL=http://127.0.0.1:5051 PARLEY__REDIS__URL=${PARLEY_REDIS_URL} PARLEY__AUTH__DEV_TOKENS=true PARLEY__PRESENCE__URL=http://127.0.0.1:5052 PARLEY__RECEIPTS__URL=http://127.0.0.1:5053 PARLEY__NOTIFICATION__URL=http://127.0.0.1:5054
 '
 GATEWAY_URL=http://127.0.0.1:8080
 # ------------------------------------------------------------------------------------------

@@ -334,7 +334,7 @@ mod tests {
             String,
         )>::new()))
         .expect("defaults load");
-        assert_eq!(c.grpc.addr, "127.0.0.1:50054");
+        assert_eq!(c.grpc.addr, "127.0.0.1:5054");
         assert_eq!(c.consumer.group, "notification");
         assert_eq!(c.delivery.coalesce_window_ms, 2000);
         assert!(!format!("{c:?}").contains("parley-dev-webhook-secret"));

@@ -196,7 +196,7 @@ mod tests {
             "x",
         )]))
         .expect("embedded defaults load");
-        assert_eq!(c.grpc.addr, "127.0.0.1:50052");
+        assert_eq!(c.grpc.addr, "127.0.0.1:5052");
         assert_eq!(c.connections.default_ttl_secs, 60);
         assert_eq!(
             (c.connections.min_ttl_secs, c.connections.max_ttl_secs),

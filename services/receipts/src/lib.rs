@@ -247,7 +247,7 @@ mod tests {
             String,
         )>::new()))
         .expect("defaults load");
-        assert_eq!(c.grpc.addr, "127.0.0.1:50053");
+        assert_eq!(c.grpc.addr, "127.0.0.1:5053");
         assert_eq!(c.publish.coalesce_ms, 100);
         assert!(c.consumer.enabled);
     }
