@@ -165,17 +165,17 @@ impl Provider for Webhook {
                 Err(e) => return Outcome::Refused(format!("body: {e}")),
             };
             let sig = sign(self.secret.expose_secret().as_bytes(), &body);
-            answer(
-                client
-                    .post(checked.url)
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .header(SIGNATURE_HEADER, format!("sha256={sig}"))
-                    .header(DELIVERY_ID_HEADER, push.delivery_id.to_string())
-                    .body(body)
-                    .send()
-                    .await,
-            )
-            .await
+            let mut request = client
+                .post(checked.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(SIGNATURE_HEADER, format!("sha256={sig}"))
+                .header(DELIVERY_ID_HEADER, push.delivery_id.to_string());
+            // W3C trace context of the push span (part of the message's trace), so a
+            // receiver that traces can join it.
+            for (name, value) in parley_kit::propagation::inject_map() {
+                request = request.header(name, value);
+            }
+            answer(request.body(body).send().await).await
         })
     }
 }

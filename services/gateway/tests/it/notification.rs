@@ -195,3 +195,57 @@ async fn bad_devices_and_levels_are_refused() -> anyhow::Result<()> {
     assert_eq!(s, 400);
     Ok(())
 }
+
+#[tokio::test]
+async fn push_continues_the_trace_of_the_message_that_caused_it() -> anyhow::Result<()> {
+    // Real trace ids need the OpenTelemetry layer in this (test) process.
+    let _telemetry = parley_kit::telemetry::init("parley-test").ok();
+    let stack = stack().await?;
+    let (hook, seen) = receiver().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let bob = Client::new(&stack.url(0), "bob");
+    let ch = alice.group("traced", &["bob"]).await?;
+    bob.req(
+        "POST",
+        "/v1/devices",
+        Some(json!({"platform": "webhook", "token": hook})),
+    )
+    .await?;
+
+    // The client starts the trace: gateway → messaging → event → notification → push.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/channels/{ch}/messages", stack.url(0)))
+        .bearer_auth(&alice.token)
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&json!({"client_msg_id": "t1", "body": "follow me"}))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 201);
+    assert_eq!(
+        resp.headers()
+            .get("x-trace-id")
+            .and_then(|v| v.to_str().ok()),
+        Some(trace_id)
+    );
+
+    let got = pushes(&seen, 1, T).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let headers = seen.lock().expect("lock")[0].0.clone();
+    let tp = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "traceparent {tp:?}");
+    assert_eq!(
+        parts[1], trace_id,
+        "the push is part of the message's trace"
+    );
+    assert_ne!(
+        parts[2], "00f067aa0ba902b7",
+        "the push has its own span under the trace"
+    );
+    Ok(())
+}
