@@ -5,6 +5,7 @@
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod health;
 pub mod metrics;
 pub mod propagation;
 pub mod server;

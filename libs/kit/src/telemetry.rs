@@ -24,8 +24,18 @@ impl Drop for Guard {
 }
 
 /// Initialises logs and traces for `service` (the default `service.name`). Must be called
-/// inside the Tokio runtime (the OTLP exporter needs it).
+/// inside the Tokio runtime (the OTLP exporter needs it). Spans are exported when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 pub fn init(service: &'static str) -> anyhow::Result<Guard> {
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|v| !v.is_empty());
+    init_with(service, endpoint)
+}
+
+/// As [`init`], exporting to `endpoint` (OTLP/gRPC) when given — for tests, which must not
+/// mutate the process environment.
+pub fn init_with(service: &'static str, endpoint: Option<String>) -> anyhow::Result<Guard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
     let mut resource = Resource::builder();
@@ -33,14 +43,14 @@ pub fn init(service: &'static str) -> anyhow::Result<Guard> {
         resource = resource.with_service_name(service);
     }
     let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
-    let exporting = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.is_empty());
-    if exporting {
+    let exporting = endpoint.is_some();
+    if let Some(endpoint) = endpoint {
         use opentelemetry_otlp::WithExportConfig as _;
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-        if let Ok(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-            exporter = exporter.with_endpoint(endpoint);
-        }
-        builder = builder.with_batch_exporter(exporter.build()?);
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build()?;
+        builder = builder.with_batch_exporter(exporter);
     }
     let provider = builder.build();
     opentelemetry::global::set_tracer_provider(provider.clone());
@@ -61,6 +71,14 @@ pub fn init(service: &'static str) -> anyhow::Result<Guard> {
         .try_init()?;
     tracing::info!(service, otlp_export = exporting, "telemetry initialised");
     Ok(Guard { provider })
+}
+
+impl Guard {
+    /// Exports every finished span now (blocking: call it off the async worker threads,
+    /// e.g. in `spawn_blocking`).
+    pub fn flush(&self) -> anyhow::Result<()> {
+        Ok(self.provider.force_flush()?)
+    }
 }
 
 /// The trace id of the current span as 32 hex digits, if there is one.

@@ -222,6 +222,7 @@ pub async fn serve(
             .set_number_of_retries(1),
     )
     .await?;
+    parley_kit::health::spawn("gateway", None, Some(redis.clone()), shutdown.clone());
     let limiter = ratelimit::Limiter::new(
         redis.clone(),
         &config.redis.prefix,

@@ -601,7 +601,7 @@ impl Conn {
         use ev::event::Payload;
         match &event.payload {
             Some(Payload::MessageCreated(ev::MessageCreated { message: Some(m) })) => {
-                self.offer(m.clone()).await
+                self.offer(m.clone(), true).await
             }
             Some(Payload::MessageUpdated(ev::MessageUpdated { message: Some(m) })) => {
                 self.changed("message_updated", m).await
@@ -652,8 +652,9 @@ impl Conn {
         }
     }
 
-    /// A new message: deliver in order, hold if early, drop if already delivered.
-    async fn offer(&mut self, m: pb::Message) -> Result<(), End> {
+    /// A new message: deliver in order, hold if early, drop if already delivered. `live`:
+    /// it came from pub/sub (not from a history fetch), so its fan-out latency counts.
+    async fn offer(&mut self, m: pb::Message, live: bool) -> Result<(), End> {
         let Some(c) = self.cursors.get_mut(&m.channel_id) else {
             return Ok(());
         };
@@ -663,7 +664,7 @@ impl Conn {
         c.target = c.target.max(m.seq);
         if m.seq == c.delivered + 1 {
             let channel = m.channel_id.clone();
-            self.deliver(m).await?;
+            self.deliver(m, live).await?;
             self.flush_held(&channel).await
         } else {
             c.held.insert(m.seq, m);
@@ -672,12 +673,27 @@ impl Conn {
         }
     }
 
-    async fn deliver(&mut self, m: pb::Message) -> Result<(), End> {
+    async fn deliver(&mut self, m: pb::Message, live: bool) -> Result<(), End> {
         if let Some(c) = self.cursors.get_mut(&m.channel_id) {
             c.delivered = m.seq;
             c.target = c.target.max(m.seq);
         }
         metrics::counter!("gateway_ws_messages_delivered_total").increment(1);
+        if live {
+            // Commit (created_at, the database clock) to the write to this socket.
+            if let Some(t) = m
+                .created_at
+                .as_ref()
+                .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+            {
+                let secs = (chrono::Utc::now() - t)
+                    .num_microseconds()
+                    .unwrap_or(0)
+                    .max(0) as f64
+                    / 1e6;
+                metrics::histogram!("gateway_fanout_latency_seconds").record(secs);
+            }
+        }
         self.frame(json!({"type": "message", "message": view::message(&m)}))
             .await
     }
@@ -690,7 +706,8 @@ impl Conn {
             let next = c.delivered + 1;
             c.held.retain(|s, _| *s >= next);
             match c.held.remove(&next) {
-                Some(m) => self.deliver(m).await?,
+                // Held messages arrived live, early; their wait is part of the fan-out.
+                Some(m) => self.deliver(m, true).await?,
                 None => {
                     c.gap_since = if c.target > c.delivered {
                         c.gap_since.or(Some(Instant::now()))
@@ -764,7 +781,7 @@ impl Conn {
             };
             let got_any = !msgs.is_empty();
             for m in msgs {
-                self.offer(m).await?;
+                self.offer(m, false).await?;
             }
             if !more || !got_any {
                 let Some(c) = self.cursors.get_mut(channel) else {

@@ -157,6 +157,12 @@ pub async fn serve(
             .set_number_of_retries(2),
     )
     .await?;
+    parley_kit::health::spawn(
+        "messaging",
+        Some(pool.clone()),
+        Some(redis.clone()),
+        shutdown.clone(),
+    );
     let publisher =
         outbox::Publisher::new(redis, &config.redis.prefix, config.outbox.stream_maxlen);
     let config = Arc::new(config);

@@ -260,6 +260,18 @@ pub async fn serve(
     let pool = connect_db(&config.database).await?;
     migrate(&pool).await?;
     let redis = redis::Client::open(config.redis.url.as_str())?;
+    let health_redis = redis::aio::ConnectionManager::new_with_config(
+        redis.clone(),
+        redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(2))),
+    )
+    .await?;
+    parley_kit::health::spawn(
+        "notification",
+        Some(pool.clone()),
+        Some(health_redis),
+        shutdown.clone(),
+    );
     let config = Arc::new(config);
     let allow = Arc::new(
         allowlist::Allowlist::new(

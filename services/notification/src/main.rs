@@ -11,6 +11,14 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let _telemetry = parley_kit::telemetry::init("notification")?;
+    if std::env::args().any(|a| a == "--migrate-only") {
+        // One-off schema migration (a Kubernetes Job per rollout); safe to run twice and
+        // concurrently: migrations take a Postgres advisory lock.
+        let pool = parley_notification::connect_db(&config.database).await?;
+        parley_notification::migrate(&pool).await?;
+        tracing::info!("migrations applied");
+        return Ok(());
+    }
     let listener = tokio::net::TcpListener::bind(&config.grpc.addr)
         .await
         .with_context(|| format!("binding {}", config.grpc.addr))?;

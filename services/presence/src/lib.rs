@@ -144,6 +144,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let redis = connect_redis(&config.redis).await?;
+    parley_kit::health::spawn("presence", None, Some(redis.clone()), shutdown.clone());
     let store = store::Store::new(redis.clone(), &config.redis.prefix);
     let publisher = events::Publisher::new(redis, &config.redis.prefix);
     let config = Arc::new(config);

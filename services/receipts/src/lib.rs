@@ -181,6 +181,12 @@ pub async fn serve(
             .set_number_of_retries(2),
     )
     .await?;
+    parley_kit::health::spawn(
+        "receipts",
+        Some(pool.clone()),
+        Some(publish_conn.clone()),
+        shutdown.clone(),
+    );
     let config = Arc::new(config);
     let messaging = authority::Messaging::new(&config.messaging)?;
 

@@ -35,5 +35,15 @@ async fn two_websocket_clients_chat() -> anyhow::Result<()> {
     let got = a.messages(1, T).await?;
     assert_eq!(got[0]["body"], "hello alice");
     assert_eq!(got[0]["seq"], 2);
+    // The live deliveries were measured, and dependency health is exported.
+    let (status, metrics, _) = alice.raw("GET", "/metrics", None, None).await?;
+    assert_eq!(status, 200);
+    let text = metrics.as_str().unwrap_or_default().to_owned();
+    assert!(
+        text.contains("gateway_fanout_latency_seconds_count"),
+        "{text}"
+    );
+    assert!(text.contains("gateway_ws_connections"), "{text}");
+    assert!(text.contains("redis_up{service=\"gateway\"} 1"), "{text}");
     Ok(())
 }

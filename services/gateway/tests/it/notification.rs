@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 
 use crate::{QUIET, T};
 
-type Seen = Arc<Mutex<Vec<(HeaderMap, Value)>>>;
+pub type Seen = Arc<Mutex<Vec<(HeaderMap, Value)>>>;
 
 /// A webhook endpoint on loopback that records every push.
-async fn receiver() -> anyhow::Result<(String, Seen)> {
+pub async fn receiver() -> anyhow::Result<(String, Seen)> {
     let seen: Seen = Arc::default();
     let app = Router::new()
         .route(
