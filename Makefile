@@ -13,12 +13,12 @@ NEXTEST_PROFILE ?= $(if $(filter true 1 yes,$(CI)),ci,default)
 # extra arguments for the test runner, e.g. make test TEST_ARGS='-E test(foo)'
 TEST_ARGS ?=
 
-.PHONY: help deps build up up-detached down test lint fmt clean-local compose-check
+.PHONY: help deps build up up-detached down test lint fmt clean-local compose-check k8s-check
 
 help: ## List the targets
 	@echo "Parley make targets (CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)):"
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | \
-		awk -F':.*## ' '{ printf "  %-12s %s\n", $$1, $$2 }'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | \
+		awk -F':.*## ' '{ printf "  %-14s %s\n", $$1, $$2 }'
 
 deps: ## Ensure Postgres + Redis (private instances under .local/ unless configured)
 	scripts/deps.sh
@@ -52,9 +52,14 @@ lint: ## rustfmt check, clippy (-D warnings), buf lint
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	bash scripts/buf.sh lint
 
-compose-check: ## Validate docker-compose.yml (installs the docker-compose client if missing; no engine needed)
-	@command -v docker-compose >/dev/null 2>&1 || apt-get install -y docker-compose >/dev/null
+compose-check: ## Validate docker-compose.yml, Prometheus config/rules (+ rule tests), Grafana dashboard (installs docker-compose, promtool if missing; no engine needed)
+	@command -v docker-compose >/dev/null 2>&1 || apt-get install -y docker-compose >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y docker-compose >/dev/null; }
 	docker-compose -f docker-compose.yml config -q && echo "docker-compose.yml is valid"
+	bash deploy/check.sh
+
+k8s-check: ## Render k8s/overlays/* without kubectl into .local/k8s/ and validate (rules + kubernetes-validate --strict)
+	bash scripts/k8s-check.sh
 
 fmt: ## Format the Rust code
 	$(CARGO) fmt --all

@@ -16,6 +16,8 @@ set -euo pipefail
 #   ready-check: tcp:HOST:PORT (port accepts connections), an http:// URL (answers 200), or -
 #   environment: KEY=VALUE words (no spaces in values); ${VAR} is expanded at start. Available:
 #   PARLEY_DB_URL (database `parley`), PARLEY_PG_URL (admin), PARLEY_REDIS_URL.
+#   Extra words for one service: PARLEY_UP_ENV_<name>, e.g.
+#   PARLEY_UP_ENV_gateway='PARLEY__LIMITS__SEND_BURST=100000' (used by scripts/bench.sh).
 # shellcheck disable=SC2016 # expanded later by expand_vars
 SERVICES='
 messaging     parley-messaging     tcp:127.0.0.1:5051           PARLEY__GRPC__ADDR=127.0.0.1:5051 PARLEY__DATABASE__URL=${PARLEY_DB_URL} PARLEY__REDIS__URL=${PARLEY_REDIS_URL}
@@ -201,7 +203,9 @@ for i in "${!NAMES[@]}"; do
 		say "skipping $name: $bin does not exist (run 'make build')"
 		continue
 	fi
-	read -ra words <<<"${ENVS[$i]}"
+	# extra KEY=VALUE words for this service from PARLEY_UP_ENV_<name> (later words win)
+	extra="PARLEY_UP_ENV_$name"
+	read -ra words <<<"${ENVS[$i]} ${!extra-}"
 	envs=()
 	for w in "${words[@]}"; do
 		envs+=("$(expand_vars "$w")")

@@ -1,5 +1,6 @@
 //! Dependency health as metrics: `db_pool_connections{service,state}` (in use / idle /
-//! max) and `redis_up{service}` (1 when PING answers), sampled every few seconds.
+//! max), `db_up{service}` (1 when `SELECT 1` answers) and `redis_up{service}` (1 when PING
+//! answers), sampled every few seconds.
 
 use std::time::Duration;
 
@@ -29,6 +30,11 @@ pub fn spawn(
                     .set(idle);
                 metrics::gauge!("db_pool_connections", "service" => service, "state" => "max")
                     .set(max);
+                let ping = sqlx::query("SELECT 1").execute(p);
+                let up = tokio::time::timeout(Duration::from_secs(2), ping)
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                metrics::gauge!("db_up", "service" => service).set(if up { 1.0 } else { 0.0 });
             }
             if let Some(r) = &redis {
                 let mut conn = r.clone();

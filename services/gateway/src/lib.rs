@@ -112,6 +112,7 @@ pub struct Limits {
 pub struct WsConfig {
     pub heartbeat_ms: u64,
     pub resume_limit: u64,
+    pub resume_window_ms: u64,
     pub gap_wait_ms: u64,
     pub queue_len: usize,
     pub max_frame_bytes: usize,
@@ -180,11 +181,26 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     // Install the metrics recorder before anything is recorded (it is process-wide and lazy).
     parley_kit::metrics::handle();
-    let endpoint = tonic::transport::Endpoint::from_shared(config.messaging.url.clone())?
-        .timeout(Duration::from_millis(config.messaging.timeout_ms))
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true);
-    let messaging_channel = endpoint.connect_lazy();
+    // One URL, or several separated by commas: calls are balanced over the replicas and
+    // keep flowing while one of them restarts.
+    let endpoints = config
+        .messaging
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            Ok(tonic::transport::Endpoint::from_shared(u.to_owned())?
+                .timeout(Duration::from_millis(config.messaging.timeout_ms))
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let messaging_channel = match endpoints.as_slice() {
+        [] => anyhow::bail!("messaging.url is empty"),
+        [one] => one.connect_lazy(),
+        _ => Channel::balance_list(endpoints.into_iter()),
+    };
     let optional = |cfg: &ServiceConfig| -> anyhow::Result<Option<Channel>> {
         if cfg.url.trim().is_empty() {
             return Ok(None);

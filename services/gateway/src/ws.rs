@@ -88,6 +88,8 @@ struct Cursor {
     held: BTreeMap<u64, pb::Message>,
     /// When the current gap was first seen.
     gap_since: Option<Instant>,
+    /// First seq actually sent on this connection (a resume never replays below it).
+    sent_from: Option<u64>,
 }
 
 type SendResult = (Option<Value>, Result<pb::SendMessageResponse, ApiError>);
@@ -107,6 +109,10 @@ struct Conn {
     session_id: String,
     /// Users this connection watches, with the newest presence version sent for each.
     watched: HashMap<String, u64>,
+    /// Right after `hello`, messages are held (not sent) until the client's first frame or
+    /// this deadline: a client that reconnects sends `resume` first, and its replay must
+    /// come before anything sent live.
+    hold_until: Option<Instant>,
 }
 
 /// Why a connection ended.
@@ -138,6 +144,7 @@ impl Conn {
             last_inbound: Instant::now(),
             session_id: uuid::Uuid::now_v7().to_string(),
             watched: HashMap::new(),
+            hold_until: None,
         };
         metrics::gauge!("gateway_ws_connections").increment(1.0);
         if let Some(p) = &conn.app.presence {
@@ -189,7 +196,13 @@ impl Conn {
                 Some(d) = rx.recv() => self.on_event(d).await,
                 Some((r, result)) = sends_rx.recv() => self.on_sent(r, result).await,
                 _ = wake.notified() => self.catch_up_if_lagged().await,
-                _ = gap_tick.tick() => self.fill_due_gaps(gap_wait).await,
+                _ = gap_tick.tick() => {
+                    if self.hold_until.is_some_and(|t| Instant::now() >= t) {
+                        self.release().await
+                    } else {
+                        self.fill_due_gaps(gap_wait).await
+                    }
+                }
                 _ = ping.tick() => {
                     if self.last_inbound.elapsed() > heartbeat * 2 {
                         tracing::info!(user = %self.user, "websocket heartbeat timeout");
@@ -226,6 +239,8 @@ impl Conn {
             "heartbeat_ms": self.app.config.ws.heartbeat_ms,
         }))
         .await?;
+        self.hold_until =
+            Some(Instant::now() + Duration::from_millis(self.app.config.ws.resume_window_ms));
         // Messages committed between reading positions and the subscriptions becoming
         // active were published to nobody here: compare positions once more.
         self.sink.lagged.store(true, Ordering::Release);
@@ -467,6 +482,10 @@ impl Conn {
         };
         let r = v.get("ref").cloned();
         let kind = v.get("type").and_then(Value::as_str).unwrap_or_default();
+        if kind != "resume" {
+            // The client's first frame is not a resume: stop holding live messages.
+            self.release().await?;
+        }
         let str_field = |name: &str| -> Result<String, ApiError> {
             v.get(name)
                 .and_then(Value::as_str)
@@ -662,6 +681,10 @@ impl Conn {
             return Ok(());
         }
         c.target = c.target.max(m.seq);
+        if self.hold_until.is_some() {
+            c.held.insert(m.seq, m);
+            return Ok(());
+        }
         if m.seq == c.delivered + 1 {
             let channel = m.channel_id.clone();
             self.deliver(m, live).await?;
@@ -677,6 +700,7 @@ impl Conn {
         if let Some(c) = self.cursors.get_mut(&m.channel_id) {
             c.delivered = m.seq;
             c.target = c.target.max(m.seq);
+            c.sent_from.get_or_insert(m.seq);
         }
         metrics::counter!("gateway_ws_messages_delivered_total").increment(1);
         if live {
@@ -759,6 +783,10 @@ impl Conn {
     /// Fetches history after `delivered` until the known target is reached (at least one
     /// page when `probe`). A failed fetch leaves the gap to be retried on the next tick.
     async fn fill(&mut self, channel: &str, probe: bool) -> Result<(), End> {
+        if self.hold_until.is_some() {
+            // Filled (in order) when the hold is released.
+            return Ok(());
+        }
         let mut first = probe;
         loop {
             let Some(c) = self.cursors.get(channel) else {
@@ -838,9 +866,34 @@ impl Conn {
         Ok(())
     }
 
+    /// Ends the post-`hello` hold: what was held goes out in order, gaps are filled.
+    async fn release(&mut self) -> Result<(), End> {
+        if self.hold_until.take().is_none() {
+            return Ok(());
+        }
+        self.flush_all().await
+    }
+
+    async fn flush_all(&mut self) -> Result<(), End> {
+        let channels: Vec<String> = self.cursors.keys().cloned().collect();
+        for ch in channels {
+            self.flush_held(&ch).await?;
+            if self
+                .cursors
+                .get(&ch)
+                .is_some_and(|c| c.target > c.delivered)
+            {
+                self.fill(&ch, false).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// `resume`: replays each channel after the client's position (at most `resume_limit`
     /// messages; beyond that the newest are replayed and `recovered` is false).
     async fn resume(&mut self, positions: Vec<(String, u64)>) -> Result<(), End> {
+        // Replays below run in order before anything held is sent.
+        self.hold_until = None;
         let limit = self.app.config.ws.resume_limit;
         let last_seqs: HashMap<String, u64> = match self.positions().await {
             Ok(p) => p.into_iter().collect(),
@@ -857,10 +910,16 @@ impl Conn {
                 continue;
             };
             self.join_channel(&ch, last).await;
-            let (start, recovered) = if last.saturating_sub(pos) > limit {
-                (last - limit, false)
-            } else {
-                (pos.min(last), true)
+            let sent = self
+                .cursors
+                .get(&ch)
+                .and_then(|c| c.sent_from.map(|first| (first, c.delivered)));
+            let (start, recovered) = match sent {
+                // This connection already sent first..=delivered: never send those twice.
+                // A gap before `first` can no longer be replayed in order: page it over REST.
+                Some((first, delivered)) => (delivered.max(pos.min(last)), pos + 1 >= first),
+                None if last.saturating_sub(pos) > limit => (last - limit, false),
+                None => (pos.min(last), true),
             };
             if let Some(c) = self.cursors.get_mut(&ch) {
                 // Rewind (or fast-forward) to what the client has; live messages above it
@@ -876,6 +935,8 @@ impl Conn {
                 json!({"from": start + 1, "to": to, "recovered": recovered}),
             );
         }
+        // Channels not named in the resume: what was held goes out now.
+        self.flush_all().await?;
         self.frame(json!({"type": "resumed", "channels": report}))
             .await
     }

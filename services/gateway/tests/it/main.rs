@@ -19,6 +19,7 @@ mod receipts;
 mod replicas;
 mod restart;
 mod resume;
+mod rolling;
 mod tracing;
 
 use std::time::Duration;
