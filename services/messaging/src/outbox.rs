@@ -30,6 +30,17 @@ impl Publisher {
     }
 
     /// PUBLISH to every topic of each entry and XADD to the stream, in one round trip.
+    #[tracing::instrument(
+        name = "publish messaging:events",
+        skip_all,
+        fields(
+            otel.kind = "producer",
+            messaging.system = "redis",
+            messaging.operation.type = "send",
+            messaging.destination.name = STREAM,
+            messaging.batch.message_count = entries.len(),
+        )
+    )]
     async fn publish(&self, entries: &[Pending]) -> redis::RedisResult<()> {
         if entries.is_empty() {
             return Ok(());

@@ -537,6 +537,18 @@ async fn find_by_client_id(
 }
 
 /// Sends a message: membership, idempotency, gapless seq, outbox — one transaction.
+#[tracing::instrument(
+    name = "INSERT messaging.messages",
+    skip_all,
+    fields(
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.namespace = "messaging",
+        db.operation.name = "INSERT",
+        db.collection.name = "messages",
+        channel = %channel,
+    )
+)]
 pub async fn send(
     pool: &sqlx::PgPool,
     caller: &UserId,
@@ -600,6 +612,18 @@ pub enum Page {
     After(i64),
 }
 
+#[tracing::instrument(
+    name = "SELECT messaging.messages",
+    skip_all,
+    fields(
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.namespace = "messaging",
+        db.operation.name = "SELECT",
+        db.collection.name = "messages",
+        channel = %channel,
+    )
+)]
 pub async fn list_messages(
     conn: &mut PgConnection,
     caller: &UserId,

@@ -322,6 +322,12 @@ impl Consumer {
             // Continue the trace of the request that sent the message.
             let span = tracing::info_span!(
                 "notification.fanout",
+                otel.kind = "consumer",
+                messaging.system = "redis",
+                messaging.operation.type = "process",
+                messaging.destination.name = "messaging:events",
+                messaging.consumer.group.name = "notification",
+                messaging.message.id = %event.event_id,
                 event_id = %event.event_id,
                 channel = %event.channel_id,
                 seq = message.seq,

@@ -495,7 +495,18 @@ fn fold(entries: &[StreamId]) -> (Delta, BTreeMap<&'static str, u64>) {
             continue;
         };
         // Continue the trace of the request that caused the event.
-        let span = tracing::info_span!("receipts.consume", event_id = %event.event_id, channel = %event.channel_id, kind = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "receipts.consume",
+            otel.kind = "consumer",
+            messaging.system = "redis",
+            messaging.operation.type = "process",
+            messaging.destination.name = "messaging:events",
+            messaging.consumer.group.name = "receipts",
+            messaging.message.id = %event.event_id,
+            event_id = %event.event_id,
+            channel = %event.channel_id,
+            kind = tracing::field::Empty
+        );
         parley_kit::propagation::set_parent_from_map(&span, &event.trace_context);
         let _entered = span.enter();
         match delta.add(&event) {

@@ -145,6 +145,38 @@ async fn one_trace_covers_gateway_messaging_notification_and_presence() -> anyho
         names.iter().any(|n| n == "notification.push"),
         "push span missing: {names:?}"
     );
+    // Semantic conventions beyond rpc.*: the database write, the Redis publish, the stream
+    // consumer and the HTTP request.
+    let db = spans
+        .iter()
+        .find(|s| s.name == "INSERT messaging.messages")
+        .expect("db span");
+    assert_eq!(attr(db, "db.system.name").as_deref(), Some("postgresql"));
+    let publish = spans
+        .iter()
+        .find(|s| s.name == "publish messaging:events")
+        .expect("publish span");
+    assert_eq!(attr(publish, "messaging.system").as_deref(), Some("redis"));
+    let fanout = spans
+        .iter()
+        .find(|s| s.name == "notification.fanout")
+        .expect("fanout span");
+    assert_eq!(
+        attr(fanout, "messaging.operation.type").as_deref(),
+        Some("process")
+    );
+    let http = spans
+        .iter()
+        .find(|s| s.name == "POST /v1/channels/{id}/messages")
+        .expect("http span");
+    assert_eq!(
+        attr(http, "http.route").as_deref(),
+        Some("/v1/channels/{id}/messages")
+    );
+    assert_eq!(
+        attr(http, "http.response.status_code").as_deref(),
+        Some("201")
+    );
     let methods: HashSet<String> = spans.iter().filter_map(|s| attr(s, "rpc.method")).collect();
     for m in ["SendMessage", "ListMembers", "GetPresence"] {
         assert!(
