@@ -3,6 +3,7 @@
 //! metrics, gRPC health, graceful shutdown and the one error vocabulary of the API.
 
 pub mod config;
+pub mod db;
 pub mod domain;
 pub mod error;
 pub mod health;

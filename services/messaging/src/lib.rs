@@ -11,7 +11,6 @@ mod store;
 use std::{sync::Arc, time::Duration};
 
 use serde::Deserialize;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -101,40 +100,20 @@ impl Config {
 
 /// Connects to Postgres with `search_path = messaging`.
 pub async fn connect_db(cfg: &DatabaseConfig) -> Result<sqlx::PgPool, Error> {
-    let opts: PgConnectOptions = cfg
-        .url
-        .parse::<PgConnectOptions>()?
-        .options([("search_path", "messaging")])
-        .application_name("parley-messaging");
-    Ok(PgPoolOptions::new()
-        .max_connections(cfg.max_connections)
-        .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
-        .connect_with(opts)
-        .await?)
+    Ok(parley_kit::db::connect(
+        &cfg.url,
+        "messaging",
+        "parley-messaging",
+        cfg.max_connections,
+        Duration::from_millis(cfg.acquire_timeout_ms),
+    )
+    .await?)
 }
 
-/// Creates schema `messaging` and applies the migrations, under an advisory lock so that
+/// Creates schema `messaging` and applies its migrations under advisory lock 7150001, so that
 /// replicas starting together do not race. Safe to run any number of times.
 pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
-    let mut conn = pool.acquire().await?;
-    // Key: a fixed number for "parley.messaging migrations".
-    sqlx::query("SELECT pg_advisory_lock(7150001)")
-        .execute(&mut *conn)
-        .await?;
-    let result = run_migrations(&mut conn).await;
-    sqlx::query("SELECT pg_advisory_unlock(7150001)")
-        .execute(&mut *conn)
-        .await?;
-    result
-}
-
-async fn run_migrations(conn: &mut sqlx::PgConnection) -> Result<(), Error> {
-    sqlx::query("CREATE SCHEMA IF NOT EXISTS messaging")
-        .execute(&mut *conn)
-        .await?;
-    // `run_direct` (not `run`) sidesteps sqlx's "Acquire is not general enough" error in spawned futures.
-    MIGRATOR.run_direct(None, conn, false).await?;
-    Ok(())
+    Ok(parley_kit::db::migrate(pool, "messaging", 7150001, &MIGRATOR).await?)
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

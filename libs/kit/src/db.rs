@@ -1,0 +1,67 @@
+//! Postgres plumbing shared by the services that own a schema: a pool whose connections
+//! use that schema, and migrations applied under an advisory lock.
+
+use std::time::Duration;
+
+use sqlx::{
+    PgPool,
+    migrate::{MigrateError, Migrator},
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+/// A pool on `url` whose connections have `search_path = <schema>`.
+pub async fn connect(
+    url: &str,
+    schema: &'static str,
+    application_name: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<PgPool, sqlx::Error> {
+    let opts = url
+        .parse::<PgConnectOptions>()?
+        .options([("search_path", schema)])
+        .application_name(application_name);
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .connect_with(opts)
+        .await
+}
+
+/// Creates `schema` and applies `migrator`, holding the advisory lock `lock_key` so that
+/// replicas (or a migration job) starting together do not race. Safe to run any number of
+/// times.
+pub async fn migrate(
+    pool: &PgPool,
+    schema: &'static str,
+    lock_key: i64,
+    migrator: &Migrator,
+) -> Result<(), MigrateError> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(lock_key)
+        .execute(&mut *conn)
+        .await?;
+    let result = create_and_run(&mut conn, schema, migrator).await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(lock_key)
+        .execute(&mut *conn)
+        .await?;
+    result
+}
+
+// A plain async fn (not an async block borrowing the connection): futures built this way
+// stay Send for every lifetime, which the services' spawned `serve` futures need.
+async fn create_and_run(
+    conn: &mut sqlx::PgConnection,
+    schema: &'static str,
+    migrator: &Migrator,
+) -> Result<(), MigrateError> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}"
+    )))
+    .execute(&mut *conn)
+    .await?;
+    // `run_direct` (not `run`) sidesteps sqlx's "Acquire is not general enough" error.
+    migrator.run_direct(None, conn, false).await
+}
