@@ -13,7 +13,7 @@ NEXTEST_PROFILE ?= $(if $(filter true 1 yes,$(CI)),ci,default)
 # extra arguments for the test runner, e.g. make test TEST_ARGS='-E test(foo)'
 TEST_ARGS ?=
 
-.PHONY: help deps build up up-detached down test lint fmt clean-local compose-check k8s-check
+.PHONY: help deps build up up-detached down test lint fmt clean-local compose-check bench k8s-check
 
 help: ## List the targets
 	@echo "Parley make targets (CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)):"
@@ -51,6 +51,9 @@ lint: ## rustfmt check, clippy (-D warnings), buf lint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	bash scripts/buf.sh lint
+
+bench: deps ## Benchmarks on release builds (~10 min; sizes: BENCH_* in scripts/bench.sh) -> bench/RESULTS.md
+	scripts/bench.sh
 
 compose-check: ## Validate docker-compose.yml, Prometheus config/rules (+ rule tests), Grafana dashboard (installs docker-compose, promtool if missing; no engine needed)
 	@command -v docker-compose >/dev/null 2>&1 || apt-get install -y docker-compose >/dev/null 2>&1 || \

@@ -295,6 +295,12 @@ pub async fn serve(
             tracing::warn!("drain timeout: some WebSocket connections did not close in time");
         }
     };
+    // WebSocket frames and small JSON replies: do not let Nagle hold them back.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),

@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# Benchmarks of the whole suite (used by `make bench`); writes bench/RESULTS.md and
+# bench/latency.png, raw data in bench/raw/.
+#
+# Builds release binaries, starts the stack like `make up` (scripts/up.sh, release profile,
+# send rate limit raised, private Postgres/Redis from scripts/deps.sh), then runs:
+#   1 ramp      max sustained send throughput through the gateway with p99 < 50 ms
+#   2 fixed     end-to-end latency at a fixed moderate rate
+#   3 fanout    one channel with BENCH_FANOUT_MEMBERS connected members
+#   4 idle      BENCH_IDLE idle WebSocket connections: gateway RSS per connection
+#   5 history   before= pages at random positions of a BENCH_HISTORY_ROWS channel, keyset vs OFFSET
+#   6 ceiling   pgbench running the SQL of one send transaction at scenario 1's concurrency
+# Stops the services it started (scripts/down.sh); the private databases keep running.
+# Sizes are environment variables (BENCH_*, below); BENCH_ONLY="1 2 6" runs a subset.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/parley/target}"
+OUT="${BENCH_OUT:-$ROOT/bench}"
+RAW="$OUT/raw"
+BIN="$CARGO_TARGET_DIR/release"
+LOADGEN="$BIN/parley-loadgen"
+
+# ---- sizes (defaults fit a 2-core machine in ~10 minutes)
+: "${BENCH_ONLY:=1 2 3 4 5 6}"
+: "${BENCH_CLIENTS:=200}"            # scenario 1/2: clients (one WebSocket each)
+: "${BENCH_CHANNELS:=100}"           # … channels
+: "${BENCH_MEMBERS:=2}"              # … members per channel (all send, all receive)
+: "${BENCH_RATES:=100,200,300,400,500,600,700,800,1000,1200,1500,2000,2500,3000,4000,5000}"
+: "${BENCH_STEP_SECS:=8}"            # seconds per ramp step
+: "${BENCH_P99_MS:=50}"
+: "${BENCH_FIXED_RATE:=300}"         # scenario 2 (moderate for 2 cores; the issue suggests 1000)
+: "${BENCH_FIXED_SECS:=15}"
+: "${BENCH_FANOUT_MEMBERS:=1000}"    # scenario 3 (messaging's limits.max_members is 1000)
+: "${BENCH_FANOUT_RATE:=5}"
+: "${BENCH_FANOUT_MESSAGES:=20}"
+: "${BENCH_IDLE:=10000}"             # scenario 4
+: "${BENCH_IDLE_USERS:=1000}"
+: "${BENCH_HISTORY_ROWS:=1000000}"   # scenario 5
+: "${BENCH_HISTORY_REQUESTS:=2000}"
+: "${BENCH_PGBENCH_SECS:=15}"        # scenario 6 (and 5's SQL runs, 10 s each)
+: "${BENCH_PG_CLIENTS:=}"            # default: messaging's database.max_connections (20)
+export BENCH_ONLY BENCH_CLIENTS BENCH_CHANNELS BENCH_MEMBERS BENCH_RATES BENCH_STEP_SECS \
+	BENCH_P99_MS BENCH_FIXED_RATE BENCH_FIXED_SECS BENCH_FANOUT_MEMBERS BENCH_FANOUT_RATE \
+	BENCH_FANOUT_MESSAGES BENCH_IDLE BENCH_IDLE_USERS BENCH_HISTORY_ROWS \
+	BENCH_HISTORY_REQUESTS BENCH_PGBENCH_SECS
+
+say() { printf '\nbench: %s\n' "$*" >&2; }
+want() { [[ " $BENCH_ONLY " == *" $1 "* ]]; }
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+
+mkdir -p "$RAW"
+rm -f "$RAW"/*.json "$RAW"/*.log "$RAW"/*.txt
+
+# ---- build
+say "building release binaries"
+cargo build --release --workspace --bins
+
+# ---- deps, limits
+"$ROOT/scripts/deps.sh" >/dev/null
+# shellcheck disable=SC1091
+. "$ROOT/.local/deps.env"
+pg_url_db() { # URL DB
+	local url="$1" rest
+	rest="${url#*://}"
+	printf '%s://%s/%s\n' "${url%%://*}" "${rest%%/*}" "$2"
+}
+PG_DB_URL="$(pg_url_db "$PARLEY_PG_URL" parley)"
+PGBENCH="$(command -v pgbench || true)"
+if [[ -z $PGBENCH ]]; then
+	PGBENCH="$(find /usr/lib/postgresql/*/bin -name pgbench 2>/dev/null | sort -V | tail -n1 || true)"
+fi
+[[ -n $PGBENCH ]] || {
+	echo "bench: pgbench not found (apt-get install postgresql-contrib)" >&2
+	exit 1
+}
+PSQL="$(command -v psql)"
+# 10,000 connections: the gateway (started below, inherits it) and the load generator
+# each hold one descriptor per connection.
+want_fds=$((BENCH_IDLE + 2048))
+if (($(ulimit -n) < want_fds)); then
+	ulimit -n "$want_fds" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+fi
+
+# ---- start the stack (release), leave nothing running
+STARTED=no
+cleanup() {
+	if [[ $STARTED == yes ]]; then
+		say "stopping the services"
+		"$ROOT/scripts/down.sh" >&2 || true
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say "starting the suite (release)"
+PARLEY_PROFILE=release \
+	PARLEY_UP_ENV_gateway="PARLEY__LIMITS__SEND_BURST=10000000 PARLEY__LIMITS__SEND_REFILL_PER_SEC=10000000 ${PARLEY_UP_ENV_gateway:-}" \
+	"$ROOT/scripts/up.sh" --detach >"$RAW/up.log" 2>&1 || {
+	cat "$RAW/up.log" >&2
+	exit 1
+}
+STARTED=yes
+GATEWAY_PID="$(cat "$ROOT/.local/run/gateway.pid")"
+PG_CLIENTS="${BENCH_PG_CLIENTS:-$("$BIN/parley-messaging" --print-config 2>/dev/null | sed -n 's/^ *max_connections: *\([0-9]*\).*/\1/p' | head -n1)}"
+PG_CLIENTS="${PG_CLIENTS:-20}"
+export PG_CLIENTS
+
+{
+	echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+	echo "commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD 2>/dev/null || echo '+dirty')"
+	echo "cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
+	echo "cores=$(nproc)"
+	echo "mem=$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+	echo "kernel=$(uname -r)"
+	echo "postgres=$("$PSQL" "$PARLEY_PG_URL" -Atc 'show server_version')"
+	echo "pg_settings=$("$PSQL" "$PARLEY_PG_URL" -Atc "select string_agg(name||'='||setting, ' ') from pg_settings where name in ('fsync','synchronous_commit','shared_buffers','max_connections')")"
+	echo "redis=$(redis-cli -u "$PARLEY_REDIS_URL" info server 2>/dev/null | sed -n 's/^redis_version://p' | tr -d '\r')"
+	echo "rustc=$(rustc --version)"
+	echo "pg_clients=$PG_CLIENTS"
+} >"$RAW/machine.txt"
+
+lg() { "$LOADGEN" --quiet "$@"; }
+[[ -t 2 ]] && lg() { "$LOADGEN" "$@"; }
+
+# ---- warm-up (connection pools, caches), not recorded
+say "warm-up"
+"$LOADGEN" --quiet traffic --clients 50 --channels 25 --members 2 --rate 200 --duration 3 --prefix warm >/dev/null
+
+# ---- 1: max sustained throughput
+if want 1; then
+	say "1/6 ramp: max sustained throughput with p99 < ${BENCH_P99_MS} ms (load $(load))"
+	echo "$(load)" >"$RAW/load-1.txt"
+	lg --json "$RAW/ramp.json" ramp --clients "$BENCH_CLIENTS" --channels "$BENCH_CHANNELS" \
+		--members "$BENCH_MEMBERS" --duration "$BENCH_STEP_SECS" --drain 5 \
+		--rates "$BENCH_RATES" --p99-ms "$BENCH_P99_MS"
+	echo "$(load)" >>"$RAW/load-1.txt"
+fi
+
+# ---- 2: fixed rate
+if want 2; then
+	say "2/6 fixed rate ${BENCH_FIXED_RATE} msg/s for ${BENCH_FIXED_SECS}s (load $(load))"
+	echo "$(load)" >"$RAW/load-2.txt"
+	lg --json "$RAW/fixed.json" traffic --clients "$BENCH_CLIENTS" --channels "$BENCH_CHANNELS" \
+		--members "$BENCH_MEMBERS" --rate "$BENCH_FIXED_RATE" --duration "$BENCH_FIXED_SECS"
+	echo "$(load)" >>"$RAW/load-2.txt"
+fi
+
+# ---- 3: fan-out
+if want 3; then
+	say "3/6 fan-out: 1 channel, ${BENCH_FANOUT_MEMBERS} connected members (load $(load))"
+	echo "$(load)" >"$RAW/load-3.txt"
+	lg --json "$RAW/fanout.json" traffic --clients "$BENCH_FANOUT_MEMBERS" --channels 1 \
+		--members "$BENCH_FANOUT_MEMBERS" --senders 1 --rate "$BENCH_FANOUT_RATE" \
+		--duration "$(awk -v n="$BENCH_FANOUT_MESSAGES" -v r="$BENCH_FANOUT_RATE" 'BEGIN{print n/r}')" \
+		--drain 15 --prefix fo
+	echo "$(load)" >>"$RAW/load-3.txt"
+fi
+
+# ---- 6: the database's ceiling (run before 4/5 so it sits next to 1 in time)
+pgbench_db_url="$(pg_url_db "$PARLEY_PG_URL" parley_pgbench)"
+if want 6; then
+	say "6/6 ceiling: pgbench, one send transaction, ${PG_CLIENTS} clients, ${BENCH_CHANNELS} channels (load $(load))"
+	"$PSQL" -q "$PARLEY_PG_URL" -c 'DROP DATABASE IF EXISTS parley_pgbench' -c 'CREATE DATABASE parley_pgbench'
+	{
+		echo 'CREATE SCHEMA messaging; SET search_path = messaging;'
+		cat services/messaging/migrations/*.sql
+		# channels n = 1..C with uuid 00000000-0000-4000-8000-<n>, members u<n>-0, u<n>-1
+		cat <<-SQL
+			INSERT INTO channels (id, kind, name, created_by, member_count)
+			  SELECT ('00000000-0000-4000-8000-' || lpad(n::text, 12, '0'))::uuid, 'group', 'c' || n, 'u' || n || '-0', 2
+			  FROM generate_series(1, $BENCH_CHANNELS) n;
+			INSERT INTO members (channel_id, user_id, role)
+			  SELECT ('00000000-0000-4000-8000-' || lpad(n::text, 12, '0'))::uuid, 'u' || n || '-' || m, CASE m WHEN 0 THEN 'owner' ELSE 'member' END
+			  FROM generate_series(1, $BENCH_CHANNELS) n, generate_series(0, 1) m;
+			ALTER DATABASE parley_pgbench SET search_path = messaging;
+			ANALYZE;
+		SQL
+	} | "$PSQL" -q -v ON_ERROR_STOP=1 "$pgbench_db_url" >/dev/null
+	# The statements of store::send + outbox::publish_committed, in the same order and
+	# transaction shape (BEGIN … COMMIT, then the outbox DELETE on its own). The channel's
+	# uuid and the user id are built from pgbench's integer variables.
+	cat >"$RAW/send.sql" <<-'SQL'
+		\set ch random(1, :channels)
+		\set m random(0, 1)
+		\set r random(1, 1000000000000)
+		BEGIN;
+		SELECT role FROM members WHERE channel_id = ('00000000-0000-4000-8000-' || lpad(:ch::text, 12, '0'))::uuid AND user_id = 'u' || :ch || '-' || :m;
+		SELECT id, channel_id, seq, sender_id, client_msg_id, body, created_at, edited_at, deleted FROM messages WHERE channel_id = ('00000000-0000-4000-8000-' || lpad(:ch::text, 12, '0'))::uuid AND sender_id = 'u' || :ch || '-' || :m AND client_msg_id = 'pg-' || :client_id || '-' || :r;
+		UPDATE channels SET last_seq = last_seq + 1, last_activity_at = now() WHERE id = ('00000000-0000-4000-8000-' || lpad(:ch::text, 12, '0'))::uuid RETURNING last_seq AS seq, last_activity_at AS at \gset
+		INSERT INTO messages (channel_id, seq, id, sender_id, client_msg_id, body, created_at) VALUES (('00000000-0000-4000-8000-' || lpad(:ch::text, 12, '0'))::uuid, :seq, gen_random_uuid(), 'u' || :ch || '-' || :m, 'pg-' || :client_id || '-' || :r, repeat('x', 64), :at::timestamptz) ON CONFLICT (channel_id, sender_id, client_msg_id) DO NOTHING RETURNING id, channel_id, seq, sender_id, client_msg_id, body, created_at, edited_at, deleted;
+		INSERT INTO outbox (event_id, topics, payload) VALUES (gen_random_uuid(), ARRAY['channel' || ':' || '00000000-0000-4000-8000-' || lpad(:ch::text, 12, '0')], decode(repeat('ab', 300), 'hex')) RETURNING id AS oid \gset
+		COMMIT;
+		DELETE FROM outbox WHERE id = ANY(ARRAY[:oid]::bigint[]);
+	SQL
+	echo "$(load)" >"$RAW/load-6.txt"
+	(cd "$RAW" && "$PGBENCH" -n -M prepared -c "$PG_CLIENTS" -j 2 -T "$BENCH_PGBENCH_SECS" \
+		-D channels="$BENCH_CHANNELS" -l --log-prefix=pgbench_send -f send.sql "$pgbench_db_url") \
+		| tee "$RAW/pgbench-send.txt"
+	echo "$(load)" >>"$RAW/load-6.txt"
+	cat "$RAW"/pgbench_send.* >"$RAW/pgbench-send.log" && rm -f "$RAW"/pgbench_send.*
+	"$PSQL" -q "$PARLEY_PG_URL" -c 'DROP DATABASE IF EXISTS parley_pgbench'
+fi
+
+# ---- 4: idle connections
+if want 4; then
+	say "4/6 idle: ${BENCH_IDLE} WebSocket connections (ulimit -n $(ulimit -n), load $(load))"
+	echo "$(load)" >"$RAW/load-4.txt"
+	lg --json "$RAW/idle.json" idle --connections "$BENCH_IDLE" --users "$BENCH_IDLE_USERS" \
+		--hold 10 --gateway-pid "$GATEWAY_PID" || say "idle scenario reported failures (see above)"
+	echo "$(load)" >>"$RAW/load-4.txt"
+fi
+
+# ---- 5: history
+if want 5; then
+	say "5/6 history: channel of ${BENCH_HISTORY_ROWS} messages (load $(load))"
+	HUSER=bench-history
+	HNAME="bench-history-$BENCH_HISTORY_ROWS"
+	ch="$("$PSQL" -At "$PG_DB_URL" -c "SELECT id FROM messaging.channels WHERE name = '$HNAME' AND created_by = '$HUSER' AND last_seq = $BENCH_HISTORY_ROWS LIMIT 1")"
+	if [[ -z $ch ]]; then
+		token="$(curl -sf -XPOST localhost:8080/v1/auth/dev-token -d "{\"user_id\":\"$HUSER\"}" | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')"
+		ch="$(curl -sf -XPOST localhost:8080/v1/channels -H "Authorization: Bearer $token" \
+			-d "{\"kind\":\"group\",\"name\":\"$HNAME-seeding\",\"members\":[]}" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')"
+		say "seeding $BENCH_HISTORY_ROWS messages into $ch (reused by later runs)"
+		"$PSQL" -q -v ON_ERROR_STOP=1 "$PG_DB_URL" <<-SQL
+			SET search_path = messaging;
+			INSERT INTO messages (channel_id, seq, id, sender_id, client_msg_id, body, created_at)
+			  SELECT '$ch', s, gen_random_uuid(), '$HUSER', 'seed-' || s, 'history message ' || s || ' ' || repeat('x', 40),
+			         now() - ($BENCH_HISTORY_ROWS - s) * interval '1 second'
+			  FROM generate_series(1, $BENCH_HISTORY_ROWS) s;
+			UPDATE channels SET last_seq = $BENCH_HISTORY_ROWS, name = '$HNAME' WHERE id = '$ch';
+			VACUUM ANALYZE messages;
+		SQL
+	fi
+	echo "$(load)" >"$RAW/load-5.txt"
+	lg --json "$RAW/history.json" history --channel "$ch" --user "$HUSER" \
+		--last-seq "$BENCH_HISTORY_ROWS" --requests "$BENCH_HISTORY_REQUESTS" --concurrency 8
+	cols='id, channel_id, seq, sender_id, client_msg_id, body, created_at, edited_at, deleted'
+	cat >"$RAW/keyset.sql" <<-SQL
+		\set pos random(2, $((BENCH_HISTORY_ROWS + 1)))
+		SELECT $cols FROM messaging.messages WHERE channel_id = '$ch' AND seq < :pos ORDER BY seq DESC LIMIT 51;
+	SQL
+	cat >"$RAW/offset.sql" <<-SQL
+		\set pos random(2, $((BENCH_HISTORY_ROWS + 1)))
+		SELECT $cols FROM messaging.messages WHERE channel_id = '$ch' ORDER BY seq DESC OFFSET $((BENCH_HISTORY_ROWS + 1)) - :pos LIMIT 51;
+	SQL
+	for q in keyset offset; do
+		(cd "$RAW" && "$PGBENCH" -n -M prepared -c 2 -j 2 -T 10 -l --log-prefix="pgbench_$q" \
+			-f "$q.sql" "$PG_DB_URL") | tee "$RAW/pgbench-$q.txt"
+		cat "$RAW"/pgbench_"$q".* >"$RAW/pgbench-$q.log" && rm -f "$RAW"/pgbench_"$q".*
+	done
+	"$PSQL" -At "$PG_DB_URL" -c "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT $cols FROM messaging.messages WHERE channel_id = '$ch' AND seq < $((BENCH_HISTORY_ROWS / 2)) ORDER BY seq DESC LIMIT 51" >"$RAW/explain-keyset.txt"
+	"$PSQL" -At "$PG_DB_URL" -c "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT $cols FROM messaging.messages WHERE channel_id = '$ch' ORDER BY seq DESC OFFSET $((BENCH_HISTORY_ROWS / 2)) LIMIT 51" >"$RAW/explain-offset.txt"
+	echo "$(load)" >>"$RAW/load-5.txt"
+fi
+
+# ---- report
+say "writing $OUT/RESULTS.md and $OUT/latency.png"
+python3 "$ROOT/scripts/bench_report.py" "$RAW" "$OUT"
