@@ -65,3 +65,28 @@ async fn create_and_run(
     // `run_direct` (not `run`) sidesteps sqlx's "Acquire is not general enough" error.
     migrator.run_direct(None, conn, false).await
 }
+
+/// The API status of a database error: `unavailable` when the database cannot be reached
+/// (safe to retry), `internal` otherwise. Details go to the log, never to the caller.
+pub fn status(e: &sqlx::Error) -> tonic::Status {
+    let unreachable = matches!(
+        e,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+    );
+    if unreachable {
+        tracing::warn!(error = %e, "database unavailable");
+        crate::ErrorCode::Unavailable.status("database unavailable")
+    } else {
+        tracing::error!(error = %e, "database error");
+        crate::ErrorCode::Internal.status("internal error")
+    }
+}
+
+/// The API status of a migration error (always `internal`).
+pub fn migrate_status(e: &MigrateError) -> tonic::Status {
+    tracing::error!(error = %e, "migration error");
+    crate::ErrorCode::Internal.status("internal error")
+}

@@ -32,26 +32,8 @@ impl From<Error> for tonic::Status {
                 tracing::warn!(error = %m, "messaging unavailable");
                 ErrorCode::Unavailable.status("messaging unavailable")
             }
-            Error::Db(e) => {
-                let unavailable = matches!(
-                    e,
-                    sqlx::Error::PoolTimedOut
-                        | sqlx::Error::Io(_)
-                        | sqlx::Error::PoolClosed
-                        | sqlx::Error::Tls(_)
-                );
-                if unavailable {
-                    tracing::warn!(error = %e, "database unavailable");
-                    ErrorCode::Unavailable.status("database unavailable")
-                } else {
-                    tracing::error!(error = %e, "database error");
-                    ErrorCode::Internal.status("internal error")
-                }
-            }
-            Error::Migrate(e) => {
-                tracing::error!(error = %e, "migration error");
-                ErrorCode::Internal.status("internal error")
-            }
+            Error::Db(e) => parley_kit::db::status(&e),
+            Error::Migrate(e) => parley_kit::db::migrate_status(&e),
         }
     }
 }
