@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod propagation;
 pub mod server;
 pub mod shutdown;
+pub mod stream;
 pub mod telemetry;
 
 pub use error::ErrorCode;

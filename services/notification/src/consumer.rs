@@ -11,16 +11,12 @@
 //! before XACK redelivers them, and the existing rows make the replay a no-op (no
 //! duplicate push).
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc};
 
 use parley_proto::events::v1 as ev;
 use prost::Message as _;
-use redis::{
-    aio::ConnectionManager,
-    streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadReply},
-};
+use redis::streams::StreamId;
 use sqlx::PgPool;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
@@ -85,7 +81,7 @@ impl Consumer {
         config: Arc<Config>,
     ) -> Self {
         let name = if config.consumer.name.is_empty() {
-            default_name()
+            parley_kit::stream::default_name()
         } else {
             config.consumer.name.clone()
         };
@@ -100,204 +96,24 @@ impl Consumer {
         }
     }
 
-    /// Consumes until `shutdown`; outages are retried with a pause (entries stay pending).
+    /// Consumes until `shutdown` (see `parley_kit::stream`).
     pub async fn run(self, shutdown: CancellationToken) {
-        let cfg = &self.config.consumer;
-        tracing::info!(stream = %self.stream, group = %cfg.group, consumer = %self.name, "consuming events");
-        let backoff = Duration::from_millis(cfg.retry_backoff_ms.max(10));
-        // A dedicated connection: XREADGROUP BLOCK holds it for up to block_ms.
-        let mut conn = loop {
-            let c = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(2)))
-                .set_response_timeout(Some(
-                    Duration::from_millis(cfg.block_ms) + Duration::from_secs(5),
-                ))
-                .set_number_of_retries(1);
-            match ConnectionManager::new_with_config(self.client.clone(), c).await {
-                Ok(c) => break c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "event stream: cannot connect to Redis; retrying");
-                    if pause(&shutdown, backoff).await {
-                        return;
-                    }
-                }
-            }
+        let c = &self.config.consumer;
+        let settings = parley_kit::stream::Settings {
+            stream: self.stream.clone(),
+            group: c.group.clone(),
+            name: self.name.clone(),
+            batch: c.batch,
+            block_ms: c.block_ms,
+            claim_idle_ms: c.claim_idle_ms,
+            claim_interval_ms: c.claim_interval_ms,
+            retry_backoff_ms: c.retry_backoff_ms,
+            lag_interval_ms: c.lag_interval_ms,
+            metric_prefix: "notification",
+            apply_step: "fanout",
         };
-        let mut group_ready = false;
-        let mut own_pending = true;
-        let mut next_claim = Instant::now();
-        let mut next_lag = Instant::now();
-        while !shutdown.is_cancelled() {
-            if !group_ready {
-                match self.create_group(&mut conn).await {
-                    Ok(()) => group_ready = true,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "event stream: cannot create the group; retrying");
-                        if pause(&shutdown, backoff).await {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-            }
-            if Instant::now() >= next_lag {
-                self.record_lag(&mut conn).await;
-                next_lag = Instant::now() + Duration::from_millis(cfg.lag_interval_ms.max(100));
-            }
-            if Instant::now() >= next_claim {
-                if let Err(e) = self.claim(&mut conn, &shutdown).await {
-                    tracing::warn!(error = %e, "event stream: XAUTOCLAIM failed");
-                    group_ready = !is_nogroup(&e);
-                }
-                next_claim = Instant::now() + Duration::from_millis(cfg.claim_interval_ms.max(10));
-            }
-            let id = if own_pending { "0" } else { ">" };
-            let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP")
-                .arg(&cfg.group)
-                .arg(&self.name)
-                .arg("COUNT")
-                .arg(cfg.batch);
-            if !own_pending {
-                let until = next_claim
-                    .min(next_lag)
-                    .saturating_duration_since(Instant::now());
-                let block = Duration::from_millis(cfg.block_ms)
-                    .min(until)
-                    .max(Duration::from_millis(1));
-                cmd.arg("BLOCK").arg(block.as_millis() as u64);
-            }
-            cmd.arg("STREAMS").arg(&self.stream).arg(id);
-            let read = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = cmd.query_async::<Option<StreamReadReply>>(&mut conn) => r,
-            };
-            let entries: Vec<StreamId> = match read {
-                Ok(reply) => reply
-                    .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-                    .unwrap_or_default(),
-                Err(e) => {
-                    metrics::counter!("notification_consumer_errors_total", "step" => "read")
-                        .increment(1);
-                    tracing::warn!(error = %e, "event stream: XREADGROUP failed");
-                    group_ready = !is_nogroup(&e);
-                    if pause(&shutdown, backoff).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if own_pending && entries.is_empty() {
-                own_pending = false;
-                continue;
-            }
-            if entries.is_empty() {
-                continue;
-            }
-            if !self.process_until_done(&mut conn, entries, &shutdown).await {
-                return;
-            }
-        }
-    }
-
-    async fn create_group(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
-        let r: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&self.stream)
-            .arg(&self.config.consumer.group)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(conn)
-            .await;
-        match r {
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            other => other,
-        }
-    }
-
-    /// Takes over entries idle for longer than `claim_idle_ms` and processes them.
-    async fn claim(
-        &self,
-        conn: &mut ConnectionManager,
-        shutdown: &CancellationToken,
-    ) -> redis::RedisResult<()> {
-        let mut start = "0-0".to_owned();
-        loop {
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                .arg(&self.stream)
-                .arg(&self.config.consumer.group)
-                .arg(&self.name)
-                .arg(self.config.consumer.claim_idle_ms)
-                .arg(&start)
-                .arg("COUNT")
-                .arg(self.config.consumer.batch)
-                .query_async(conn)
-                .await?;
-            if !reply.claimed.is_empty() {
-                metrics::counter!("notification_events_claimed_total")
-                    .increment(reply.claimed.len() as u64);
-                tracing::info!(
-                    count = reply.claimed.len(),
-                    "claimed events left pending by another consumer"
-                );
-                if !self.process_until_done(conn, reply.claimed, shutdown).await {
-                    return Ok(());
-                }
-            }
-            if reply.next_stream_id == "0-0" || shutdown.is_cancelled() {
-                return Ok(());
-            }
-            start = reply.next_stream_id;
-        }
-    }
-
-    /// Fans out, records and acknowledges `entries`, retrying on failure; false when
-    /// stopped first (the entries then stay pending for this consumer name, or for
-    /// whoever claims them).
-    async fn process_until_done(
-        &self,
-        conn: &mut ConnectionManager,
-        entries: Vec<StreamId>,
-        shutdown: &CancellationToken,
-    ) -> bool {
-        let backoff = Duration::from_millis(self.config.consumer.retry_backoff_ms.max(10));
-        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        let mut recorded = false;
-        loop {
-            if !recorded {
-                let outcome = tokio::select! {
-                    _ = shutdown.cancelled() => return false,
-                    r = self.record(&entries) => r,
-                };
-                match outcome {
-                    Ok(()) => recorded = true,
-                    Err(e) => {
-                        metrics::counter!("notification_consumer_errors_total", "step" => "fanout")
-                            .increment(1);
-                        tracing::warn!(error = %e, count = ids.len(), "fan-out failed; retrying");
-                    }
-                }
-            }
-            if recorded {
-                let acked: redis::RedisResult<i64> = redis::cmd("XACK")
-                    .arg(&self.stream)
-                    .arg(&self.config.consumer.group)
-                    .arg(&ids)
-                    .query_async(conn)
-                    .await;
-                match acked {
-                    Ok(_) => return true,
-                    Err(e) => {
-                        metrics::counter!("notification_consumer_errors_total", "step" => "ack")
-                            .increment(1);
-                        tracing::warn!(error = %e, "XACK failed; retrying");
-                    }
-                }
-            }
-            if pause(shutdown, backoff).await {
-                return false;
-            }
-        }
+        let client = self.client.clone();
+        parley_kit::stream::consume(client, settings, self, shutdown).await;
     }
 
     /// Decides the deliveries of every entry and inserts them in one transaction.
@@ -424,53 +240,21 @@ impl Consumer {
             })
             .collect())
     }
-
-    async fn record_lag(&self, conn: &mut ConnectionManager) {
-        let info: redis::RedisResult<StreamInfoGroupsReply> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&self.stream)
-            .query_async(conn)
-            .await;
-        match info {
-            Ok(info) => {
-                if let Some(g) = info
-                    .groups
-                    .iter()
-                    .find(|g| g.name == self.config.consumer.group)
-                {
-                    if let Some(lag) = g.lag {
-                        metrics::gauge!("notification_stream_lag").set(lag as f64);
-                    }
-                    metrics::gauge!("notification_stream_pending").set(g.pending as f64);
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "XINFO GROUPS failed"),
-        }
-    }
 }
 
-fn is_nogroup(e: &redis::RedisError) -> bool {
-    e.code() == Some("NOGROUP")
-}
+impl parley_kit::stream::Handler for Consumer {
+    type Batch = ();
+    type Error = Error;
 
-/// Sleeps `d` unless `shutdown` comes first; true when stopped.
-pub(crate) async fn pause(shutdown: &CancellationToken, d: Duration) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => true,
-        _ = tokio::time::sleep(d) => false,
-    }
-}
+    fn prepare(&self, _entries: &[StreamId]) {}
 
-/// `<hostname>-<pid>`, or a UUID when the host name is unknown.
-fn default_name() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty());
-    match host {
-        Some(h) => format!("{h}-{}", std::process::id()),
-        None => Uuid::new_v4().to_string(),
+    /// Decides the deliveries of the batch and records them (idempotent: keyed rows).
+    fn apply<'a>(
+        &'a self,
+        entries: &'a [StreamId],
+        _batch: &'a (),
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send + 'a {
+        self.record(entries)
     }
 }
 

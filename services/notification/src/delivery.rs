@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
+use parley_kit::stream::pause;
+
 use crate::{
     Config, Error,
-    consumer::pause,
     provider::{Outcome, Providers, Push, platform_label},
     store,
 };

@@ -14,20 +14,13 @@
 //! memberships are last-writer-wins by (event occurred_at, event_id). Applying any event
 //! twice, or a batch of old events after newer ones, changes nothing.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::Duration,
-};
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use parley_proto::events::v1 as ev;
 use prost::Message as _;
-use redis::{
-    aio::ConnectionManager,
-    streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadReply},
-};
+use redis::streams::StreamId;
 use sqlx::PgPool;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -228,7 +221,7 @@ impl Consumer {
         prefix: &str,
     ) -> Self {
         let name = if cfg.name.is_empty() {
-            default_name()
+            parley_kit::stream::default_name()
         } else {
             cfg.name.clone()
         };
@@ -242,241 +235,55 @@ impl Consumer {
         }
     }
 
-    /// Consumes until `shutdown`. Never returns early: Redis or Postgres outages are
-    /// retried with a pause (the entries stay in the stream / pending list meanwhile).
+    /// Consumes until `shutdown` (see `parley_kit::stream`).
     pub async fn run(self, shutdown: CancellationToken) {
-        tracing::info!(stream = %self.stream, group = %self.cfg.group, consumer = %self.name, "consuming events");
-        let backoff = Duration::from_millis(self.cfg.retry_backoff_ms.max(10));
-        // A dedicated connection: XREADGROUP BLOCK holds it for up to block_ms.
-        let mut conn = loop {
-            let cfg = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(2)))
-                .set_response_timeout(Some(
-                    Duration::from_millis(self.cfg.block_ms) + Duration::from_secs(5),
-                ))
-                .set_number_of_retries(1);
-            match ConnectionManager::new_with_config(self.client.clone(), cfg).await {
-                Ok(c) => break c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "event stream: cannot connect to Redis; retrying");
-                    if pause(&shutdown, backoff).await {
-                        return;
-                    }
-                }
-            }
+        let c = &self.cfg;
+        let settings = parley_kit::stream::Settings {
+            stream: self.stream.clone(),
+            group: c.group.clone(),
+            name: self.name.clone(),
+            batch: c.batch,
+            block_ms: c.block_ms,
+            claim_idle_ms: c.claim_idle_ms,
+            claim_interval_ms: c.claim_interval_ms,
+            retry_backoff_ms: c.retry_backoff_ms,
+            lag_interval_ms: c.lag_interval_ms,
+            metric_prefix: "receipts",
+            apply_step: "apply",
         };
-        let mut group_ready = false;
-        // Start with our own pending entries ("0"), then new ones (">").
-        let mut own_pending = true;
-        let mut next_claim = Instant::now();
-        let mut next_lag = Instant::now();
-        while !shutdown.is_cancelled() {
-            if !group_ready {
-                match self.create_group(&mut conn).await {
-                    Ok(()) => group_ready = true,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "event stream: cannot create the consumer group; retrying");
-                        if pause(&shutdown, backoff).await {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-            }
-            if Instant::now() >= next_lag {
-                self.record_lag(&mut conn).await;
-                next_lag =
-                    Instant::now() + Duration::from_millis(self.cfg.lag_interval_ms.max(100));
-            }
-            if Instant::now() >= next_claim {
-                if let Err(e) = self.claim(&mut conn, &shutdown).await {
-                    tracing::warn!(error = %e, "event stream: XAUTOCLAIM failed");
-                    group_ready = !is_nogroup(&e);
-                }
-                next_claim =
-                    Instant::now() + Duration::from_millis(self.cfg.claim_interval_ms.max(10));
-            }
-            let id = if own_pending { "0" } else { ">" };
-            let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP")
-                .arg(&self.cfg.group)
-                .arg(&self.name)
-                .arg("COUNT")
-                .arg(self.cfg.batch);
-            if !own_pending {
-                // Wake up for the next claim / lag refresh at the latest.
-                let until = next_claim
-                    .min(next_lag)
-                    .saturating_duration_since(Instant::now());
-                let block = Duration::from_millis(self.cfg.block_ms)
-                    .min(until)
-                    .max(Duration::from_millis(1));
-                cmd.arg("BLOCK").arg(block.as_millis() as u64);
-            }
-            cmd.arg("STREAMS").arg(&self.stream).arg(id);
-            let read = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = cmd.query_async::<Option<StreamReadReply>>(&mut conn) => r,
-            };
-            let entries: Vec<StreamId> = match read {
-                Ok(reply) => reply
-                    .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-                    .unwrap_or_default(),
-                Err(e) => {
-                    metrics::counter!("receipts_consumer_errors_total", "step" => "read")
-                        .increment(1);
-                    tracing::warn!(error = %e, "event stream: XREADGROUP failed");
-                    group_ready = !is_nogroup(&e);
-                    if pause(&shutdown, backoff).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if own_pending && entries.is_empty() {
-                own_pending = false;
-                continue;
-            }
-            if entries.is_empty() {
-                continue;
-            }
-            // A batch is retried here until it is applied (or we stop): its entries stay
-            // pending for this consumer meanwhile, so nobody else claims them before
-            // claim_idle passes.
-            if !self.process_until_done(&mut conn, entries, &shutdown).await {
-                return;
-            }
-        }
+        let client = self.client.clone();
+        parley_kit::stream::consume(client, settings, self, shutdown).await;
+    }
+}
+
+impl parley_kit::stream::Handler for Consumer {
+    /// Folded once per batch, however many times applying it is retried.
+    type Batch = (Delta, BTreeMap<&'static str, u64>);
+    type Error = crate::Error;
+
+    fn prepare(&self, entries: &[StreamId]) -> Self::Batch {
+        fold(entries)
     }
 
-    async fn create_group(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
-        let r: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&self.stream)
-            .arg(&self.cfg.group)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(conn)
-            .await;
-        match r {
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            other => other,
-        }
-    }
-
-    /// Takes over entries idle for longer than `claim_idle_ms` and applies them.
-    async fn claim(
+    /// Applies the delta in one transaction, then offers the watermark changes it made.
+    async fn apply(
         &self,
-        conn: &mut ConnectionManager,
-        shutdown: &CancellationToken,
-    ) -> redis::RedisResult<()> {
-        let mut start = "0-0".to_owned();
-        loop {
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                .arg(&self.stream)
-                .arg(&self.cfg.group)
-                .arg(&self.name)
-                .arg(self.cfg.claim_idle_ms)
-                .arg(&start)
-                .arg("COUNT")
-                .arg(self.cfg.batch)
-                .query_async(conn)
-                .await?;
-            if !reply.claimed.is_empty() {
-                metrics::counter!("receipts_events_claimed_total")
-                    .increment(reply.claimed.len() as u64);
-                tracing::info!(
-                    count = reply.claimed.len(),
-                    "claimed events left pending by another consumer"
-                );
-                if !self.process_until_done(conn, reply.claimed, shutdown).await {
-                    return Ok(());
-                }
-            }
-            if reply.next_stream_id == "0-0" || shutdown.is_cancelled() {
-                return Ok(());
-            }
-            start = reply.next_stream_id;
+        _entries: &[StreamId],
+        (delta, kinds): &Self::Batch,
+    ) -> Result<(), crate::Error> {
+        let changed = store::apply(&self.pool, delta).await?;
+        for (kind, n) in kinds {
+            metrics::counter!("receipts_events_applied_total", "kind" => *kind).increment(*n);
         }
-    }
-
-    /// Applies and acknowledges `entries`, retrying on failure; false when stopped first.
-    async fn process_until_done(
-        &self,
-        conn: &mut ConnectionManager,
-        entries: Vec<StreamId>,
-        shutdown: &CancellationToken,
-    ) -> bool {
-        let backoff = Duration::from_millis(self.cfg.retry_backoff_ms.max(10));
-        let (delta, kinds) = fold(&entries);
-        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        let mut applied = false;
-        loop {
-            if !applied {
-                match store::apply(&self.pool, &delta).await {
-                    Ok(changed) => {
-                        applied = true;
-                        for (kind, n) in &kinds {
-                            metrics::counter!("receipts_events_applied_total", "kind" => *kind)
-                                .increment(*n);
-                        }
-                        for row in changed {
-                            let trace = delta
-                                .senders
-                                .get(&(row.channel_id, row.user_id.clone()))
-                                .map(|s| s.trace.clone())
-                                .unwrap_or_default();
-                            self.changes.offer(Change::from_row(&row, trace));
-                        }
-                    }
-                    Err(e) => {
-                        metrics::counter!("receipts_consumer_errors_total", "step" => "apply")
-                            .increment(1);
-                        tracing::warn!(error = %e, count = ids.len(), "applying events failed; retrying");
-                    }
-                }
-            }
-            if applied {
-                let acked: redis::RedisResult<i64> = redis::cmd("XACK")
-                    .arg(&self.stream)
-                    .arg(&self.cfg.group)
-                    .arg(&ids)
-                    .query_async(conn)
-                    .await;
-                match acked {
-                    Ok(_) => return true,
-                    Err(e) => {
-                        // Applied but not acknowledged: retrying the XACK is enough (and
-                        // should the process die first, the redelivery changes nothing).
-                        metrics::counter!("receipts_consumer_errors_total", "step" => "ack")
-                            .increment(1);
-                        tracing::warn!(error = %e, "XACK failed; retrying");
-                    }
-                }
-            }
-            if pause(shutdown, backoff).await {
-                return false;
-            }
+        for row in changed {
+            let trace = delta
+                .senders
+                .get(&(row.channel_id, row.user_id.clone()))
+                .map(|s| s.trace.clone())
+                .unwrap_or_default();
+            self.changes.offer(Change::from_row(&row, trace));
         }
-    }
-
-    async fn record_lag(&self, conn: &mut ConnectionManager) {
-        let info: redis::RedisResult<StreamInfoGroupsReply> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&self.stream)
-            .query_async(conn)
-            .await;
-        match info {
-            Ok(info) => {
-                if let Some(g) = info.groups.iter().find(|g| g.name == self.cfg.group) {
-                    if let Some(lag) = g.lag {
-                        metrics::gauge!("receipts_stream_lag").set(lag as f64);
-                    }
-                    metrics::gauge!("receipts_stream_pending").set(g.pending as f64);
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "XINFO GROUPS failed"),
-        }
+        Ok(())
     }
 }
 
@@ -521,31 +328,6 @@ fn fold(entries: &[StreamId]) -> (Delta, BTreeMap<&'static str, u64>) {
         }
     }
     (delta, kinds)
-}
-
-fn is_nogroup(e: &redis::RedisError) -> bool {
-    e.code() == Some("NOGROUP")
-}
-
-/// Sleeps `d` unless `shutdown` comes first; true when stopped.
-async fn pause(shutdown: &CancellationToken, d: Duration) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => true,
-        _ = tokio::time::sleep(d) => false,
-    }
-}
-
-/// `<hostname>-<pid>`, or a UUID when the host name is unknown.
-fn default_name() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty());
-    match host {
-        Some(h) => format!("{h}-{}", std::process::id()),
-        None => Uuid::new_v4().to_string(),
-    }
 }
 
 #[cfg(test)]
