@@ -191,6 +191,17 @@ fn seq_path(s: &str) -> Result<u64, ApiError> {
         .ok_or_else(|| ApiError::invalid("seq must be a positive integer"))
 }
 
+/// `201` with `body` when the request created something, `200` when it found it existing
+/// (idempotent creates: retried sends, direct channels, members, devices).
+pub(crate) fn created_or_existing(created: bool, body: Value) -> Response {
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
 pub(crate) fn grpc<T>(user: &UserId, msg: T) -> Result<GrpcRequest<T>, ApiError> {
     Ok(with_user(GrpcRequest::new(msg), user.as_str())?)
 }
@@ -306,12 +317,7 @@ async fn create_channel(
         .as_ref()
         .map(view::channel)
         .unwrap_or(Value::Null);
-    let status = if resp.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(channel)).into_response())
+    Ok(created_or_existing(resp.created, channel))
 }
 
 #[derive(Deserialize)]
@@ -518,12 +524,7 @@ async fn add_member(
         .as_ref()
         .map(view::member)
         .unwrap_or(Value::Null);
-    let status = if resp.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(body)).into_response())
+    Ok(created_or_existing(resp.created, body))
 }
 
 async fn remove_member(
@@ -592,12 +593,7 @@ async fn send_message(
         .as_ref()
         .map(view::message)
         .unwrap_or(Value::Null);
-    let status = if resp.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(body)).into_response())
+    Ok(created_or_existing(resp.created, body))
 }
 
 async fn list_messages(

@@ -1,12 +1,7 @@
 //! The gateway's side of notification: device registration and per-channel levels.
 //! Push fan-out itself happens in the notification service, from the event stream.
 
-use axum::{
-    Json,
-    extract::State,
-    http::StatusCode,
-    response::{IntoResponse, Response},
-};
+use axum::{extract::State, http::StatusCode, response::Response};
 use parley_kit::{ErrorCode, domain::parse_uuid, propagation::Outbound};
 use parley_proto::notification::v1::{
     self as pb, notification_service_client::NotificationServiceClient,
@@ -18,7 +13,7 @@ use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 use crate::{
     ApiError, App,
-    http::{Caller, JsonBody, P, grpc},
+    http::{Caller, JsonBody, P, created_or_existing, grpc},
 };
 
 pub type Client = NotificationServiceClient<InterceptedService<Channel, Outbound>>;
@@ -97,12 +92,7 @@ pub async fn register(
         .into_inner();
     let d = resp.device.unwrap_or_default();
     let body = json!({"id": d.id, "platform": platform_name(d.platform), "created_at": crate::view::time(d.created_at.as_ref())});
-    let status = if resp.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(body)).into_response())
+    Ok(created_or_existing(resp.created, body))
 }
 
 /// `DELETE /v1/devices/{id}` → `204`.
