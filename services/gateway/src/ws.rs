@@ -619,9 +619,9 @@ impl Conn {
         };
         use ev::event::Payload;
         match &event.payload {
-            Some(Payload::MessageCreated(ev::MessageCreated { message: Some(m) })) => {
-                self.offer(m.clone(), true).await
-            }
+            Some(Payload::MessageCreated(ev::MessageCreated {
+                message: Some(m), ..
+            })) => self.offer(m.clone(), true).await,
             Some(Payload::MessageUpdated(ev::MessageUpdated { message: Some(m) })) => {
                 self.changed("message_updated", m).await
             }

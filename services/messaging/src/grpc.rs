@@ -219,9 +219,11 @@ impl MessagingService for Messaging {
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
         let caller = user(&req)?;
         let id = channel_id(&req.get_ref().channel_id)?;
-        let rows = store::list_members(&mut *self.conn().await?, &caller, id).await?;
+        let (rows, members_version) =
+            store::list_members(&mut *self.conn().await?, &caller, id).await?;
         Ok(Response::new(pb::ListMembersResponse {
             members: rows.into_iter().map(Into::into).collect(),
+            members_version,
         }))
     }
 

@@ -401,18 +401,33 @@ pub async fn channel_positions(
     .await?)
 }
 
+/// The members of `channel` and its membership version, read in one snapshot (one
+/// statement).
 pub async fn list_members(
     conn: &mut PgConnection,
     caller: &UserId,
     channel: Uuid,
-) -> Result<Vec<MemberRow>, Error> {
+) -> Result<(Vec<MemberRow>, i64), Error> {
     require_member(conn, channel, caller).await?;
-    Ok(sqlx::query_as::<_, MemberRow>(
-        "SELECT channel_id, user_id, role, joined_at FROM members WHERE channel_id = $1 ORDER BY joined_at, user_id",
+    let rows: Vec<(Uuid, String, String, DateTime<Utc>, i64)> = sqlx::query_as(
+        "SELECT m.channel_id, m.user_id, m.role, m.joined_at, c.members_version
+         FROM members m JOIN channels c ON c.id = m.channel_id
+         WHERE m.channel_id = $1 ORDER BY m.joined_at, m.user_id",
     )
     .bind(channel)
     .fetch_all(&mut *conn)
-    .await?)
+    .await?;
+    let version = rows.first().map_or(0, |r| r.4);
+    let members = rows
+        .into_iter()
+        .map(|(channel_id, user_id, role, joined_at, _)| MemberRow {
+            channel_id,
+            user_id,
+            role,
+            joined_at,
+        })
+        .collect();
+    Ok((members, version))
 }
 
 /// Adds `user` to `channel`. Owners/admins only; idempotent for an existing member.
@@ -455,7 +470,7 @@ pub async fn add_member(
     }
     let (row, pending) =
         insert_member(&mut tx, &ch, user.as_str(), "member", caller.as_str()).await?;
-    sqlx::query("UPDATE channels SET member_count = member_count + 1 WHERE id = $1")
+    sqlx::query("UPDATE channels SET member_count = member_count + 1, members_version = members_version + 1 WHERE id = $1")
         .bind(channel)
         .execute(&mut *tx)
         .await?;
@@ -500,7 +515,7 @@ pub async fn remove_member(
         .bind(user.as_str())
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE channels SET member_count = member_count - 1 WHERE id = $1")
+    sqlx::query("UPDATE channels SET member_count = member_count - 1, members_version = members_version + 1 WHERE id = $1")
         .bind(channel)
         .execute(&mut *tx)
         .await?;
@@ -564,8 +579,8 @@ pub async fn send(
     }
     // The row lock taken here is held until commit: sends to one channel are serialised,
     // so seq is gapless, and a concurrent duplicate waits here, then hits the unique key.
-    let (seq, now): (i64, DateTime<Utc>) = sqlx::query_as(
-        "UPDATE channels SET last_seq = last_seq + 1, last_activity_at = now() WHERE id = $1 RETURNING last_seq, last_activity_at",
+    let (seq, now, members_version): (i64, DateTime<Utc>, i64) = sqlx::query_as(
+        "UPDATE channels SET last_seq = last_seq + 1, last_activity_at = now() WHERE id = $1 RETURNING last_seq, last_activity_at, members_version",
     )
     .bind(channel)
     .fetch_one(&mut *tx)
@@ -598,6 +613,7 @@ pub async fn send(
     };
     let payload = ev::event::Payload::MessageCreated(ev::MessageCreated {
         message: Some(msg.clone().into()),
+        members_version,
     });
     let p = enqueue(&mut tx, channel, payload, vec![channel_topic(channel)]).await?;
     tx.commit().await?;

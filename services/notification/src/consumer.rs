@@ -130,6 +130,7 @@ impl Consumer {
             };
             let Some(ev::event::Payload::MessageCreated(ev::MessageCreated {
                 message: Some(message),
+                ..
             })) = &event.payload
             else {
                 metrics::counter!("notification_events_total", "kind" => "ignored").increment(1);

@@ -107,7 +107,7 @@ impl Delta {
             .unwrap_or(DateTime::UNIX_EPOCH);
         let event_id = Uuid::parse_str(event_id).unwrap_or(Uuid::nil());
         match payload.as_ref().ok_or(Skip::Invalid)? {
-            ev::event::Payload::MessageCreated(ev::MessageCreated { message }) => {
+            ev::event::Payload::MessageCreated(ev::MessageCreated { message, .. }) => {
                 let (seq, sender) = seq_of(message)?;
                 self.channel(channel, seq);
                 if !sender.is_empty() {
@@ -356,6 +356,7 @@ mod tests {
                 sender_id: sender.into(),
                 ..Default::default()
             }),
+            members_version: 0,
         })
     }
 

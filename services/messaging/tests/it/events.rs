@@ -170,3 +170,87 @@ async fn changes_reach_the_stream_once_and_in_order() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// ListMembers and MessageCreated carry the channel's membership version: equal versions
+/// mean equal member lists (what notification's member cache relies on).
+#[tokio::test]
+async fn members_version_changes_with_every_join_and_leave() -> anyhow::Result<()> {
+    let mut stack = Stack::empty().await?;
+    let addr = stack.add_messaging(&[]).await?;
+    let mut svc = client(addr).await?;
+    let ch = group(&mut svc, "alice", &["bob"]).await?;
+    let version = |svc: &mut crate::Svc| {
+        let mut svc = svc.clone();
+        let ch = ch.clone();
+        async move {
+            let r = svc
+                .list_members(as_user("alice", pb::ListMembersRequest { channel_id: ch }))
+                .await?
+                .into_inner();
+            anyhow::Ok((r.members.len(), r.members_version))
+        }
+    };
+    let (n0, v0) = version(&mut svc).await?;
+    assert_eq!(n0, 2);
+    assert!(v0 > 0, "a version is always reported");
+    send(&mut svc, "alice", &ch, "a1", "before").await?;
+    assert_eq!(
+        version(&mut svc).await?.1,
+        v0,
+        "a send changes no membership"
+    );
+
+    svc.add_member(as_user(
+        "alice",
+        pb::AddMemberRequest {
+            channel_id: ch.clone(),
+            user_id: "carol".into(),
+        },
+    ))
+    .await?;
+    let (n1, v1) = version(&mut svc).await?;
+    assert_eq!(n1, 3);
+    assert!(v1 > v0, "join bumps the version: {v0} → {v1}");
+    send(&mut svc, "alice", &ch, "a2", "after join").await?;
+
+    svc.remove_member(as_user(
+        "alice",
+        pb::RemoveMemberRequest {
+            channel_id: ch.clone(),
+            user_id: "carol".into(),
+        },
+    ))
+    .await?;
+    let (n2, v2) = version(&mut svc).await?;
+    assert_eq!(n2, 2);
+    assert!(v2 > v1, "leave bumps the version: {v1} → {v2}");
+    send(&mut svc, "alice", &ch, "a3", "after leave").await?;
+
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        seen = stream_events(&stack)
+            .await?
+            .into_iter()
+            .filter_map(|e| match e.payload {
+                Some(ev::event::Payload::MessageCreated(c)) => Some((
+                    c.message.map(|m| m.body).unwrap_or_default(),
+                    c.members_version,
+                )),
+                _ => None,
+            })
+            .collect();
+        if seen.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("before".to_owned(), v0),
+            ("after join".to_owned(), v1),
+            ("after leave".to_owned(), v2),
+        ]
+    );
+    Ok(())
+}
