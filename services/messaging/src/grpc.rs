@@ -14,19 +14,26 @@ use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::{Config, Error, outbox, store};
+use crate::{Config, Error, batch::Batcher, outbox, store};
 
 pub struct Messaging {
     pool: PgPool,
     publisher: outbox::Publisher,
+    batcher: Batcher,
     config: Arc<Config>,
 }
 
 impl Messaging {
-    pub fn new(pool: PgPool, publisher: outbox::Publisher, config: Arc<Config>) -> Self {
+    pub fn new(
+        pool: PgPool,
+        publisher: outbox::Publisher,
+        batcher: Batcher,
+        config: Arc<Config>,
+    ) -> Self {
         Self {
             pool,
             publisher,
+            batcher,
             config,
         }
     }
@@ -285,12 +292,7 @@ impl MessagingService for Messaging {
         let id = channel_id(&ch)?;
         let cid = ClientMsgId::parse(&client_msg_id)?;
         let body = MessageBody::parse(&body, self.config.limits.max_body_bytes)?;
-        let (m, created, pending) = store::send(&self.pool, &caller, id, &cid, &body).await?;
-        tracing::Span::current().record("seq", m.seq);
-        if created {
-            metrics::counter!("messaging_messages_sent_total").increment(1);
-        }
-        self.publish(pending.into_iter().collect()).await;
+        let (m, created) = self.batcher.send(caller, id, cid, body).await?;
         Ok(Response::new(pb::SendMessageResponse {
             message: Some(m.into()),
             created,

@@ -3,6 +3,7 @@
 //!
 //! `serve(config, listener, shutdown)` is how the binary, the tests and `make up` start it.
 
+mod batch;
 mod error;
 mod grpc;
 pub mod outbox;
@@ -27,6 +28,19 @@ pub struct Config {
     pub redis: RedisConfig,
     pub limits: Limits,
     pub outbox: OutboxConfig,
+    pub send: SendConfig,
+}
+
+/// Group commit of concurrent sends (see `batch`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SendConfig {
+    /// Most sends written in one transaction.
+    pub max_batch: usize,
+    /// Send transactions in flight at once; while all are busy, sends queue up and the
+    /// next transaction takes them together.
+    pub concurrency: usize,
+    /// Sends waiting for a transaction before callers wait to enqueue.
+    pub queue: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +104,15 @@ impl Config {
         }
         if self.limits.max_body_bytes == 0 {
             return Err("limits.max_body_bytes must be positive".into());
+        }
+        if self.send.max_batch == 0 || self.send.concurrency == 0 || self.send.queue == 0 {
+            return Err("send: max_batch, concurrency and queue must be positive".into());
+        }
+        if self.send.concurrency as u32 >= self.database.max_connections {
+            return Err(
+                "send.concurrency must be below database.max_connections (other calls need connections too)"
+                    .into(),
+            );
         }
         if self.database.max_connections == 0 {
             return Err("database.max_connections must be positive".into());
@@ -157,7 +180,13 @@ pub async fn serve(
 
     let (health, health_svc) = parley_kit::server::health();
     health.set_serving::<parley_proto::messaging::v1::messaging_service_server::MessagingServiceServer<grpc::Messaging>>().await;
-    let svc = grpc::Messaging::new(pool.clone(), publisher, config.clone());
+    let batcher = batch::Batcher::start(
+        pool.clone(),
+        publisher.clone(),
+        config.send.clone(),
+        config.outbox.publish_inline,
+    );
+    let svc = grpc::Messaging::new(pool.clone(), publisher, batcher, config.clone());
     let routes = tonic::service::Routes::new(health_svc).add_service(
         parley_proto::messaging::v1::messaging_service_server::MessagingServiceServer::new(svc),
     );
@@ -197,5 +226,7 @@ mod tests {
     fn invalid_limits_are_refused() {
         assert!(Config::load(&Sources::from_vars([("PARLEY__LIMITS__MAX_MEMBERS", "1")])).is_err());
         assert!(Config::load(&Sources::from_vars([("PARLEY__LIMITS__MAX_PAGE", "0")])).is_err());
+        assert!(Config::load(&Sources::from_vars([("PARLEY__SEND__MAX_BATCH", "0")])).is_err());
+        assert!(Config::load(&Sources::from_vars([("PARLEY__SEND__CONCURRENCY", "20")])).is_err());
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{OutboxConfig, store::Pending};
 
@@ -30,17 +31,6 @@ impl Publisher {
     }
 
     /// PUBLISH to every topic of each entry and XADD to the stream, in one round trip.
-    #[tracing::instrument(
-        name = "publish messaging:events",
-        skip_all,
-        fields(
-            otel.kind = "producer",
-            messaging.system = "redis",
-            messaging.operation.type = "send",
-            messaging.destination.name = STREAM,
-            messaging.batch.message_count = entries.len(),
-        )
-    )]
     async fn publish(&self, entries: &[Pending]) -> redis::RedisResult<()> {
         if entries.is_empty() {
             return Ok(());
@@ -75,12 +65,33 @@ pub async fn publish_committed(pool: &PgPool, publisher: &Publisher, entries: Ve
     if entries.is_empty() {
         return;
     }
-    if let Err(e) = publisher.publish(&entries).await {
+    let span = tracing::info_span!(
+        "publish messaging:events",
+        otel.kind = "producer",
+        messaging.system = "redis",
+        messaging.operation.type = "send",
+        messaging.destination.name = STREAM,
+        messaging.batch.message_count = entries.len(),
+    );
+    if publish(publisher, &entries).instrument(span).await {
+        clear(pool, &entries).await;
+    }
+}
+
+/// Publishes committed entries (no span of its own); false, logged and counted, when
+/// Redis failed: the rows stay for the sweeper.
+pub async fn publish(publisher: &Publisher, entries: &[Pending]) -> bool {
+    if let Err(e) = publisher.publish(entries).await {
         metrics::counter!("messaging_outbox_publish_failures_total").increment(1);
         tracing::warn!(error = %e, "publish failed; the outbox sweeper will retry");
-        return;
+        return false;
     }
     metrics::counter!("messaging_events_published_total").increment(entries.len() as u64);
+    true
+}
+
+/// Deletes the outbox rows of published entries.
+pub async fn clear(pool: &PgPool, entries: &[Pending]) {
     let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
     if let Err(e) = sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
         .bind(&ids)

@@ -2,7 +2,7 @@
 //! same transaction; callers publish the returned [`Pending`] events after commit.
 
 use chrono::{DateTime, Utc};
-use parley_kit::domain::{ClientMsgId, MessageBody, UserId};
+use parley_kit::domain::{MessageBody, UserId};
 use parley_proto::{events::v1 as ev, messaging::v1 as pb};
 use prost::Message as _;
 use sqlx::{PgConnection, Postgres, Transaction};
@@ -156,6 +156,32 @@ pub fn user_topic(user: &str) -> String {
     format!("messaging:user:{user}")
 }
 
+/// An encoded event for `channel`, ready for the outbox.
+pub struct NewEvent {
+    pub id: Uuid,
+    pub bytes: Vec<u8>,
+}
+
+/// Encodes `payload` as an event of `channel` carrying `trace` (W3C context).
+pub fn new_event(
+    channel: Uuid,
+    payload: ev::event::Payload,
+    trace: std::collections::HashMap<String, String>,
+) -> NewEvent {
+    let id = Uuid::now_v7();
+    let event = ev::Event {
+        event_id: id.to_string(),
+        occurred_at: Some(ts(Utc::now())),
+        channel_id: channel.to_string(),
+        trace_context: trace,
+        payload: Some(payload),
+    };
+    NewEvent {
+        id,
+        bytes: event.encode_to_vec(),
+    }
+}
+
 /// Writes `payload` for `channel` into the outbox.
 async fn enqueue(
     tx: &mut Tx,
@@ -163,27 +189,19 @@ async fn enqueue(
     payload: ev::event::Payload,
     topics: Vec<String>,
 ) -> Result<Pending, Error> {
-    let event_id = Uuid::now_v7();
-    let event = ev::Event {
-        event_id: event_id.to_string(),
-        occurred_at: Some(ts(Utc::now())),
-        channel_id: channel.to_string(),
-        trace_context: parley_kit::propagation::inject_map(),
-        payload: Some(payload),
-    };
-    let bytes = event.encode_to_vec();
+    let e = new_event(channel, payload, parley_kit::propagation::inject_map());
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO outbox (event_id, topics, payload) VALUES ($1, $2, $3) RETURNING id",
     )
-    .bind(event_id)
+    .bind(e.id)
     .bind(&topics)
-    .bind(&bytes)
+    .bind(&e.bytes)
     .fetch_one(&mut **tx)
     .await?;
     Ok(Pending {
         id,
         topics,
-        payload: bytes,
+        payload: e.bytes,
     })
 }
 
@@ -535,89 +553,156 @@ pub async fn remove_member(
     Ok(vec![p])
 }
 
-async fn find_by_client_id(
-    conn: &mut PgConnection,
-    channel: Uuid,
-    sender: &UserId,
-    cid: &ClientMsgId,
-) -> Result<Option<MessageRow>, Error> {
-    Ok(sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
-        "SELECT {MESSAGE_COLS} FROM messages WHERE channel_id = $1 AND sender_id = $2 AND client_msg_id = $3"
-    )))
-    .bind(channel)
-    .bind(sender.as_str())
-    .bind(cid.as_str())
-    .fetch_optional(&mut *conn)
-    .await?)
+/// What [`check_sends`] found for one request of a send batch.
+pub struct SendCheck {
+    /// The sender is a member of the channel.
+    pub member: bool,
+    /// The message the sender already sent with this client_msg_id (idempotent retry).
+    pub existing: Option<MessageRow>,
 }
 
-/// Sends a message: membership, idempotency, gapless seq, outbox — one transaction.
-#[tracing::instrument(
-    name = "INSERT messaging.messages",
-    skip_all,
-    fields(
-        otel.kind = "client",
-        db.system.name = "postgresql",
-        db.namespace = "messaging",
-        db.operation.name = "INSERT",
-        db.collection.name = "messages",
-        channel = %channel,
-    )
-)]
-pub async fn send(
-    pool: &sqlx::PgPool,
-    caller: &UserId,
-    channel: Uuid,
-    cid: &ClientMsgId,
-    body: &MessageBody,
-) -> Result<(MessageRow, bool, Option<Pending>), Error> {
-    let mut tx = pool.begin().await?;
-    require_member(&mut tx, channel, caller).await?;
-    if let Some(m) = find_by_client_id(&mut tx, channel, caller, cid).await? {
-        tx.commit().await?;
-        return Ok((m, false, None));
+/// Membership and earlier sends of each (channel, sender, client_msg_id), in input order,
+/// in one statement.
+pub async fn check_sends<'a>(
+    conn: &mut PgConnection,
+    requests: impl Iterator<Item = (Uuid, &'a str, &'a str)>,
+) -> Result<Vec<SendCheck>, Error> {
+    let (mut channels, mut senders, mut cids) = (Vec::new(), Vec::new(), Vec::new());
+    for (c, s, m) in requests {
+        channels.push(c);
+        senders.push(s);
+        cids.push(m);
     }
-    // The row lock taken here is held until commit: sends to one channel are serialised,
-    // so seq is gapless, and a concurrent duplicate waits here, then hits the unique key.
-    let (seq, now, members_version): (i64, DateTime<Utc>, i64) = sqlx::query_as(
-        "UPDATE channels SET last_seq = last_seq + 1, last_activity_at = now() WHERE id = $1 RETURNING last_seq, last_activity_at, members_version",
+    type Found = (
+        i64,
+        bool,
+        Option<Uuid>,
+        Option<i64>,
+        Option<String>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Option<bool>,
+    );
+    let rows: Vec<Found> = sqlx::query_as(
+        "SELECT r.i, m.user_id IS NOT NULL, e.id, e.seq, e.body, e.created_at, e.edited_at, e.deleted
+         FROM unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS r(channel_id, sender_id, client_msg_id, i)
+         LEFT JOIN members m ON m.channel_id = r.channel_id AND m.user_id = r.sender_id
+         LEFT JOIN messages e ON e.channel_id = r.channel_id AND e.sender_id = r.sender_id
+                             AND e.client_msg_id = r.client_msg_id
+         ORDER BY r.i",
     )
-    .bind(channel)
-    .fetch_one(&mut *tx)
+    .bind(&channels)
+    .bind(&senders)
+    .bind(&cids)
+    .fetch_all(&mut *conn)
     .await?;
-    let inserted = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO messages (channel_id, seq, id, sender_id, client_msg_id, body, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (channel_id, sender_id, client_msg_id) DO NOTHING
-         RETURNING {MESSAGE_COLS}"
-    )))
-    .bind(channel)
-    .bind(seq)
-    .bind(Uuid::now_v7())
-    .bind(caller.as_str())
-    .bind(cid.as_str())
-    .bind(body.as_str())
+    Ok(rows
+        .into_iter()
+        .map(
+            |(i, member, id, seq, body, created_at, edited_at, deleted)| {
+                let k = usize::try_from(i - 1).unwrap_or_default();
+                let existing = match (id, seq, body, created_at, deleted) {
+                    (Some(id), Some(seq), Some(body), Some(created_at), Some(deleted)) => {
+                        Some(MessageRow {
+                            id,
+                            channel_id: channels[k],
+                            seq,
+                            sender_id: senders[k].to_owned(),
+                            client_msg_id: cids[k].to_owned(),
+                            body,
+                            created_at,
+                            edited_at,
+                            deleted,
+                        })
+                    }
+                    _ => None,
+                };
+                SendCheck { member, existing }
+            },
+        )
+        .collect())
+}
+
+/// Writes a send batch in one statement: each touched channel's new `last_seq` (and
+/// activity time), the messages, and one outbox event per message (`events[i]` belongs to
+/// `messages[i]`, topic: the message's channel). The caller holds the channel locks.
+pub async fn write_sends(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    counters: &[(Uuid, i64)],
+    messages: &[MessageRow],
+    events: Vec<NewEvent>,
+) -> Result<Vec<Pending>, Error> {
+    let (ch_ids, ch_seqs): (Vec<Uuid>, Vec<i64>) = counters.iter().copied().unzip();
+    let mut m_channel = Vec::with_capacity(messages.len());
+    let mut m_seq = Vec::with_capacity(messages.len());
+    let mut m_id = Vec::with_capacity(messages.len());
+    let mut m_sender = Vec::with_capacity(messages.len());
+    let mut m_cid = Vec::with_capacity(messages.len());
+    let mut m_body = Vec::with_capacity(messages.len());
+    let mut topics = Vec::with_capacity(messages.len());
+    for m in messages {
+        m_channel.push(m.channel_id);
+        m_seq.push(m.seq);
+        m_id.push(m.id);
+        m_sender.push(m.sender_id.as_str());
+        m_cid.push(m.client_msg_id.as_str());
+        m_body.push(m.body.as_str());
+        topics.push(channel_topic(m.channel_id));
+    }
+    let (e_ids, e_bytes): (Vec<Uuid>, Vec<Vec<u8>>) =
+        events.into_iter().map(|e| (e.id, e.bytes)).unzip();
+    let ids: Vec<(i64, Uuid)> = sqlx::query_as(
+        "WITH counters AS (
+             UPDATE channels c SET last_seq = v.last_seq, last_activity_at = $1
+             FROM unnest($2::uuid[], $3::int8[]) AS v(id, last_seq)
+             WHERE c.id = v.id
+         ), inserted AS (
+             INSERT INTO messages (channel_id, seq, id, sender_id, client_msg_id, body, created_at)
+             SELECT channel_id, seq, id, sender_id, client_msg_id, body, $1
+             FROM unnest($4::uuid[], $5::int8[], $6::uuid[], $7::text[], $8::text[], $9::text[])
+                  AS m(channel_id, seq, id, sender_id, client_msg_id, body)
+         )
+         INSERT INTO outbox (event_id, topics, payload)
+         SELECT e.event_id, ARRAY[e.topic], e.payload
+         FROM unnest($10::uuid[], $11::text[], $12::bytea[]) WITH ORDINALITY
+              AS e(event_id, topic, payload, i)
+         ORDER BY e.i
+         RETURNING id, event_id",
+    )
     .bind(now)
-    .fetch_optional(&mut *tx)
+    .bind(&ch_ids)
+    .bind(&ch_seqs)
+    .bind(&m_channel)
+    .bind(&m_seq)
+    .bind(&m_id)
+    .bind(&m_sender)
+    .bind(&m_cid)
+    .bind(&m_body)
+    .bind(&e_ids)
+    .bind(&topics)
+    .bind(&e_bytes)
+    .fetch_all(&mut *conn)
     .await?;
-    let Some(msg) = inserted else {
-        // A concurrent retry committed first: give back our seq (rollback) and return it.
-        tx.rollback().await?;
-        let mut conn = pool.acquire().await?;
-        let original = find_by_client_id(&mut conn, channel, caller, cid)
-            .await?
-            .ok_or_else(|| {
-                Error::Conflict("concurrent send with the same client_msg_id; retry".into())
+    let id_of: std::collections::HashMap<Uuid, i64> =
+        ids.into_iter().map(|(i, e)| (e, i)).collect();
+    e_ids
+        .iter()
+        .zip(topics)
+        .zip(e_bytes)
+        .map(|((e, topic), payload)| {
+            let id = id_of.get(e).copied().ok_or_else(|| {
+                Error::Db(sqlx::Error::Protocol(
+                    "outbox row missing from RETURNING".into(),
+                ))
             })?;
-        return Ok((original, false, None));
-    };
-    let payload = ev::event::Payload::MessageCreated(ev::MessageCreated {
-        message: Some(msg.clone().into()),
-        members_version,
-    });
-    let p = enqueue(&mut tx, channel, payload, vec![channel_topic(channel)]).await?;
-    tx.commit().await?;
-    Ok((msg, true, Some(p)))
+            Ok(Pending {
+                id,
+                topics: vec![topic],
+                payload,
+            })
+        })
+        .collect()
 }
 
 /// Direction of a history page.

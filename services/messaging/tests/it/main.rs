@@ -3,6 +3,7 @@
 //! guarantees itself.
 
 mod authz;
+mod batch;
 mod events;
 mod members;
 mod seq;

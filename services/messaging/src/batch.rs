@@ -1,0 +1,357 @@
+//! Group commit of sends: concurrent `SendMessage` calls are written in one transaction.
+//!
+//! Each call puts its request on a queue and waits for its answer. A dispatcher takes
+//! everything queued (up to `send.max_batch`) whenever one of `send.concurrency` slots is
+//! free, so an idle service writes every send on its own at once, and a busy one writes
+//! bigger batches instead of more transactions. One batch is five statements whatever its
+//! size:
+//!
+//! 1. `SELECT … FROM channels WHERE id = ANY(…) ORDER BY id FOR NO KEY UPDATE` — locks the
+//!    batch's channels in id order (concurrent batches and replicas cannot deadlock) and
+//!    reads `last_seq`, `members_version` and the transaction's `now()`;
+//! 2. one `SELECT` over `unnest(…)`: each request's membership and, for idempotency, the
+//!    message it already sent with that `client_msg_id`. Under the channel lock nobody
+//!    else can insert into these channels, so the answer cannot go stale before commit;
+//! 3. one statement that moves `channels.last_seq`, inserts the messages and their outbox
+//!    events (seqs are assigned here in request order: gapless, as before);
+//! 4. `COMMIT`; then the events are published in one Redis pipeline, every caller gets
+//!    its answer, and the outbox rows are deleted with one `DELETE`.
+//!
+//! Every request keeps its own trace: its `INSERT messaging.messages` and
+//! `publish messaging:events` spans are children of its own `SendMessage` span (with the
+//! batch size as an attribute), and its event carries its own trace context.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use chrono::{DateTime, Utc};
+use parley_kit::domain::{ClientMsgId, MessageBody, UserId};
+use parley_proto::events::v1 as ev;
+use sqlx::PgPool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::{
+    Error, SendConfig,
+    outbox::{self, Publisher},
+    store::{self, MessageRow, Pending},
+};
+
+/// What a send returns: the message and whether this call created it.
+pub type Sent = (MessageRow, bool);
+
+struct Request {
+    caller: UserId,
+    channel: Uuid,
+    cid: ClientMsgId,
+    body: MessageBody,
+    span: tracing::Span,
+    reply: oneshot::Sender<Result<Sent, Status>>,
+}
+
+/// Handle to the batcher; cheap to clone.
+#[derive(Clone)]
+pub struct Batcher {
+    queue: mpsc::Sender<Request>,
+}
+
+impl Batcher {
+    /// Starts the dispatcher. It stops when every `Batcher` clone is dropped, after the
+    /// batches in flight finish.
+    pub fn start(
+        pool: PgPool,
+        publisher: Publisher,
+        cfg: SendConfig,
+        publish_inline: bool,
+    ) -> Self {
+        let (queue, rx) = mpsc::channel(cfg.queue.max(1));
+        tokio::spawn(dispatch(
+            rx,
+            Arc::new(Writer {
+                pool,
+                publisher,
+                publish_inline,
+            }),
+            cfg,
+        ));
+        Self { queue }
+    }
+
+    /// Sends one message (membership, idempotency, gapless seq, outbox) and waits until
+    /// its batch has committed and been published.
+    pub async fn send(
+        &self,
+        caller: UserId,
+        channel: Uuid,
+        cid: ClientMsgId,
+        body: MessageBody,
+    ) -> Result<Sent, Status> {
+        let (reply, answer) = oneshot::channel();
+        let req = Request {
+            caller,
+            channel,
+            cid,
+            body,
+            span: tracing::Span::current(),
+            reply,
+        };
+        self.queue
+            .send(req)
+            .await
+            .map_err(|_| parley_kit::ErrorCode::Unavailable.status("messaging is shutting down"))?;
+        metrics::gauge!("messaging_send_queue_depth").increment(1.0);
+        answer.await.map_err(|_| {
+            parley_kit::ErrorCode::Unavailable.status("the send was abandoned; retry")
+        })?
+    }
+}
+
+async fn dispatch(mut rx: mpsc::Receiver<Request>, writer: Arc<Writer>, cfg: SendConfig) {
+    let slots = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+    let max = cfg.max_batch.max(1);
+    loop {
+        // Take a slot first: while every slot is busy, requests pile up in the queue and
+        // the next batch takes them all.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(max.min(64));
+        batch.push(first);
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        metrics::gauge!("messaging_send_queue_depth").decrement(batch.len() as f64);
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            writer.write(batch).await;
+            drop(slot);
+        });
+    }
+}
+
+struct Writer {
+    pool: PgPool,
+    publisher: Publisher,
+    publish_inline: bool,
+}
+
+/// The decision for one request of a batch.
+enum Outcome {
+    Failed(Error),
+    /// Sent before (idempotent retry): the original.
+    Existing(MessageRow),
+    /// Same (channel, sender, client_msg_id) as request `i` of this batch.
+    SameAs(usize),
+    /// New: index into the batch's new messages.
+    New(usize),
+}
+
+impl Writer {
+    async fn write(&self, batch: Vec<Request>) {
+        let n = batch.len();
+        metrics::histogram!("messaging_send_batch_size").record(n as f64);
+        let db_spans: Vec<tracing::Span> = batch
+            .iter()
+            .map(|r| {
+                tracing::info_span!(
+                    parent: &r.span,
+                    "INSERT messaging.messages",
+                    otel.kind = "client",
+                    db.system.name = "postgresql",
+                    db.namespace = "messaging",
+                    db.operation.name = "INSERT",
+                    db.collection.name = "messages",
+                    db.operation.batch.size = n,
+                    channel = %r.channel,
+                )
+            })
+            .collect();
+        let result = self.transact(&batch).await;
+        drop(db_spans);
+        let (outcomes, rows, pending) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let status = Status::from(e);
+                tracing::warn!(error = %status.message(), size = n, "send batch failed");
+                for r in batch {
+                    let _ = r.reply.send(Err(status.clone()));
+                }
+                return;
+            }
+        };
+        metrics::counter!("messaging_messages_sent_total").increment(rows.len() as u64);
+        if self.publish_inline && !pending.is_empty() {
+            let spans: Vec<tracing::Span> = batch
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, o)| matches!(o, Outcome::New(_)))
+                .map(|(r, _)| {
+                    tracing::info_span!(
+                        parent: &r.span,
+                        "publish messaging:events",
+                        otel.kind = "producer",
+                        messaging.system = "redis",
+                        messaging.operation.type = "send",
+                        messaging.destination.name = outbox::STREAM,
+                        messaging.batch.message_count = pending.len(),
+                    )
+                })
+                .collect();
+            let published = outbox::publish(&self.publisher, &pending).await;
+            drop(spans);
+            reply_all(batch, outcomes, &rows);
+            if published {
+                outbox::clear(&self.pool, &pending).await;
+            }
+        } else {
+            reply_all(batch, outcomes, &rows);
+        }
+    }
+
+    /// Runs the batch's transaction; returns each request's outcome, the new rows and
+    /// their outbox entries.
+    async fn transact(
+        &self,
+        batch: &[Request],
+    ) -> Result<(Vec<Outcome>, Vec<MessageRow>, Vec<Pending>), Error> {
+        let mut tx = self.pool.begin().await?;
+
+        // 1. Lock the channels in id order; their counters and the transaction's time.
+        let mut ids: Vec<Uuid> = batch.iter().map(|r| r.channel).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let locked: Vec<(Uuid, i64, i64, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, last_seq, members_version, now() FROM channels
+             WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(now) = locked.first().map(|r| r.3) else {
+            // No channel exists: every request is NOT_FOUND, nothing to write.
+            tx.rollback().await?;
+            let outcomes = batch
+                .iter()
+                .map(|r| Outcome::Failed(not_found(r.channel)))
+                .collect();
+            return Ok((outcomes, Vec::new(), Vec::new()));
+        };
+        let mut channels: HashMap<Uuid, (i64, i64)> =
+            locked.iter().map(|r| (r.0, (r.1, r.2))).collect();
+
+        // 2. Membership and earlier sends with the same client_msg_id.
+        let found = store::check_sends(
+            &mut tx,
+            batch
+                .iter()
+                .map(|r| (r.channel, r.caller.as_str(), r.cid.as_str())),
+        )
+        .await?;
+
+        // Decide, and assign seqs in request order.
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut rows: Vec<MessageRow> = Vec::new();
+        let mut first_of: HashMap<(Uuid, &str, &str), usize> = HashMap::new();
+        for (i, (r, f)) in batch.iter().zip(found).enumerate() {
+            let key = (r.channel, r.caller.as_str(), r.cid.as_str());
+            let outcome = if !channels.contains_key(&r.channel) {
+                Outcome::Failed(not_found(r.channel))
+            } else if !f.member {
+                Outcome::Failed(Error::PermissionDenied(format!(
+                    "not a member of channel {}",
+                    r.channel
+                )))
+            } else if let Some(m) = f.existing {
+                Outcome::Existing(m)
+            } else if let Some(&j) = first_of.get(&key) {
+                Outcome::SameAs(j)
+            } else {
+                first_of.insert(key, i);
+                let counter = channels.get_mut(&r.channel).map(|c| {
+                    c.0 += 1;
+                    c.0
+                });
+                rows.push(MessageRow {
+                    id: Uuid::now_v7(),
+                    channel_id: r.channel,
+                    seq: counter.unwrap_or_default(),
+                    sender_id: r.caller.as_str().to_owned(),
+                    client_msg_id: r.cid.as_str().to_owned(),
+                    body: r.body.as_str().to_owned(),
+                    created_at: now,
+                    edited_at: None,
+                    deleted: false,
+                });
+                Outcome::New(rows.len() - 1)
+            };
+            outcomes.push(outcome);
+        }
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok((outcomes, rows, Vec::new()));
+        }
+
+        // 3. Counters, messages and outbox events in one statement.
+        let touched: HashSet<Uuid> = rows.iter().map(|m| m.channel_id).collect();
+        let counters: Vec<(Uuid, i64)> = touched
+            .into_iter()
+            .filter_map(|id| channels.get(&id).map(|c| (id, c.0)))
+            .collect();
+        let mut events = Vec::with_capacity(rows.len());
+        for (r, o) in batch.iter().zip(&outcomes) {
+            if let Outcome::New(k) = o {
+                let m = &rows[*k];
+                let members_version = channels.get(&m.channel_id).map_or(0, |c| c.1);
+                let payload = ev::event::Payload::MessageCreated(ev::MessageCreated {
+                    message: Some(m.clone().into()),
+                    members_version,
+                });
+                let trace = r.span.in_scope(parley_kit::propagation::inject_map);
+                events.push(store::new_event(m.channel_id, payload, trace));
+            }
+        }
+        let pending = store::write_sends(&mut tx, now, &counters, &rows, events).await?;
+        tx.commit().await?;
+        Ok((outcomes, rows, pending))
+    }
+}
+
+fn not_found(channel: Uuid) -> Error {
+    Error::NotFound(format!("channel {channel} not found"))
+}
+
+fn reply_all(batch: Vec<Request>, outcomes: Vec<Outcome>, rows: &[MessageRow]) {
+    // SameAs points at an earlier request, whose outcome is New.
+    let new_of: Vec<Option<usize>> = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::New(k) => Some(*k),
+            _ => None,
+        })
+        .collect();
+    for (r, o) in batch.into_iter().zip(outcomes) {
+        let answer = match o {
+            Outcome::Failed(e) => Err(Status::from(e)),
+            Outcome::Existing(m) => Ok((m, false)),
+            Outcome::New(k) => Ok((rows[k].clone(), true)),
+            Outcome::SameAs(j) => match new_of.get(j).copied().flatten() {
+                Some(k) => Ok((rows[k].clone(), false)),
+                None => Err(parley_kit::ErrorCode::Conflict
+                    .status("concurrent send with the same client_msg_id; retry")),
+            },
+        };
+        if let Ok((m, _)) = &answer {
+            r.span.record("seq", m.seq);
+        }
+        let _ = r.reply.send(answer);
+    }
+}

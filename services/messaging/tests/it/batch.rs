@@ -1,0 +1,188 @@
+//! Group commit: sends that queue up behind a busy transaction are written together, and
+//! each still gets exactly the answer it would have got alone.
+
+use std::time::Duration;
+
+use parley_kit::ErrorCode;
+use parley_proto::messaging::v1 as pb;
+use parley_testkit::Stack;
+use tokio::task::JoinHandle;
+use tonic::Status;
+
+use crate::{Svc, all_messages, assert_code, client, group, send};
+
+/// The value of an unlabelled metric in this process's `/metrics` text.
+fn metric(name: &str) -> f64 {
+    parley_kit::metrics::handle()
+        .render()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Waits until `n` sends are queued (the dispatcher is blocked, so the count only grows).
+async fn queued(n: f64) -> anyhow::Result<()> {
+    for _ in 0..500 {
+        if metric("messaging_send_queue_depth") == n {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::bail!(
+        "expected {n} queued sends, gauge says {}",
+        metric("messaging_send_queue_depth")
+    )
+}
+
+type Pending = JoinHandle<Result<pb::SendMessageResponse, Status>>;
+
+fn spawn_send(svc: &Svc, user: &str, channel: &str, cid: &str, body: &str) -> Pending {
+    let (mut svc, user, channel, cid, body) = (
+        svc.clone(),
+        user.to_owned(),
+        channel.to_owned(),
+        cid.to_owned(),
+        body.to_owned(),
+    );
+    tokio::spawn(async move { send(&mut svc, &user, &channel, &cid, &body).await })
+}
+
+fn msg(r: &pb::SendMessageResponse) -> &pb::Message {
+    r.message.as_ref().expect("a message")
+}
+
+#[tokio::test]
+async fn queued_sends_share_one_transaction_and_keep_their_own_outcomes() -> anyhow::Result<()> {
+    let mut stack = Stack::empty().await?;
+    let addr = stack
+        .add_messaging(&[("PARLEY__SEND__CONCURRENCY", "1")])
+        .await?;
+    let mut svc = client(addr).await?;
+    let a = group(&mut svc, "alice", &["bob"]).await?;
+    let b = group(&mut svc, "alice", &["bob"]).await?;
+    let c = group(&mut svc, "carol", &[]).await?;
+    let old = send(&mut svc, "alice", &b, "old", "sent earlier").await?;
+    let batches_before = metric("messaging_send_batch_size_count");
+    assert_eq!(batches_before, 1.0);
+
+    // Hold channel A's row lock: the only send slot blocks on it, the rest must queue.
+    let db = stack.db().await?;
+    let mut lock = db.begin().await?;
+    sqlx::query("SELECT 1 FROM messaging.channels WHERE id = $1::uuid FOR UPDATE")
+        .bind(&a)
+        .execute(&mut *lock)
+        .await?;
+    let blocker = spawn_send(&svc, "alice", &a, "blocker", "first in A");
+    // The blocker's transaction waits for the lock before the others arrive.
+    let mut waiting = 0;
+    for _ in 0..500 {
+        waiting = stack
+            .query_i64(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await?;
+        if waiting == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(waiting, 1, "the blocker's batch waits on channel A's lock");
+    let missing = uuid::Uuid::new_v4().to_string();
+    let plan: [(&str, &str, &str, &str); 7] = [
+        ("alice", &b, "old", "retry of an earlier send"),
+        ("alice", &b, "n1", "alice's n1"),
+        ("bob", &b, "n1", "bob's n1"),
+        ("alice", &b, "n1", "retry inside the batch"),
+        ("alice", &c, "x", "not a member"),
+        ("alice", &missing, "y", "no such channel"),
+        ("bob", &a, "after", "second in A"),
+    ];
+    let mut queued_sends = Vec::new();
+    for (i, (user, ch, cid, body)) in plan.iter().enumerate() {
+        queued_sends.push(spawn_send(&svc, user, ch, cid, body));
+        queued((i + 1) as f64).await?;
+    }
+    lock.commit().await?;
+
+    let first = blocker.await??;
+    assert!(first.created);
+    assert_eq!(msg(&first).seq, 1);
+    let mut r = Vec::new();
+    for h in queued_sends {
+        r.push(h.await?);
+    }
+    // One transaction for the blocker, one for the seven queued behind it.
+    assert_eq!(
+        metric("messaging_send_batch_size_count") - batches_before,
+        2.0
+    );
+    assert_eq!(metric("messaging_send_batch_size_sum"), 1.0 + 1.0 + 7.0);
+
+    let retry = r[0].as_ref().map_err(Clone::clone)?;
+    assert!(!retry.created);
+    assert_eq!(msg(retry), msg(&old), "a retry returns the original");
+    let alice_n1 = r[1].as_ref().map_err(Clone::clone)?;
+    assert!(alice_n1.created);
+    assert_eq!(msg(alice_n1).seq, 2);
+    let bob_n1 = r[2].as_ref().map_err(Clone::clone)?;
+    assert!(bob_n1.created);
+    assert_eq!(msg(bob_n1).seq, 3, "client_msg_id is per sender");
+    let again = r[3].as_ref().map_err(Clone::clone)?;
+    assert!(!again.created);
+    assert_eq!(
+        msg(again),
+        msg(alice_n1),
+        "a retry in the same batch gets the first"
+    );
+    assert_code(
+        r[4].as_ref().expect_err("not a member"),
+        ErrorCode::PermissionDenied,
+    );
+    assert_code(r[5].as_ref().expect_err("missing"), ErrorCode::NotFound);
+    let second_a = r[6].as_ref().map_err(Clone::clone)?;
+    assert!(second_a.created);
+    assert_eq!(msg(second_a).seq, 2);
+
+    let history: Vec<(u64, String)> = all_messages(&mut svc, "bob", &b)
+        .await?
+        .into_iter()
+        .map(|m| (m.seq, m.body))
+        .collect();
+    assert_eq!(
+        history,
+        vec![
+            (1, "sent earlier".to_owned()),
+            (2, "alice's n1".to_owned()),
+            (3, "bob's n1".to_owned()),
+        ]
+    );
+    assert_eq!(
+        stack
+            .query_i64("SELECT last_seq FROM messaging.channels ORDER BY last_seq DESC LIMIT 1")
+            .await?,
+        3
+    );
+    // Every event was published and its outbox row cleared.
+    for _ in 0..100 {
+        if stack
+            .query_i64("SELECT count(*) FROM messaging.outbox")
+            .await?
+            == 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        stack
+            .query_i64("SELECT count(*) FROM messaging.outbox")
+            .await?,
+        0
+    );
+    Ok(())
+}
