@@ -12,6 +12,7 @@ mod consumer;
 pub mod delivery;
 mod error;
 mod grpc;
+mod members;
 pub mod provider;
 mod store;
 mod upstream;
@@ -37,6 +38,7 @@ pub struct Config {
     pub messaging: UpstreamConfig,
     pub presence: PresenceConfig,
     pub consumer: ConsumerConfig,
+    pub fanout: FanoutConfig,
     pub delivery: DeliveryConfig,
     pub webhook: WebhookConfig,
     pub fcm: FcmConfig,
@@ -89,6 +91,12 @@ pub struct ConsumerConfig {
     pub claim_interval_ms: u64,
     pub retry_backoff_ms: u64,
     pub lag_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FanoutConfig {
+    /// Channels whose member list is cached (by membership version); 0 disables the cache.
+    pub member_cache_channels: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,6 +188,9 @@ impl Config {
             return Err(
                 "consumer: block_ms, claim_idle_ms, claim_interval_ms must be positive".into(),
             );
+        }
+        if self.fanout.member_cache_channels > 1_000_000 {
+            return Err("fanout.member_cache_channels must be at most 1000000".into());
         }
         let d = &self.delivery;
         if d.workers == 0 || d.workers > 64 {
@@ -327,6 +338,7 @@ mod tests {
         assert_eq!(c.grpc.addr, "127.0.0.1:5054");
         assert_eq!(c.consumer.group, "notification");
         assert_eq!(c.delivery.coalesce_window_ms, 2000);
+        assert_eq!(c.fanout.member_cache_channels, 10_000);
         assert!(!format!("{c:?}").contains("parley-dev-webhook-secret"));
     }
 
@@ -336,6 +348,7 @@ mod tests {
             ("PARLEY__PRESENCE__BATCH", "501"),
             ("PARLEY__DELIVERY__MAX_ATTEMPTS", "0"),
             ("PARLEY__DELIVERY__WORKERS", "0"),
+            ("PARLEY__FANOUT__MEMBER_CACHE_CHANNELS", "1000001"),
         ] {
             assert!(
                 Config::load(&parley_kit::config::Sources::from_vars([(k, v)])).is_err(),

@@ -164,22 +164,27 @@ pub async fn preference(
     Ok(row.map(|r| (r.get("level"), r.get("updated_at"))))
 }
 
-/// Levels set in `channel` by any of `users` (absent: the default, all).
+/// Levels set for any of the `(channel, user)` pairs (absent: the default, all), in one
+/// query over the primary key.
 pub async fn preferences(
     pool: &PgPool,
-    channel: Uuid,
-    users: &[String],
-) -> Result<HashMap<String, i16>, Error> {
+    pairs: &[(Uuid, String)],
+) -> Result<HashMap<(Uuid, String), i16>, Error> {
+    let (channels, users): (Vec<Uuid>, Vec<&str>) =
+        pairs.iter().map(|(c, u)| (*c, u.as_str())).unzip();
     let rows = sqlx::query(
-        "SELECT user_id, level FROM preferences WHERE channel_id = $1 AND user_id = ANY($2)",
+        "SELECT p.channel_id, p.user_id, p.level
+         FROM preferences p
+         JOIN unnest($1::uuid[], $2::text[]) AS w(channel_id, user_id)
+           ON p.channel_id = w.channel_id AND p.user_id = w.user_id",
     )
-    .bind(channel)
-    .bind(users)
+    .bind(&channels)
+    .bind(&users)
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| (r.get("user_id"), r.get("level")))
+        .map(|r| ((r.get("channel_id"), r.get("user_id")), r.get("level")))
         .collect())
 }
 

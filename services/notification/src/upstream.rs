@@ -70,9 +70,10 @@ impl Messaging {
             .ok_or_else(|| Error::Upstream("GetChannel returned no channel".into()))
     }
 
-    /// The channel's member ids, asked as `user` (a member).
+    /// The channel's member ids and the membership version they were read at, asked as
+    /// `user` (a member).
     #[tracing::instrument(skip(self), fields(channel = %channel, user = %user))]
-    pub async fn members(&self, channel: Uuid, user: &str) -> Result<Vec<String>, Error> {
+    pub async fn members(&self, channel: Uuid, user: &str) -> Result<(Vec<String>, i64), Error> {
         let req = parley_kit::propagation::with_user(
             tonic::Request::new(ListMembersRequest {
                 channel_id: channel.to_string(),
@@ -86,12 +87,14 @@ impl Messaging {
             .list_members(req)
             .await
             .map_err(map_status)?;
-        Ok(resp
-            .into_inner()
-            .members
-            .into_iter()
-            .map(|m| m.user_id)
-            .collect())
+        let mpb::ListMembersResponse {
+            members,
+            members_version,
+        } = resp.into_inner();
+        Ok((
+            members.into_iter().map(|m| m.user_id).collect(),
+            members_version,
+        ))
     }
 }
 
@@ -112,7 +115,7 @@ impl Presence {
     }
 
     /// The users of `users` that are not ONLINE, in batches of at most `presence.batch`
-    /// (one call for a channel of up to 500 recipients).
+    /// (one call for up to 500 users).
     #[tracing::instrument(skip_all, fields(users = users.len()))]
     pub async fn offline(&self, users: &[String]) -> Result<HashSet<String>, Error> {
         let mut offline = HashSet::new();

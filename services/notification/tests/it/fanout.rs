@@ -1,6 +1,8 @@
 //! Who gets pushed: offline members only, never the sender, as their level says; retries,
 //! dead letters, gone tokens and coalescing.
 
+use std::collections::HashMap;
+
 use hmac::{Hmac, Mac as _};
 use parley_proto::notification::v1 as pb;
 use sha2::Sha256;
@@ -239,6 +241,123 @@ async fn a_burst_is_coalesced_into_one_push() -> anyhow::Result<()> {
             .await?,
         5,
         "all coalesced rows are marked delivered together"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_batch_of_several_channels_records_exactly_the_right_rows() -> anyhow::Result<()> {
+    let mut env = crate::env().await?;
+    // A: devices and levels only; its consumer never runs, so the events wait in the
+    // stream and B reads them all in its first batch.
+    let a = env
+        .start(&[
+            ("PARLEY__CONSUMER__ENABLED", "false"),
+            ("PARLEY__DELIVERY__ENABLED", "false"),
+        ])
+        .await?;
+    env.notification = Some(a);
+    let ch1 = env
+        .group("alice", &["bob", "carol", "dave", "frank"])
+        .await?;
+    let ch2 = env
+        .group("bob", &["alice", "carol", "dave", "erin"])
+        .await?;
+    let ch3 = env.group("gina", &["bob"]).await?;
+    let mut device = HashMap::new();
+    for u in ["alice", "bob", "carol", "dave", "erin", "gina"] {
+        device.insert(u, vec![env.webhook(u, &format!("/hook/{u}")).await?]);
+    }
+    let fcm = env.register("bob", pb::Platform::Fcm, "bob-phone").await?;
+    device
+        .get_mut("bob")
+        .expect("bob")
+        .push(fcm.device.expect("device").id);
+    // frank has no device; carol is online; dave mutes ch1 (not ch2); erin only wants
+    // mentions in ch2.
+    env.online("carol").await?;
+    let mut c = env.client().await?;
+    for (u, ch, level) in [
+        ("dave", &ch1, pb::NotificationLevel::None),
+        ("erin", &ch2, pb::NotificationLevel::Mentions),
+    ] {
+        c.set_channel_preference(as_user(
+            pb::SetChannelPreferenceRequest {
+                channel_id: ch.clone(),
+                level: level as i32,
+            },
+            u,
+        ))
+        .await?;
+    }
+    let m1 = env.send("alice", &ch1, "hello one").await?;
+    let m2 = env.send("bob", &ch2, "hi @erin").await?;
+    let m3 = env.send("carol", &ch2, "plain").await?;
+    let m4 = env.send("dave", &ch1, "from dave").await?;
+    // gina leaves ch3 before her message is fanned out: it is skipped, alone.
+    let m5 = env.send("gina", &ch3, "bye").await?;
+    env.remove_member("gina", &ch3, "gina").await?;
+    env.notification.take().expect("A").stop().await?;
+
+    let b = env.start(&[("PARLEY__DELIVERY__ENABLED", "false")]).await?;
+    env.notification = Some(b);
+    env.wait_consumed().await?;
+
+    let want_users: [(&str, &str, &[&str]); 4] = [
+        // bob (two devices); not carol (online), dave (muted), frank (no device)
+        (&m1, "alice", &["bob"]),
+        // alice, dave (ch1's level does not apply), erin (mentioned); not carol
+        (&m2, "bob", &["alice", "dave", "erin"]),
+        // alice, bob, dave; not erin (not mentioned)
+        (&m3, "carol", &["alice", "bob", "dave"]),
+        // alice, bob; not carol, frank, nor dave (the sender)
+        (&m4, "dave", &["alice", "bob"]),
+    ];
+    let mut want: Vec<(String, String, String, String)> = Vec::new();
+    for (msg, sender, users) in want_users {
+        for u in users {
+            for d in &device[u] {
+                want.push((
+                    msg.to_owned(),
+                    (*u).to_owned(),
+                    d.clone(),
+                    sender.to_owned(),
+                ));
+            }
+        }
+    }
+    want.sort();
+    let pool = env.stack.db().await?;
+    let got: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT message_id::text, user_id, device_id::text, sender_id
+         FROM notification.deliveries ORDER BY 1, 2, 3",
+    )
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(got, want);
+    assert!(!got.iter().any(|r| r.0 == m5), "the skipped message");
+    pool.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn members_without_a_device_need_no_presence_lookup() -> anyhow::Result<()> {
+    // Presence is unreachable: any presence lookup would fail the batch and leave it
+    // pending. Nobody has a device, so none is needed.
+    let env = spawn(&[
+        ("PARLEY__PRESENCE__URL", "http://127.0.0.1:1"),
+        ("PARLEY__PRESENCE__CONNECT_TIMEOUT_MS", "200"),
+    ])
+    .await?;
+    let ch = env.group("alice", &["bob", "carol"]).await?;
+    for i in 0..3 {
+        env.send("alice", &ch, &format!("m{i}")).await?;
+    }
+    env.wait_consumed().await?;
+    assert_eq!(
+        env.count("SELECT count(*) FROM notification.deliveries")
+            .await?,
+        0
     );
     Ok(())
 }

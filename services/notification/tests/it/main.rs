@@ -4,6 +4,7 @@
 
 mod api;
 mod fanout;
+mod members;
 mod providers;
 mod recovery;
 
@@ -351,6 +352,43 @@ impl Env {
             .await?
             .into_inner();
         Ok(m.message.context("message")?.id)
+    }
+
+    /// Adds `user` to `channel`, as `by` (its owner).
+    pub async fn add_member(&self, by: &str, channel: &str, user: &str) -> anyhow::Result<()> {
+        let req = mpb::AddMemberRequest {
+            channel_id: channel.into(),
+            user_id: user.into(),
+        };
+        self.messaging.clone().add_member(as_user(req, by)).await?;
+        Ok(())
+    }
+
+    /// Removes `user` from `channel`, as `by` (its owner, or `user` leaving).
+    pub async fn remove_member(&self, by: &str, channel: &str, user: &str) -> anyhow::Result<()> {
+        let req = mpb::RemoveMemberRequest {
+            channel_id: channel.into(),
+            user_id: user.into(),
+        };
+        self.messaging
+            .clone()
+            .remove_member(as_user(req, by))
+            .await?;
+        Ok(())
+    }
+
+    /// The value of the sample `series` (name and labels, as rendered) on notification's
+    /// `/metrics`; 0 when absent.
+    pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        let addr = self.notification.as_ref().context("not started")?.addr;
+        let text = reqwest::get(format!("http://{addr}/metrics"))
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0))
     }
 
     /// Makes `user` ONLINE (a live connection in presence).
