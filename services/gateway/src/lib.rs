@@ -117,6 +117,7 @@ pub struct WsConfig {
     pub queue_len: usize,
     pub max_frame_bytes: usize,
     pub max_watch: usize,
+    pub read_buffer_bytes: usize,
 }
 
 impl Config {
@@ -143,6 +144,9 @@ impl Config {
         }
         if self.ws.heartbeat_ms < 100 || self.ws.queue_len == 0 || self.ws.resume_limit == 0 {
             return Err("ws: heartbeat_ms >= 100, queue_len and resume_limit > 0".into());
+        }
+        if self.ws.read_buffer_bytes < 256 || self.ws.max_frame_bytes < 256 {
+            return Err("ws: read_buffer_bytes and max_frame_bytes must be at least 256".into());
         }
         Ok(())
     }
@@ -352,6 +356,13 @@ mod tests {
             Config::load(&Sources::from_vars([(
                 "PARLEY__LIMITS__DEFAULT_PAGE",
                 "500"
+            )]))
+            .is_err()
+        );
+        assert!(
+            Config::load(&Sources::from_vars([(
+                "PARLEY__WS__READ_BUFFER_BYTES",
+                "0"
             )]))
             .is_err()
         );

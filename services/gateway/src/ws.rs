@@ -72,6 +72,8 @@ pub async fn upgrade(
     }
     let tracker = app.connections.clone();
     ws.max_message_size(app.config.ws.max_frame_bytes)
+        .max_frame_size(app.config.ws.max_frame_bytes)
+        .read_buffer_size(app.config.ws.read_buffer_bytes)
         .on_upgrade(move |socket| {
             tracker.track_future(async move { Conn::run(app, user, socket).await })
         })

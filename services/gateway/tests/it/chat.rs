@@ -47,3 +47,30 @@ async fn two_websocket_clients_chat() -> anyhow::Result<()> {
     assert!(text.contains("redis_up{service=\"gateway\"} 1"), "{text}");
     Ok(())
 }
+
+/// A frame much larger than the per-connection read buffer (`ws.read_buffer_bytes`, kept
+/// small to save memory on idle connections) still arrives whole: the buffer grows.
+#[tokio::test]
+async fn frames_larger_than_the_read_buffer_arrive_whole() -> anyhow::Result<()> {
+    let mut stack = Stack::empty().await?;
+    stack.add_messaging(&[]).await?;
+    stack
+        .add_gateway(&[("PARLEY__WS__READ_BUFFER_BYTES", "256")])
+        .await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let ch = alice.group("general", &["bob"]).await?;
+    let mut a = Ws::connect(&stack.url(0), "alice").await?;
+    let mut b = Ws::connect(&stack.url(0), "bob").await?;
+    let body: String = (0..4000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    a.send(
+        json!({"type": "send", "ref": 1, "channel_id": ch, "client_msg_id": "big", "body": body}),
+    )
+    .await?;
+    let sent = a.expect("sent", T).await?;
+    assert_eq!(sent["message"]["seq"], 1);
+    let got = b.messages(1, T).await?;
+    assert_eq!(got[0]["body"].as_str(), Some(body.as_str()));
+    Ok(())
+}
