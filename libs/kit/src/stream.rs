@@ -30,6 +30,9 @@ pub struct Settings {
     pub name: String,
     pub batch: usize,
     pub block_ms: u64,
+    /// After a batch smaller than `batch`, wait this long before reading again, so that
+    /// entries accumulate into fewer, bigger batches (0: read again at once).
+    pub linger_ms: u64,
     pub claim_idle_ms: u64,
     pub claim_interval_ms: u64,
     pub retry_backoff_ms: u64,
@@ -173,11 +176,19 @@ impl<H: Handler> Consumer<H> {
             if entries.is_empty() {
                 continue;
             }
+            let short = entries.len() < s.batch;
+            metrics::histogram!(format!("{}_stream_batch_size", s.metric_prefix))
+                .record(entries.len() as f64);
             // A batch is retried here until it is applied (or we stop): its entries stay
             // pending for this consumer meanwhile, so nobody else claims them before
             // claim_idle passes.
             if !self.process_until_done(&mut conn, entries, &shutdown).await {
                 return;
+            }
+            if short && !own_pending && s.linger_ms > 0 {
+                if pause(&shutdown, Duration::from_millis(s.linger_ms)).await {
+                    return;
+                }
             }
         }
     }

@@ -87,6 +87,7 @@ pub struct ConsumerConfig {
     pub name: String,
     pub batch: usize,
     pub block_ms: u64,
+    pub linger_ms: u64,
     pub claim_idle_ms: u64,
     pub claim_interval_ms: u64,
     pub retry_backoff_ms: u64,

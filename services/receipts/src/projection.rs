@@ -244,6 +244,7 @@ impl Consumer {
             name: self.name.clone(),
             batch: c.batch,
             block_ms: c.block_ms,
+            linger_ms: c.linger_ms,
             claim_idle_ms: c.claim_idle_ms,
             claim_interval_ms: c.claim_interval_ms,
             retry_backoff_ms: c.retry_backoff_ms,
