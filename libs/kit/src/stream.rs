@@ -185,10 +185,12 @@ impl<H: Handler> Consumer<H> {
             if !self.process_until_done(&mut conn, entries, &shutdown).await {
                 return;
             }
-            if short && !own_pending && s.linger_ms > 0 {
-                if pause(&shutdown, Duration::from_millis(s.linger_ms)).await {
-                    return;
-                }
+            if short
+                && !own_pending
+                && s.linger_ms > 0
+                && pause(&shutdown, Duration::from_millis(s.linger_ms)).await
+            {
+                return;
             }
         }
     }
