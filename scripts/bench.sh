@@ -274,4 +274,14 @@ fi
 
 # ---- report
 say "writing $OUT/RESULTS.md and $OUT/latency.png"
-python3 "$ROOT/scripts/bench_report.py" "$RAW" "$OUT"
+# The plot needs matplotlib: use the system's, else a private venv (PyPI) under .local.
+PY=python3
+if ! python3 -c 'import matplotlib' 2>/dev/null; then
+	VENV="$ROOT/.local/bench-venv"
+	if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
+		say "installing matplotlib into $VENV"
+		python3 -m venv "$VENV" && "$VENV/bin/pip" install -q matplotlib || say "matplotlib unavailable: no plot"
+	fi
+	[[ -x $VENV/bin/python ]] && PY="$VENV/bin/python"
+fi
+"$PY" "$ROOT/scripts/bench_report.py" "$RAW" "$OUT"
