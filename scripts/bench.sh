@@ -128,6 +128,9 @@ lg() { "$LOADGEN" --quiet "$@"; }
 say "warm-up"
 "$LOADGEN" --quiet traffic --clients 50 --channels 25 --members 2 --rate 200 --duration 3 --prefix warm >/dev/null
 
+# Start every run from a comparable state: earlier runs leave dead outbox/counter tuples.
+"$PSQL" -q "$PG_DB_URL" -c 'VACUUM ANALYZE' >/dev/null 2>&1 || say "VACUUM failed (continuing)"
+
 # ---- 1: max sustained throughput
 if want 1; then
 	say "1/6 ramp: max sustained throughput with p99 < ${BENCH_P99_MS} ms (load $(load))"
