@@ -14,8 +14,10 @@
 //!    else can insert into these channels, so the answer cannot go stale before commit;
 //! 3. one statement that moves `channels.last_seq`, inserts the messages and their outbox
 //!    events (seqs are assigned here in request order: gapless, as before);
-//! 4. `COMMIT`; then the events are published in one Redis pipeline, every caller gets
-//!    its answer, and the outbox rows are deleted with one `DELETE`.
+//! 4. `COMMIT`; then the events are published in one Redis pipeline and every caller gets
+//!    its answer. The published events' outbox rows are deleted by the next batch's
+//!    statement 3 (no statement of their own under load), or by a `DELETE` every
+//!    `send.clear_interval_ms` when no batch came to take them.
 //!
 //! Every request keeps its own trace: its `INSERT messaging.messages` and
 //! `publish messaging:events` spans are children of its own `SendMessage` span (with the
@@ -23,7 +25,8 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use chrono::{DateTime, Utc};
@@ -68,15 +71,17 @@ impl Batcher {
         publish_inline: bool,
     ) -> Self {
         let (queue, rx) = mpsc::channel(cfg.queue.max(1));
-        tokio::spawn(dispatch(
-            rx,
-            Arc::new(Writer {
-                pool,
-                publisher,
-                publish_inline,
-            }),
-            cfg,
+        let writer = Arc::new(Writer {
+            pool,
+            publisher,
+            publish_inline,
+            published: Mutex::new(Vec::new()),
+        });
+        tokio::spawn(clear_idle(
+            Arc::downgrade(&writer),
+            Duration::from_millis(cfg.clear_interval_ms.max(1)),
         ));
+        tokio::spawn(dispatch(rx, writer, cfg));
         Self { queue }
     }
 
@@ -142,6 +147,35 @@ struct Writer {
     pool: PgPool,
     publisher: Publisher,
     publish_inline: bool,
+    /// Outbox rows published and not yet deleted (the next batch deletes them).
+    published: Mutex<Vec<i64>>,
+}
+
+/// Deletes published outbox rows that no batch took within `every` (an idle service).
+/// Ends when the writer is gone.
+async fn clear_idle(writer: std::sync::Weak<Writer>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen: Vec<i64> = Vec::new();
+    loop {
+        tick.tick().await;
+        let Some(w) = writer.upgrade() else {
+            return;
+        };
+        // Only rows that waited a whole tick: under load the batches take them first.
+        let stale: Vec<i64> = {
+            let mut p = w.published.lock().unwrap_or_else(|e| e.into_inner());
+            let (stale, fresh): (Vec<i64>, Vec<i64>) =
+                p.drain(..).partition(|id| seen.binary_search(id).is_ok());
+            *p = fresh;
+            seen = p.clone();
+            seen.sort_unstable();
+            stale
+        };
+        if !stale.is_empty() {
+            outbox::clear_ids(&w.pool, &stale).await;
+        }
+    }
 }
 
 /// The decision for one request of a batch.
@@ -156,6 +190,10 @@ enum Outcome {
 }
 
 impl Writer {
+    fn lock_published(&self) -> std::sync::MutexGuard<'_, Vec<i64>> {
+        self.published.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn write(&self, batch: Vec<Request>) {
         let n = batch.len();
         metrics::histogram!("messaging_send_batch_size").record(n as f64);
@@ -210,7 +248,7 @@ impl Writer {
             drop(spans);
             reply_all(batch, outcomes, &rows);
             if published {
-                outbox::clear(&self.pool, &pending).await;
+                self.lock_published().extend(pending.iter().map(|p| p.id));
             }
         } else {
             reply_all(batch, outcomes, &rows);
@@ -319,9 +357,21 @@ impl Writer {
                 events.push(store::new_event(m.channel_id, payload, trace));
             }
         }
-        let pending = store::write_sends(&mut tx, now, &counters, &rows, events).await?;
-        tx.commit().await?;
-        Ok((outcomes, rows, pending))
+        let done = std::mem::take(&mut *self.lock_published());
+        let written = async {
+            let pending = store::write_sends(&mut tx, now, &counters, &rows, events, &done).await?;
+            tx.commit().await?;
+            Ok::<_, Error>(pending)
+        }
+        .await;
+        match written {
+            Ok(pending) => Ok((outcomes, rows, pending)),
+            Err(e) => {
+                // Not deleted: the next batch (or the idle clearer) tries again.
+                self.lock_published().extend(done);
+                Err(e)
+            }
+        }
     }
 }
 

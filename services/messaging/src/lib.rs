@@ -41,6 +41,9 @@ pub struct SendConfig {
     pub concurrency: usize,
     /// Sends waiting for a transaction before callers wait to enqueue.
     pub queue: usize,
+    /// Published outbox rows are deleted by the next send batch; rows no batch took
+    /// within this interval are deleted on their own.
+    pub clear_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

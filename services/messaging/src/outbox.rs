@@ -93,8 +93,13 @@ pub async fn publish(publisher: &Publisher, entries: &[Pending]) -> bool {
 /// Deletes the outbox rows of published entries.
 pub async fn clear(pool: &PgPool, entries: &[Pending]) {
     let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
+    clear_ids(pool, &ids).await;
+}
+
+/// Deletes the outbox rows `ids` (published).
+pub async fn clear_ids(pool: &PgPool, ids: &[i64]) {
     if let Err(e) = sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-        .bind(&ids)
+        .bind(ids)
         .execute(pool)
         .await
     {

@@ -625,13 +625,15 @@ pub async fn check_sends<'a>(
 
 /// Writes a send batch in one statement: each touched channel's new `last_seq` (and
 /// activity time), the messages, and one outbox event per message (`events[i]` belongs to
-/// `messages[i]`, topic: the message's channel). The caller holds the channel locks.
+/// `messages[i]`, topic: the message's channel); it also deletes the outbox rows `done`
+/// (events of earlier batches, already published). The caller holds the channel locks.
 pub async fn write_sends(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
     counters: &[(Uuid, i64)],
     messages: &[MessageRow],
     events: Vec<NewEvent>,
+    done: &[i64],
 ) -> Result<Vec<Pending>, Error> {
     let (ch_ids, ch_seqs): (Vec<Uuid>, Vec<i64>) = counters.iter().copied().unzip();
     let mut m_channel = Vec::with_capacity(messages.len());
@@ -657,6 +659,8 @@ pub async fn write_sends(
              UPDATE channels c SET last_seq = v.last_seq, last_activity_at = $1
              FROM unnest($2::uuid[], $3::int8[]) AS v(id, last_seq)
              WHERE c.id = v.id
+         ), published AS (
+             DELETE FROM outbox WHERE id = ANY($13::int8[])
          ), inserted AS (
              INSERT INTO messages (channel_id, seq, id, sender_id, client_msg_id, body, created_at)
              SELECT channel_id, seq, id, sender_id, client_msg_id, body, $1
@@ -682,6 +686,7 @@ pub async fn write_sends(
     .bind(&e_ids)
     .bind(&topics)
     .bind(&e_bytes)
+    .bind(done)
     .fetch_all(&mut *conn)
     .await?;
     let id_of: std::collections::HashMap<Uuid, i64> =
