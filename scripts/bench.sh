@@ -121,6 +121,28 @@ export PG_CLIENTS
 	echo "pg_clients=$PG_CLIENTS"
 } >"$RAW/machine.txt"
 
+# ---- CPU accounting: clock ticks used per process, to give CPU time per message.
+PG_POSTMASTER="$(awk '{print $4}' "/proc/$("$PSQL" "$PARLEY_PG_URL" -Atc 'select pg_backend_pid()')/stat" 2>/dev/null || true)"
+REDIS_PID="$(redis-cli -u "$PARLEY_REDIS_URL" info server 2>/dev/null | sed -n 's/^process_id://p' | tr -d '\r')"
+ticks() { # PID [with_children]: utime+stime (+ cutime+cstime of exited children)
+	awk -v c="${2:-0}" '{ t = $14 + $15; if (c) t += $16 + $17; print t }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+cpu_snapshot() { # one "name ticks" line per process; postgres = postmaster + every backend
+	local s pg=0 p
+	for s in gateway messaging presence receipts notification; do
+		echo "$s $(ticks "$(cat "$ROOT/.local/run/$s.pid" 2>/dev/null || echo 0)")"
+	done
+	if [[ -n $PG_POSTMASTER ]]; then
+		pg="$(ticks "$PG_POSTMASTER" 1)"
+		for p in $(pgrep -P "$PG_POSTMASTER"); do pg=$((pg + $(ticks "$p"))); done
+	fi
+	echo "postgres $pg"
+	echo "redis $(ticks "${REDIS_PID:-0}")"
+	echo "machine $(awk '/^cpu / {print $2+$3+$4+$7+$8}' /proc/stat)"
+	echo "messages $("$PSQL" "$PG_DB_URL" -Atc 'select coalesce(sum(last_seq), 0) from messaging.channels' 2>/dev/null || echo 0)"
+}
+echo "clk_tck=$(getconf CLK_TCK)" >>"$RAW/machine.txt"
+
 lg() { "$LOADGEN" --quiet "$@"; }
 [[ -t 2 ]] && lg() { "$LOADGEN" "$@"; }
 
@@ -135,9 +157,11 @@ say "warm-up"
 if want 1; then
 	say "1/6 ramp: max sustained throughput with p99 < ${BENCH_P99_MS} ms (load $(load))"
 	echo "$(load)" >"$RAW/load-1.txt"
+	cpu_snapshot >"$RAW/cpu-1-before.txt"
 	lg --json "$RAW/ramp.json" ramp --clients "$BENCH_CLIENTS" --channels "$BENCH_CHANNELS" \
 		--members "$BENCH_MEMBERS" --duration "$BENCH_STEP_SECS" --drain 5 \
 		--rates "$BENCH_RATES" --p99-ms "$BENCH_P99_MS"
+	cpu_snapshot >"$RAW/cpu-1-after.txt"
 	echo "$(load)" >>"$RAW/load-1.txt"
 fi
 
@@ -214,9 +238,11 @@ if want 6; then
 	SQL
 	echo "$(load)" >"$RAW/load-6.txt"
 	for script in send send-simple; do
+		cpu_snapshot >"$RAW/cpu-6-$script-before.txt"
 		(cd "$RAW" && "$PGBENCH" -n -M prepared -c "$PG_CLIENTS" -j 2 -T "$BENCH_PGBENCH_SECS" \
 			-D channels="$BENCH_CHANNELS" -l --log-prefix="pgbench_$script" -f "$script.sql" "$pgbench_db_url") \
 			| tee "$RAW/pgbench-$script.txt"
+		cpu_snapshot >"$RAW/cpu-6-$script-after.txt"
 		cat "$RAW"/pgbench_"$script".* >"$RAW/pgbench-$script.log" && rm -f "$RAW"/pgbench_"$script".*
 	done
 	echo "$(load)" >>"$RAW/load-6.txt"
