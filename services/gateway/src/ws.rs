@@ -115,6 +115,9 @@ struct Conn {
     /// this deadline: a client that reconnects sends `resume` first, and its replay must
     /// come before anything sent live.
     hold_until: Option<Instant>,
+    /// Some channel may be behind its target (a gap to wait for or fill): only then does
+    /// the gap timer run, so idle connections cost no periodic wake-ups.
+    maybe_gaps: bool,
 }
 
 /// Why a connection ended.
@@ -147,6 +150,7 @@ impl Conn {
             session_id: uuid::Uuid::now_v7().to_string(),
             watched: HashMap::new(),
             hold_until: None,
+            maybe_gaps: false,
         };
         metrics::gauge!("gateway_ws_connections").increment(1.0);
         if let Some(p) = &conn.app.presence {
@@ -198,12 +202,14 @@ impl Conn {
                 Some(d) = rx.recv() => self.on_event(d).await,
                 Some((r, result)) = sends_rx.recv() => self.on_sent(r, result).await,
                 _ = wake.notified() => self.catch_up_if_lagged().await,
-                _ = gap_tick.tick() => {
-                    if self.hold_until.is_some_and(|t| Instant::now() >= t) {
+                _ = gap_tick.tick(), if self.hold_until.is_some() || self.maybe_gaps => {
+                    let r = if self.hold_until.is_some_and(|t| Instant::now() >= t) {
                         self.release().await
                     } else {
                         self.fill_due_gaps(gap_wait).await
-                    }
+                    };
+                    self.maybe_gaps = self.cursors.values().any(|c| c.target > c.delivered);
+                    r
                 }
                 _ = ping.tick() => {
                     if self.last_inbound.elapsed() > heartbeat * 2 {
@@ -694,6 +700,7 @@ impl Conn {
         } else {
             c.held.insert(m.seq, m);
             c.gap_since.get_or_insert_with(Instant::now);
+            self.maybe_gaps = true;
             Ok(())
         }
     }
@@ -736,6 +743,7 @@ impl Conn {
                 Some(m) => self.deliver(m, true).await?,
                 None => {
                     c.gap_since = if c.target > c.delivered {
+                        self.maybe_gaps = true;
                         c.gap_since.or(Some(Instant::now()))
                     } else {
                         None
@@ -762,6 +770,7 @@ impl Conn {
         } else {
             c.target = c.target.max(m.seq);
             c.gap_since.get_or_insert_with(Instant::now);
+            self.maybe_gaps = true;
         }
         Ok(())
     }
@@ -805,6 +814,7 @@ impl Conn {
                     tracing::warn!(channel, error = %e.message, "gap fill failed; retrying later");
                     if let Some(c) = self.cursors.get_mut(channel) {
                         c.gap_since = Some(Instant::now());
+                        self.maybe_gaps = true;
                     }
                     return Ok(());
                 }
@@ -862,6 +872,7 @@ impl Conn {
                 c.target > c.delivered
             });
             if behind {
+                self.maybe_gaps = true;
                 self.fill(&ch, false).await?;
             }
         }
@@ -929,6 +940,7 @@ impl Conn {
                 c.delivered = start;
                 c.target = c.target.max(last);
                 c.held.retain(|s, _| *s > start);
+                self.maybe_gaps = true;
             }
             self.fill(&ch, true).await?;
             let to = self.cursors.get(&ch).map_or(start, |c| c.delivered);
