@@ -163,8 +163,10 @@ if fanout:
               f"max {fanout['last_receive']['max_ms']:.1f} ms |")
 if idle:
     per = idle.get("rss_per_connection_kib")
+    cpu = idle.get("cpu_held_pct")
     md.append(f"| 4 {idle['opened']} idle WebSockets | gateway RSS "
-              f"{'%.1f KiB' % per if per is not None else '-'} per connection |")
+              f"{'%.1f KiB' % per if per is not None else '-'} per connection; gateway CPU while they idle "
+              f"{'%.1f%% of a core' % cpu if cpu is not None else '-'} |")
 if history or pg_key:
     parts = []
     if history:
@@ -319,7 +321,10 @@ if idle:
               f"({idle['connects_per_sec']:.0f}/s); {idle['alive_at_end']} still open after {idle['config']['hold']:.0f} s. "
               f"Gateway RSS: {kib(idle['rss_before_kib'])} before, {kib(idle['rss_held_kib'])} holding, "
               f"{kib(idle['rss_after_close_kib'])} 2 s after closing → "
-              f"**{'%.1f KiB' % per if per is not None else '-'} per connection**. Load: {loadavg(4)}.")
+              f"**{'%.1f KiB' % per if per is not None else '-'} per connection**. "
+              f"Gateway CPU while all of them sat idle: "
+              f"{'%.1f%% of one core' % idle['cpu_held_pct'] if idle.get('cpu_held_pct') is not None else '-'} "
+              f"(server pings every `ws.heartbeat_ms`, presence heartbeats). Load: {loadavg(4)}.")
     md.append("")
 
 # ---- 5

@@ -46,6 +46,8 @@ pub struct IdleReport {
     pub rss_held_kib: Option<u64>,
     pub rss_after_close_kib: Option<u64>,
     pub rss_per_connection_kib: Option<f64>,
+    /// Gateway CPU while the connections were held idle, in % of one core.
+    pub cpu_held_pct: Option<f64>,
 }
 
 impl IdleReport {
@@ -54,7 +56,8 @@ impl IdleReport {
             |v: Option<u64>| v.map_or("-".into(), |v| format!("{:.1} MiB", v as f64 / 1024.0));
         format!(
             "idle connections: {} opened ({} failed{}) in {:.1}s ({:.0}/s), {} alive after {:.0}s\n\
-             gateway RSS: before {}, holding {}, after close {}; per connection {}\n",
+             gateway RSS: before {}, holding {}, after close {}; per connection {}; \
+             CPU while holding {}\n",
             self.opened,
             self.failed,
             self.first_error
@@ -69,8 +72,22 @@ impl IdleReport {
             kib(self.rss_after_close_kib),
             self.rss_per_connection_kib
                 .map_or("-".into(), |v| format!("{v:.1} KiB")),
+            self.cpu_held_pct
+                .map_or("-".into(), |v| format!("{v:.1}% of a core")),
         )
     }
+}
+
+/// CPU time (user + system) of a process, seconds (`/proc/<pid>/stat` is in USER_HZ,
+/// 100 per second on Linux).
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 /// VmRSS of a process, KiB.
@@ -145,7 +162,13 @@ pub async fn run(api: &Api, a: IdleArgs, progress: bool) -> Result<IdleReport> {
         }
     }
     let opened = handles.len();
+    let cpu_start = a.gateway_pid.and_then(cpu_secs);
+    let held_since = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(a.hold)).await;
+    let cpu_held_pct = match (cpu_start, a.gateway_pid.and_then(cpu_secs)) {
+        (Some(b), Some(e)) => Some((e - b) / held_since.elapsed().as_secs_f64().max(1e-9) * 100.0),
+        _ => None,
+    };
     let rss_held = a.gateway_pid.and_then(rss_kib);
     let _ = stop_tx.send(true);
     let mut alive = 0;
@@ -172,5 +195,6 @@ pub async fn run(api: &Api, a: IdleArgs, progress: bool) -> Result<IdleReport> {
         rss_held_kib: rss_held,
         rss_after_close_kib: rss_after,
         rss_per_connection_kib: per,
+        cpu_held_pct,
     })
 }
