@@ -42,9 +42,9 @@ test: deps ## Run the workspace tests against deps (nextest, else cargo test)
 		echo "+ cargo nextest run --workspace --no-fail-fast --profile $(NEXTEST_PROFILE) $(TEST_ARGS)"; \
 		$(CARGO) nextest run --workspace --no-fail-fast --profile $(NEXTEST_PROFILE) $(TEST_ARGS); \
 	else \
-		echo "cargo-nextest not found: falling back to cargo test" >&2; \
-		echo "+ cargo test --workspace --no-fail-fast $(TEST_ARGS)"; \
-		$(CARGO) test --workspace --no-fail-fast $(TEST_ARGS); \
+		echo "cargo-nextest not found: falling back to cargo test, one test at a time (some tests read process-wide metrics)" >&2; \
+		echo "+ cargo test --workspace --no-fail-fast $(TEST_ARGS) -- --test-threads=1"; \
+		$(CARGO) test --workspace --no-fail-fast $(TEST_ARGS) -- --test-threads=1; \
 	fi
 
 lint: ## rustfmt check, clippy (-D warnings), buf lint
