@@ -122,7 +122,7 @@ export PG_CLIENTS
 } >"$RAW/machine.txt"
 
 # ---- CPU accounting: clock ticks used per process, to give CPU time per message.
-PG_POSTMASTER="$(awk '{print $4}' "/proc/$("$PSQL" "$PARLEY_PG_URL" -Atc 'select pg_backend_pid()')/stat" 2>/dev/null || true)"
+PG_POSTMASTER="$(head -n1 "$("$PSQL" "$PARLEY_PG_URL" -Atc 'show data_directory' 2>/dev/null)/postmaster.pid" 2>/dev/null || true)"
 REDIS_PID="$(redis-cli -u "$PARLEY_REDIS_URL" info server 2>/dev/null | sed -n 's/^process_id://p' | tr -d '\r')"
 ticks() { # PID [with_children]: utime+stime (+ cutime+cstime of exited children)
 	awk -v c="${2:-0}" '{ t = $14 + $15; if (c) t += $16 + $17; print t }' "/proc/$1/stat" 2>/dev/null || echo 0
