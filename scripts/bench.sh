@@ -160,7 +160,9 @@ if want 1; then
 	cpu_snapshot >"$RAW/cpu-1-before.txt"
 	lg --json "$RAW/ramp.json" ramp --clients "$BENCH_CLIENTS" --channels "$BENCH_CHANNELS" \
 		--members "$BENCH_MEMBERS" --duration "$BENCH_STEP_SECS" --drain 5 \
-		--rates "$BENCH_RATES" --p99-ms "$BENCH_P99_MS"
+		--rates "$BENCH_RATES" --p99-ms "$BENCH_P99_MS" \
+		$(for s in gateway messaging presence receipts notification; do printf -- '--watch %s=%s ' "$s" "$(cat "$ROOT/.local/run/$s.pid")"; done) \
+		${PG_POSTMASTER:+--watch postgres=$PG_POSTMASTER} ${REDIS_PID:+--watch redis=$REDIS_PID}
 	cpu_snapshot >"$RAW/cpu-1-after.txt"
 	echo "$(load)" >>"$RAW/load-1.txt"
 fi

@@ -73,6 +73,70 @@ struct RampArgs {
     /// …and the server sustained at least this fraction of the target rate.
     #[arg(long, default_value_t = 0.95)]
     min_ratio: f64,
+    /// `name=pid` (repeatable): a process whose CPU time (with its children's, e.g. a
+    /// postmaster's backends) is reported per step, in µs per committed message.
+    #[arg(long = "watch", value_parser = parse_watch)]
+    watch: Vec<(String, u32)>,
+}
+
+fn parse_watch(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected name=pid, got {s:?}"))?;
+    let pid = pid.parse().map_err(|_| format!("bad pid in {s:?}"))?;
+    Ok((name.to_owned(), pid))
+}
+
+/// (utime + stime, cutime + cstime, ppid) of a process, in USER_HZ ticks.
+fn proc_ticks(pid: u32) -> Option<(u64, u64, u32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some((n(11)? + n(12)?, n(13)? + n(14)?, n(1)? as u32))
+}
+
+/// CPU seconds of `pid`, its exited children and its live children (USER_HZ = 100).
+fn tree_cpu_secs(pid: u32) -> Option<f64> {
+    let (own, exited, _) = proc_ticks(pid)?;
+    let mut total = own + exited;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some((t, _, ppid)) = proc_ticks(child)
+                && ppid == pid
+            {
+                total += t;
+            }
+        }
+    }
+    Some(total as f64 / 100.0)
+}
+
+/// Busy CPU seconds of the whole machine (all cores) from /proc/stat.
+fn machine_cpu_secs() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = s
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?;
+    Some(busy as f64 / 100.0)
+}
+
+fn cpu_snapshot(watch: &[(String, u32)]) -> Vec<(String, Option<f64>)> {
+    let mut v: Vec<(String, Option<f64>)> = watch
+        .iter()
+        .map(|(n, p)| (n.clone(), tree_cpu_secs(*p)))
+        .collect();
+    v.push(("loadgen".into(), tree_cpu_secs(std::process::id())));
+    v.push(("machine".into(), machine_cpu_secs()));
+    v
 }
 
 #[derive(Serialize)]
@@ -80,6 +144,9 @@ struct RampStep {
     rate: f64,
     passed: bool,
     why: String,
+    /// CPU time per committed message over the whole step (set-up included), µs, of each
+    /// watched process, this load generator and the whole machine.
+    cpu_us_per_msg: std::collections::BTreeMap<String, f64>,
     report: traffic::TrafficReport,
 }
 
@@ -109,7 +176,19 @@ async fn ramp(api: &api::Api, r: RampArgs, progress: bool) -> Result<(RampReport
     for &rate in &r.rates {
         let mut a = r.traffic.clone();
         a.rate = rate;
+        let before = cpu_snapshot(&r.watch);
         let rep = traffic::run(api, a, progress).await?;
+        let after = cpu_snapshot(&r.watch);
+        let cpu_us_per_msg = before
+            .into_iter()
+            .zip(after)
+            .filter_map(|((name, b), (_, a))| match (b, a) {
+                (Some(b), Some(a)) if rep.acked > 0 => {
+                    Some((name, (a - b) / rep.acked as f64 * 1e6))
+                }
+                _ => None,
+            })
+            .collect();
         let p99 = rep.ack.p99_ms.max(rep.e2e.p99_ms);
         let ratio = rep.throughput_msgs_per_sec / rate;
         let why = if !rep.verification.ok() {
@@ -144,6 +223,7 @@ async fn ramp(api: &api::Api, r: RampArgs, progress: bool) -> Result<(RampReport
             rate,
             passed,
             why,
+            cpu_us_per_msg,
             report: rep,
         });
         if !keeps_up {
