@@ -55,6 +55,11 @@ pub struct TrafficArgs {
     /// before the connection's subscriptions and positions are set up.
     #[arg(long, default_value_t = 1.0)]
     pub settle: f64,
+    /// Seconds at the start of sending reported apart (`*_first`) and left out of the
+    /// `steady_*` summaries: each run starts with new users and channels, and the first
+    /// traffic after that set-up pays first-touch costs.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
     /// User id prefix (a random suffix keeps runs apart).
     #[arg(long, default_value = "lg")]
     pub prefix: String,
@@ -90,7 +95,24 @@ pub struct TrafficReport {
     pub ok: bool,
     /// (ms, quantile) points of the ack and end-to-end distributions, for plots.
     pub ack_percentiles: Vec<(f64, f64)>,
+    /// Ack latency per second of the sending window (by send time): where a tail sits.
+    pub ack_by_second: Vec<SecondStat>,
+    /// Sends made during the first `warmup` seconds, and those after (steady state).
+    pub ack_first: Summary,
+    pub e2e_first: Summary,
+    pub steady_ack: Summary,
+    pub steady_e2e: Summary,
     pub e2e_percentiles: Vec<(f64, f64)>,
+}
+
+/// Ack latency of the sends made in one second of the sending window.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecondStat {
+    pub second: u64,
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
 }
 
 impl TrafficReport {
@@ -125,6 +147,24 @@ impl TrafficReport {
             self.e2e.row("send -> receive"),
             self.last_receive.row("send -> last receiver"),
         );
+        s += &format!(
+            "first {:.0}s of sending: ack p99 {:.1} ms, e2e p99 {:.1} ms; after it (steady): ack p99 {:.1} ms, e2e p99 {:.1} ms\n",
+            self.config.warmup,
+            self.ack_first.p99_ms,
+            self.e2e_first.p99_ms,
+            self.steady_ack.p99_ms,
+            self.steady_e2e.p99_ms,
+        );
+        if !self.ack_by_second.is_empty() {
+            s += &format!(
+                "ack p99 by second of sending (ms): {}\n",
+                self.ack_by_second
+                    .iter()
+                    .map(|b| format!("{:.0}", b.p99_ms))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
         s += &format!(
             "verification: {} — {} streams, {} delivered, missing {}, duplicates {}, out of order {}, mismatched {}, unexpected {}, delivered-unacked {}\n",
             if v.ok() { "OK" } else { "FAILED" },
@@ -166,6 +206,10 @@ struct ConnResult {
     e2e_ns: Vec<u64>,
     ack: Latency,
     e2e: Latency,
+    /// (sent at, ack latency) in ns since the epoch.
+    ack_samples: Vec<(u64, u64)>,
+    /// (sent at, send→receive) in ns since the epoch.
+    e2e_samples: Vec<(u64, u64)>,
     acks: Vec<(Channel, u64, String)>,
     error_codes: BTreeMap<String, u64>,
 }
@@ -412,6 +456,49 @@ pub async fn run(api: &Api, a: TrafficArgs, progress: bool) -> Result<TrafficRep
             *e = (*e).max(*ns);
         }
     }
+    let warmup_ns = (a.warmup.max(0.0) * 1e9) as u64;
+    let (mut ack_first, mut e2e_first) = (Latency::new(), Latency::new());
+    let (mut steady_ack, mut steady_e2e) = (Latency::new(), Latency::new());
+    for r in &results {
+        for (at, ns) in &r.ack_samples {
+            if *at < warmup_ns {
+                &mut ack_first
+            } else {
+                &mut steady_ack
+            }
+            .record_ns(*ns);
+        }
+        for (at, ns) in &r.e2e_samples {
+            if *at < warmup_ns {
+                &mut e2e_first
+            } else {
+                &mut steady_e2e
+            }
+            .record_ns(*ns);
+        }
+    }
+    let mut per_second: BTreeMap<u64, Latency> = BTreeMap::new();
+    for r in &results {
+        for (at, ns) in &r.ack_samples {
+            per_second
+                .entry(at / 1_000_000_000)
+                .or_default()
+                .record_ns(*ns);
+        }
+    }
+    let ack_by_second = per_second
+        .into_iter()
+        .map(|(second, l)| {
+            let s = l.summary();
+            SecondStat {
+                second,
+                count: s.count,
+                p50_ms: s.p50_ms,
+                p99_ms: s.p99_ms,
+                max_ms: s.max_ms,
+            }
+        })
+        .collect();
     let mut last_receive = Latency::new();
     for ns in last.values() {
         last_receive.record_ns(*ns);
@@ -447,6 +534,11 @@ pub async fn run(api: &Api, a: TrafficArgs, progress: bool) -> Result<TrafficRep
         error_codes,
         config: a,
         ack_percentiles: ack.percentiles(),
+        ack_by_second,
+        ack_first: ack_first.summary(),
+        e2e_first: e2e_first.summary(),
+        steady_ack: steady_ack.summary(),
+        steady_e2e: steady_e2e.summary(),
         e2e_percentiles: e2e.percentiles(),
     })
 }
@@ -512,6 +604,7 @@ async fn connection(
                         counters.acked.fetch_add(1, Relaxed);
                         if let Some(sent_at) = f.reference {
                             r.ack.record_ns(t.saturating_sub(sent_at));
+                            r.ack_samples.push((sent_at, t.saturating_sub(sent_at)));
                         }
                         if let Some(m) = f.message
                             && let Some(&c) = index.get(&m.channel_id)
@@ -527,6 +620,7 @@ async fn connection(
                         let ns = sent_at.map_or(0, |s| t.saturating_sub(s));
                         r.e2e.record_ns(ns);
                         r.e2e_ns.push(ns);
+                        r.e2e_samples.push((sent_at.unwrap_or(0), ns));
                         r.log.deliveries.push(Delivery {
                             channel: c,
                             seq: m.seq,
