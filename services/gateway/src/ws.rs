@@ -96,6 +96,9 @@ struct Cursor {
 
 type SendResult = (Option<Value>, Result<pb::SendMessageResponse, ApiError>);
 
+/// A `send` frame waiting for its turn: (ref, client_msg_id, body).
+type SendJob = (Option<Value>, String, String);
+
 struct Conn {
     app: Arc<App>,
     user: UserId,
@@ -106,6 +109,10 @@ struct Conn {
     cursors: HashMap<String, Cursor>,
     recent_events: VecDeque<String>,
     sends_tx: mpsc::Sender<SendResult>,
+    /// One queue per channel this connection sends to: its sends reach messaging one at a
+    /// time, in the order of the frames, so a client that pipelines sends gets seqs in
+    /// that order. Channels proceed independently. The workers end with the connection.
+    send_queues: HashMap<String, mpsc::Sender<SendJob>>,
     last_inbound: Instant,
     /// The WebSocket `session_id`, also the connection id towards presence.
     session_id: String,
@@ -146,6 +153,7 @@ impl Conn {
             cursors: HashMap::new(),
             recent_events: VecDeque::new(),
             sends_tx,
+            send_queues: HashMap::new(),
             last_inbound: Instant::now(),
             session_id: uuid::Uuid::now_v7().to_string(),
             watched: HashMap::new(),
@@ -515,17 +523,33 @@ impl Conn {
                     str_field("body")?,
                 ))
             })()
-            .map(|(channel, cid, body)| {
-                let (app, user, tx, r) = (
-                    self.app.clone(),
-                    self.user.clone(),
-                    self.sends_tx.clone(),
-                    r.clone(),
-                );
-                tokio::spawn(async move {
-                    let result = crate::http::send(&app, &user, &channel, &cid, &body).await;
-                    let _ = tx.send((r, result)).await;
+            .and_then(|(channel, cid, body)| {
+                let pending = self.app.config.ws.max_pending_sends.max(1);
+                let queue = self.send_queues.entry(channel.clone()).or_insert_with(|| {
+                    let (queue, mut jobs) = mpsc::channel::<SendJob>(pending);
+                    let (app, user, tx) =
+                        (self.app.clone(), self.user.clone(), self.sends_tx.clone());
+                    tokio::spawn(async move {
+                        while let Some((r, cid, body)) = jobs.recv().await {
+                            let result =
+                                crate::http::send(&app, &user, &channel, &cid, &body).await;
+                            if tx.send((r, result)).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    queue
                 });
+                queue.try_send((r.clone(), cid, body)).map_err(|_| {
+                    let mut e = ApiError::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "more than {pending} sends to this channel waiting on this connection"
+                        ),
+                    );
+                    e.retry_after = Some(1);
+                    e
+                })
             }),
             "resume" => match v.get("positions").and_then(Value::as_object) {
                 Some(p) => {

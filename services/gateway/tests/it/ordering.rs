@@ -261,3 +261,56 @@ async fn an_overflowing_connection_catches_up_in_order() -> anyhow::Result<()> {
     assert_eq!(message_seqs(&frames, &ch), (1..=100).collect::<Vec<_>>());
     Ok(())
 }
+
+/// A client that pipelines sends (no waiting for `sent`) gets seqs in the order it sent
+/// them: a connection's sends to one channel are committed one at a time, in frame order.
+#[tokio::test]
+async fn pipelined_sends_of_one_connection_keep_their_order() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let ch = alice.group("pipelined", &["bob"]).await?;
+    let other = alice.group("other", &["bob"]).await?;
+    let mut a = Ws::connect(&stack.url(0), "alice").await?;
+    a.send(json!({"type": "ping"})).await?;
+    const N: usize = 25; // 2N sends stay within the default send burst (60)
+    for i in 0..N {
+        // Interleave a second channel: its sends must not hold this one up or reorder it.
+        a.send(json!({"type": "send", "ref": i, "channel_id": ch, "client_msg_id": format!("p{i}"), "body": format!("{i}")}))
+            .await?;
+        a.send(json!({"type": "send", "ref": format!("o{i}"), "channel_id": other, "client_msg_id": format!("o{i}"), "body": "x"}))
+            .await?;
+    }
+    let mut seq_of: Vec<Option<u64>> = vec![None; N];
+    let mut acked = 0;
+    while acked < 2 * N {
+        let f = a.next_frame(LONG).await?.expect("a frame");
+        match f["type"].as_str() {
+            Some("sent") => {
+                acked += 1;
+                if let Some(i) = f["ref"].as_u64() {
+                    seq_of[i as usize] = f["message"]["seq"].as_u64();
+                }
+            }
+            Some("error") => anyhow::bail!("send failed: {f}"),
+            _ => {}
+        }
+    }
+    let seqs: Vec<u64> = seq_of.into_iter().map(Option::unwrap_or_default).collect();
+    assert_eq!(
+        seqs,
+        (1..=N as u64).collect::<Vec<_>>(),
+        "the i-th send gets seq i"
+    );
+    let history = alice.history(&ch, "limit=100").await?;
+    let bodies: Vec<String> = history["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .rev()
+                .map(|m| m["body"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(bodies, (0..N).map(|i| i.to_string()).collect::<Vec<_>>());
+    Ok(())
+}
