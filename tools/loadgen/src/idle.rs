@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::api::{self, Api};
+use crate::procfs;
 
 #[derive(Debug, Clone, clap::Args, Serialize)]
 pub struct IdleArgs {
@@ -78,26 +79,6 @@ impl IdleReport {
     }
 }
 
-/// CPU time (user + system) of a process, seconds (`/proc/<pid>/stat` is in USER_HZ,
-/// 100 per second on Linux).
-pub fn cpu_secs(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = s.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
-/// VmRSS of a process, KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 pub async fn run(api: &Api, a: IdleArgs, progress: bool) -> Result<IdleReport> {
     if a.connections == 0 || a.connections > 20_000 || a.users == 0 {
         bail!("--connections must be 1-20000 and --users ≥ 1");
@@ -113,7 +94,7 @@ pub async fn run(api: &Api, a: IdleArgs, progress: bool) -> Result<IdleReport> {
         .tokens(&users, a.connect_concurrency)
         .await
         .context("dev tokens")?;
-    let rss_before = a.gateway_pid.and_then(rss_kib);
+    let rss_before = a.gateway_pid.and_then(procfs::rss_kib);
 
     let bar = if progress {
         ProgressBar::new(a.connections as u64)
@@ -162,14 +143,14 @@ pub async fn run(api: &Api, a: IdleArgs, progress: bool) -> Result<IdleReport> {
         }
     }
     let opened = handles.len();
-    let cpu_start = a.gateway_pid.and_then(cpu_secs);
+    let cpu_start = a.gateway_pid.and_then(procfs::cpu_secs);
     let held_since = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(a.hold)).await;
-    let cpu_held_pct = match (cpu_start, a.gateway_pid.and_then(cpu_secs)) {
+    let cpu_held_pct = match (cpu_start, a.gateway_pid.and_then(procfs::cpu_secs)) {
         (Some(b), Some(e)) => Some((e - b) / held_since.elapsed().as_secs_f64().max(1e-9) * 100.0),
         _ => None,
     };
-    let rss_held = a.gateway_pid.and_then(rss_kib);
+    let rss_held = a.gateway_pid.and_then(procfs::rss_kib);
     let _ = stop_tx.send(true);
     let mut alive = 0;
     for h in handles {
@@ -178,7 +159,7 @@ pub async fn run(api: &Api, a: IdleArgs, progress: bool) -> Result<IdleReport> {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_after = a.gateway_pid.and_then(rss_kib);
+    let rss_after = a.gateway_pid.and_then(procfs::rss_kib);
     let per = match (rss_before, rss_held) {
         (Some(b), Some(h)) if opened > 0 => Some(h.saturating_sub(b) as f64 / opened as f64),
         _ => None,

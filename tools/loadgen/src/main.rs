@@ -9,6 +9,7 @@
 mod api;
 mod history;
 mod idle;
+mod procfs;
 mod stats;
 mod traffic;
 mod verify;
@@ -87,55 +88,13 @@ fn parse_watch(s: &str) -> Result<(String, u32), String> {
     Ok((name.to_owned(), pid))
 }
 
-/// (utime + stime, cutime + cstime, ppid) of a process, in USER_HZ ticks.
-fn proc_ticks(pid: u32) -> Option<(u64, u64, u32)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
-    Some((n(11)? + n(12)?, n(13)? + n(14)?, n(1)? as u32))
-}
-
-/// CPU seconds of `pid`, its exited children and its live children (USER_HZ = 100).
-fn tree_cpu_secs(pid: u32) -> Option<f64> {
-    let (own, exited, _) = proc_ticks(pid)?;
-    let mut total = own + exited;
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Some((t, _, ppid)) = proc_ticks(child)
-                && ppid == pid
-            {
-                total += t;
-            }
-        }
-    }
-    Some(total as f64 / 100.0)
-}
-
-/// Busy CPU seconds of the whole machine (all cores) from /proc/stat.
-fn machine_cpu_secs() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/stat").ok()?;
-    let f: Vec<u64> = s
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal
-    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?;
-    Some(busy as f64 / 100.0)
-}
-
 fn cpu_snapshot(watch: &[(String, u32)]) -> Vec<(String, Option<f64>)> {
     let mut v: Vec<(String, Option<f64>)> = watch
         .iter()
-        .map(|(n, p)| (n.clone(), tree_cpu_secs(*p)))
+        .map(|(n, p)| (n.clone(), procfs::tree_cpu_secs(*p)))
         .collect();
-    v.push(("loadgen".into(), tree_cpu_secs(std::process::id())));
-    v.push(("machine".into(), machine_cpu_secs()));
+    v.push(("loadgen".into(), procfs::tree_cpu_secs(std::process::id())));
+    v.push(("machine".into(), procfs::machine_cpu_secs()));
     v
 }
 

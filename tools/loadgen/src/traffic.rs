@@ -457,26 +457,8 @@ pub async fn run(api: &Api, a: TrafficArgs, progress: bool) -> Result<TrafficRep
         }
     }
     let warmup_ns = (a.warmup.max(0.0) * 1e9) as u64;
-    let (mut ack_first, mut e2e_first) = (Latency::new(), Latency::new());
-    let (mut steady_ack, mut steady_e2e) = (Latency::new(), Latency::new());
-    for r in &results {
-        for (at, ns) in &r.ack_samples {
-            if *at < warmup_ns {
-                &mut ack_first
-            } else {
-                &mut steady_ack
-            }
-            .record_ns(*ns);
-        }
-        for (at, ns) in &r.e2e_samples {
-            if *at < warmup_ns {
-                &mut e2e_first
-            } else {
-                &mut steady_e2e
-            }
-            .record_ns(*ns);
-        }
-    }
+    let (ack_first, steady_ack) = split_at(results.iter().map(|r| &r.ack_samples), warmup_ns);
+    let (e2e_first, steady_e2e) = split_at(results.iter().map(|r| &r.e2e_samples), warmup_ns);
     let mut per_second: BTreeMap<u64, Latency> = BTreeMap::new();
     for r in &results {
         for (at, ns) in &r.ack_samples {
@@ -541,6 +523,23 @@ pub async fn run(api: &Api, a: TrafficArgs, progress: bool) -> Result<TrafficRep
         steady_e2e: steady_e2e.summary(),
         e2e_percentiles: e2e.percentiles(),
     })
+}
+
+/// (sent at, latency) samples split into those sent before `at_ns` and the rest.
+fn split_at<'a>(
+    samples: impl Iterator<Item = &'a Vec<(u64, u64)>>,
+    at_ns: u64,
+) -> (Latency, Latency) {
+    let (mut before, mut after) = (Latency::new(), Latency::new());
+    for (sent, ns) in samples.flatten() {
+        if *sent < at_ns {
+            &mut before
+        } else {
+            &mut after
+        }
+        .record_ns(*ns);
+    }
+    (before, after)
 }
 
 fn now_ns(epoch: Instant) -> u64 {
