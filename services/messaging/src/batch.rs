@@ -183,8 +183,8 @@ enum Outcome {
     Failed(Error),
     /// Sent before (idempotent retry): the original.
     Existing(MessageRow),
-    /// Same (channel, sender, client_msg_id) as request `i` of this batch.
-    SameAs(usize),
+    /// A retry of a new message of this same batch: index into the new messages.
+    Retry(usize),
     /// New: index into the batch's new messages.
     New(usize),
 }
@@ -299,7 +299,7 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut rows: Vec<MessageRow> = Vec::new();
         let mut first_of: HashMap<(Uuid, &str, &str), usize> = HashMap::new();
-        for (i, (r, f)) in batch.iter().zip(found).enumerate() {
+        for (r, f) in batch.iter().zip(found) {
             let key = (r.channel, r.caller.as_str(), r.cid.as_str());
             let outcome = if !channels.contains_key(&r.channel) {
                 Outcome::Failed(not_found(r.channel))
@@ -310,10 +310,10 @@ impl Writer {
                 )))
             } else if let Some(m) = f.existing {
                 Outcome::Existing(m)
-            } else if let Some(&j) = first_of.get(&key) {
-                Outcome::SameAs(j)
+            } else if let Some(&k) = first_of.get(&key) {
+                Outcome::Retry(k)
             } else {
-                first_of.insert(key, i);
+                first_of.insert(key, rows.len());
                 let counter = channels.get_mut(&r.channel).map(|c| {
                     c.0 += 1;
                     c.0
@@ -380,24 +380,12 @@ fn not_found(channel: Uuid) -> Error {
 }
 
 fn reply_all(batch: Vec<Request>, outcomes: Vec<Outcome>, rows: &[MessageRow]) {
-    // SameAs points at an earlier request, whose outcome is New.
-    let new_of: Vec<Option<usize>> = outcomes
-        .iter()
-        .map(|o| match o {
-            Outcome::New(k) => Some(*k),
-            _ => None,
-        })
-        .collect();
     for (r, o) in batch.into_iter().zip(outcomes) {
         let answer = match o {
             Outcome::Failed(e) => Err(Status::from(e)),
             Outcome::Existing(m) => Ok((m, false)),
             Outcome::New(k) => Ok((rows[k].clone(), true)),
-            Outcome::SameAs(j) => match new_of.get(j).copied().flatten() {
-                Some(k) => Ok((rows[k].clone(), false)),
-                None => Err(parley_kit::ErrorCode::Conflict
-                    .status("concurrent send with the same client_msg_id; retry")),
-            },
+            Outcome::Retry(k) => Ok((rows[k].clone(), false)),
         };
         if let Ok((m, _)) = &answer {
             r.span.record("seq", m.seq);
