@@ -119,6 +119,7 @@ pub struct WsConfig {
     pub max_watch: usize,
     pub read_buffer_bytes: usize,
     pub max_pending_sends: usize,
+    pub write_batch_frames: usize,
 }
 
 impl Config {
@@ -146,8 +147,8 @@ impl Config {
         if self.ws.heartbeat_ms < 100 || self.ws.queue_len == 0 || self.ws.resume_limit == 0 {
             return Err("ws: heartbeat_ms >= 100, queue_len and resume_limit > 0".into());
         }
-        if self.ws.max_pending_sends == 0 {
-            return Err("ws.max_pending_sends must be positive".into());
+        if self.ws.max_pending_sends == 0 || self.ws.write_batch_frames == 0 {
+            return Err("ws: max_pending_sends and write_batch_frames must be positive".into());
         }
         if self.ws.read_buffer_bytes < 256 || self.ws.max_frame_bytes < 256 {
             return Err("ws: read_buffer_bytes and max_frame_bytes must be at least 256".into());

@@ -24,6 +24,7 @@ use axum::{
     http::HeaderMap,
     response::{IntoResponse, Response},
 };
+use futures::{FutureExt as _, SinkExt as _};
 use parley_kit::{ErrorCode, domain::UserId};
 use parley_proto::{events::v1 as ev, messaging::v1 as pb};
 use serde::Deserialize;
@@ -125,6 +126,9 @@ struct Conn {
     /// Some channel may be behind its target (a gap to wait for or fill): only then does
     /// the gap timer run, so idle connections cost no periodic wake-ups.
     maybe_gaps: bool,
+    /// Frames fed to the socket since the last flush: frames produced by work that is
+    /// already queued leave in one write (one syscall) instead of one each.
+    unflushed: usize,
 }
 
 /// Why a connection ended.
@@ -159,6 +163,7 @@ impl Conn {
             watched: HashMap::new(),
             hold_until: None,
             maybe_gaps: false,
+            unflushed: 0,
         };
         metrics::gauge!("gateway_ws_connections").increment(1.0);
         if let Some(p) = &conn.app.presence {
@@ -196,7 +201,11 @@ impl Conn {
         gap_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let draining = self.app.draining.clone();
         let wake = self.sink.wake.clone();
+        let write_batch = cfg.write_batch_frames.max(1);
         loop {
+            if let Err(end) = self.flush().await {
+                return end;
+            }
             let step = tokio::select! {
                 _ = draining.cancelled() => {
                     let _ = self.frame(json!({"type": "reconnect", "reason": "server draining"})).await;
@@ -225,11 +234,31 @@ impl Conn {
                         let _ = self.socket.send(WsMessage::Close(None)).await;
                         return End::Closed;
                     }
-                    self.socket.send(WsMessage::Ping(Vec::new().into())).await.map_err(|_| End::Error)
+                    self.unflushed += 1;
+                    self.socket.feed(WsMessage::Ping(Vec::new().into())).await.map_err(|_| End::Error)
                 }
             };
             if let Err(end) = step {
                 return end;
+            }
+            // Work that is already waiting is done now, so its frames share the write
+            // above (bounded, so a busy connection still flushes and reads regularly).
+            for _ in 1..write_batch {
+                let step = if let Ok(d) = rx.try_recv() {
+                    self.on_event(d).await
+                } else if let Ok((r, result)) = sends_rx.try_recv() {
+                    self.on_sent(r, result).await
+                } else if let Some(inbound) = self.socket.recv().now_or_never() {
+                    match inbound {
+                        None | Some(Err(_)) => return End::Closed,
+                        Some(Ok(m)) => self.on_inbound(m).await,
+                    }
+                } else {
+                    break;
+                };
+                if let Err(end) = step {
+                    return end;
+                }
             }
         }
     }
@@ -448,9 +477,22 @@ impl Conn {
         }
     }
 
+    /// Writes out the queued frames (before anything that waits on another service, so
+    /// they are not held back by it).
+    async fn flush(&mut self) -> Result<(), End> {
+        let frames = std::mem::take(&mut self.unflushed);
+        if frames == 0 {
+            return Ok(());
+        }
+        metrics::histogram!("gateway_ws_write_batch_size").record(frames as f64);
+        self.socket.flush().await.map_err(|_| End::Error)
+    }
+
+    /// Queues a frame; the serve loop writes queued frames out before it waits again.
     async fn frame(&mut self, v: Value) -> Result<(), End> {
+        self.unflushed += 1;
         self.socket
-            .send(WsMessage::Text(v.to_string().into()))
+            .feed(WsMessage::Text(v.to_string().into()))
             .await
             .map_err(|_| End::Error)
     }
@@ -501,6 +543,10 @@ impl Conn {
         if kind != "resume" {
             // The client's first frame is not a resume: stop holding live messages.
             self.release().await?;
+        }
+        if matches!(kind, "ack" | "read" | "watch_presence") {
+            // These wait on another service: what is queued goes out first.
+            self.flush().await?;
         }
         let str_field = |name: &str| -> Result<String, ApiError> {
             v.get(name)
@@ -832,6 +878,7 @@ impl Conn {
             }
             first = false;
             let after = c.delivered;
+            self.flush().await?;
             let (msgs, more) = match self.page_after(channel, after, 200).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -867,6 +914,7 @@ impl Conn {
             return Ok(());
         }
         // Drop queued events: history is about to supersede them.
+        self.flush().await?;
         let positions = match self.positions().await {
             Ok(p) => p,
             Err(e) => {
@@ -932,6 +980,7 @@ impl Conn {
         // Replays below run in order before anything held is sent.
         self.hold_until = None;
         let limit = self.app.config.ws.resume_limit;
+        self.flush().await?;
         let last_seqs: HashMap<String, u64> = match self.positions().await {
             Ok(p) => p.into_iter().collect(),
             Err(e) => return self.error(None, &e).await,

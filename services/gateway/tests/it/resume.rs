@@ -165,3 +165,34 @@ async fn resume_beyond_the_limit_replays_the_newest_only() -> anyhow::Result<()>
     assert!(message_seqs(&live, &other).is_empty());
     Ok(())
 }
+
+/// Frames that are ready together leave together: a replay and its `resumed` frame are one
+/// socket write (`gateway_ws_write_batch_size`), not one write per frame.
+#[tokio::test]
+async fn a_replay_is_written_to_the_socket_at_once() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let ch = alice.group("batched", &["bob"]).await?;
+    send_n(&alice, &ch, 1, 12).await?;
+
+    let mut bob = Ws::connect(&stack.url(0), "bob").await?;
+    let (replayed, _) = resume(&mut bob, json!({ &ch: 0 })).await?;
+    assert_eq!(message_seqs(&replayed, &ch), (1..=12).collect::<Vec<_>>());
+
+    let (_, metrics, _) = alice.raw("GET", "/metrics", None, None).await?;
+    let text = metrics.as_str().unwrap_or_default();
+    let sample = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+    };
+    let writes = sample("gateway_ws_write_batch_size_count");
+    let small = sample("gateway_ws_write_batch_size_bucket{le=\"8\"}");
+    assert!(
+        writes > small,
+        "every write carried at most 8 frames ({writes} writes): {text}"
+    );
+    Ok(())
+}
