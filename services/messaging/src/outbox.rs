@@ -1,7 +1,10 @@
 //! Publishing of committed events: right after commit (inline) and, for whatever a crash
 //! left in the outbox, by the sweeper. Delivery is at-least-once; consumers deduplicate.
 
-use std::time::Duration;
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
 
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -110,6 +113,12 @@ pub async fn clear_ids(pool: &PgPool, ids: &[i64]) {
 
 /// Periodically republishes outbox rows older than `sweep_min_age_ms`, sharing the work
 /// between replicas with `FOR UPDATE SKIP LOCKED`.
+///
+/// "Older" is decided by id, not by a timestamp: every tick samples the outbox id
+/// sequence, and a row whose id is at or below a value sampled at least `sweep_min_age_ms`
+/// ago was written at least that long ago. The sweep is then a primary-key range scan
+/// that stops at that id, instead of a filter over every row (the queue is mostly dead
+/// tuples between vacuums, and a filtered scan visited them all on every tick).
 pub async fn sweep(
     pool: PgPool,
     publisher: Publisher,
@@ -118,44 +127,85 @@ pub async fn sweep(
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.sweep_interval_ms.max(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let min_age = Duration::from_millis(cfg.sweep_min_age_ms);
+    let mut marks: VecDeque<(Instant, i64)> = VecDeque::new();
+    let mut upto: Option<i64> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        match allocated_ids(&pool).await {
+            Ok(v) => marks.push_back((Instant::now(), v)),
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox sweep: reading the id sequence failed");
+                continue;
+            }
+        }
+        while let Some(&(at, v)) = marks.front() {
+            if at.elapsed() < min_age {
+                break;
+            }
+            upto = Some(v);
+            marks.pop_front();
+        }
+        let Some(upto) = upto else {
+            continue;
+        };
+        let mut backlog = 0;
         loop {
-            match sweep_once(&pool, &publisher, &cfg).await {
-                Ok(n) if n as i64 >= cfg.sweep_batch => continue,
-                Ok(_) => break,
+            match sweep_once(&pool, &publisher, &cfg, upto).await {
+                Ok(n) => {
+                    backlog += n;
+                    if (n as i64) < cfg.sweep_batch {
+                        break;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox sweep failed");
+                    backlog = backlog.max(waiting(&pool, upto).await.unwrap_or(0));
                     break;
                 }
             }
         }
+        metrics::gauge!("messaging_outbox_backlog").set(backlog as f64);
     }
 }
 
-/// One sweep batch; returns how many rows were republished.
+/// The outbox id sequence's last value: every row written so far has an id at or below it.
+async fn allocated_ids(pool: &PgPool) -> sqlx::Result<i64> {
+    let (last, called): (i64, bool) =
+        sqlx::query_as("SELECT last_value, is_called FROM outbox_id_seq")
+            .fetch_one(pool)
+            .await?;
+    Ok(if called { last } else { 0 })
+}
+
+/// Rows at or below `upto` still in the outbox (counted only when a sweep failed).
+async fn waiting(pool: &PgPool, upto: i64) -> sqlx::Result<usize> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE id <= $1")
+        .bind(upto)
+        .fetch_one(pool)
+        .await?;
+    Ok(n as usize)
+}
+
+/// One sweep batch of rows with id at most `upto`; returns how many were republished.
 pub async fn sweep_once(
     pool: &PgPool,
     publisher: &Publisher,
     cfg: &OutboxConfig,
+    upto: i64,
 ) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
     let rows: Vec<(i64, Vec<String>, Vec<u8>)> = sqlx::query_as(
-        "SELECT id, topics, payload FROM outbox
-         WHERE created_at < now() - make_interval(secs => $1::float8 / 1000.0)
+        "SELECT id, topics, payload FROM outbox WHERE id <= $1
          ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
     )
-    .bind(cfg.sweep_min_age_ms as f64)
+    .bind(upto)
     .bind(cfg.sweep_batch)
     .fetch_all(&mut *tx)
     .await?;
-    let backlog: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&mut *tx)
-        .await?;
-    metrics::gauge!("messaging_outbox_backlog").set(backlog as f64);
     if rows.is_empty() {
         return Ok(0);
     }
