@@ -573,12 +573,7 @@ pub(crate) async fn send(
         client_msg_id: cid.as_str().to_owned(),
         body: body.as_str().to_owned(),
     };
-    Ok(app
-        .messaging
-        .clone()
-        .send_message(grpc(user, req)?)
-        .await?
-        .into_inner())
+    app.sender.send(user, req).await
 }
 
 async fn send_message(

@@ -11,6 +11,7 @@ mod notification;
 mod presence;
 mod ratelimit;
 mod receipts;
+mod sender;
 mod view;
 mod ws;
 
@@ -24,6 +25,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 pub use error::ApiError;
+pub use sender::SendConfig;
 
 /// Embedded defaults (see `src/config.toml`).
 pub const DEFAULTS: &str = include_str!("config.toml");
@@ -41,6 +43,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: Limits,
     pub ws: WsConfig,
+    pub send: SendConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +150,9 @@ impl Config {
         if self.ws.heartbeat_ms < 100 || self.ws.queue_len == 0 || self.ws.resume_limit == 0 {
             return Err("ws: heartbeat_ms >= 100, queue_len and resume_limit > 0".into());
         }
+        if self.send.max_batch == 0 || self.send.concurrency == 0 || self.send.queue == 0 {
+            return Err("send: max_batch, concurrency and queue must be positive".into());
+        }
         if self.ws.max_pending_sends == 0 || self.ws.write_batch_frames == 0 {
             return Err("ws: max_pending_sends and write_batch_frames must be positive".into());
         }
@@ -164,6 +170,8 @@ pub(crate) struct App {
     config: Config,
     auth: auth::Verifier,
     messaging: Messaging,
+    /// Sends, batched into `SendMessages` calls.
+    sender: sender::Sender,
     messaging_channel: Channel,
     presence: Option<Arc<presence::Presence>>,
     receipts: Option<receipts::Receipts>,
@@ -267,10 +275,12 @@ pub async fn serve(
     let heartbeats = presence
         .clone()
         .map(|p| tokio::spawn(p.heartbeat_loop(presence_heartbeat, hub_stop.clone())));
+    let sender = sender::Sender::start(messaging.clone(), &config.send);
     let app = Arc::new(App {
         auth: auth::Verifier::new(&config.auth)?,
         config,
         messaging,
+        sender,
         messaging_channel,
         presence,
         receipts,

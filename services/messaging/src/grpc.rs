@@ -12,6 +12,7 @@ use parley_kit::{
 use parley_proto::messaging::v1::{self as pb, messaging_service_server::MessagingService};
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{Config, Error, batch::Batcher, outbox, store};
@@ -64,6 +65,29 @@ impl Messaging {
 
 fn invalid(message: impl Into<String>) -> Status {
     parley_kit::ErrorCode::InvalidArgument.status(message)
+}
+
+impl Messaging {
+    /// One send (SendMessage, or one item of SendMessages) for `caller`.
+    async fn send_one(
+        &self,
+        caller: UserId,
+        req: pb::SendMessageRequest,
+    ) -> Result<pb::SendMessageResponse, Status> {
+        let pb::SendMessageRequest {
+            channel_id: ch,
+            client_msg_id,
+            body,
+        } = req;
+        let id = channel_id(&ch)?;
+        let cid = ClientMsgId::parse(&client_msg_id)?;
+        let body = MessageBody::parse(&body, self.config.limits.max_body_bytes)?;
+        let (m, created) = self.batcher.send(caller, id, cid, body).await?;
+        Ok(pb::SendMessageResponse {
+            message: Some(m.into()),
+            created,
+        })
+    }
 }
 
 fn user<T>(req: &Request<T>) -> Result<UserId, Status> {
@@ -284,19 +308,71 @@ impl MessagingService for Messaging {
         req: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
         let caller = user(&req)?;
-        let pb::SendMessageRequest {
-            channel_id: ch,
-            client_msg_id,
-            body,
-        } = req.into_inner();
-        let id = channel_id(&ch)?;
-        let cid = ClientMsgId::parse(&client_msg_id)?;
-        let body = MessageBody::parse(&body, self.config.limits.max_body_bytes)?;
-        let (m, created) = self.batcher.send(caller, id, cid, body).await?;
-        Ok(Response::new(pb::SendMessageResponse {
-            message: Some(m.into()),
-            created,
+        Ok(Response::new(
+            self.send_one(caller, req.into_inner()).await?,
+        ))
+    }
+
+    async fn send_messages(
+        &self,
+        req: Request<pb::SendMessagesRequest>,
+    ) -> Result<Response<pb::SendMessagesResponse>, Status> {
+        let items = req.into_inner().items;
+        let max = self.config.limits.max_send_items;
+        if items.len() > max {
+            return Err(invalid(format!(
+                "{} items; at most {max} per SendMessages",
+                items.len()
+            )));
+        }
+        metrics::histogram!("messaging_send_call_batch_size").record(items.len() as f64);
+        // Each item is its own SendMessage, under its own span in its own trace; they go
+        // to the batcher together, so they can share one transaction.
+        let results = futures::future::join_all(items.into_iter().map(|item| {
+            let span = tracing::info_span!(
+                "SendMessage",
+                otel.kind = "server",
+                rpc.system = "grpc",
+                rpc.service = "parley.messaging.v1.MessagingService",
+                rpc.method = "SendMessage",
+                rpc.grpc.status_code = tracing::field::Empty,
+                channel = tracing::field::Empty,
+                seq = tracing::field::Empty,
+            );
+            parley_kit::propagation::set_parent_from_map(&span, &item.trace_context);
+            async move {
+                let outcome =
+                    match UserId::parse(&item.user_id) {
+                        Err(_) => Err(parley_kit::ErrorCode::Unauthenticated
+                            .status("missing caller identity")),
+                        Ok(caller) => {
+                            let send = item.send.unwrap_or_default();
+                            tracing::Span::current().record("channel", send.channel_id.as_str());
+                            self.send_one(caller, send).await
+                        }
+                    };
+                let code = outcome.as_ref().map_or_else(|s| s.code() as i32, |_| 0);
+                tracing::Span::current().record("rpc.grpc.status_code", code);
+                pb::SendMessagesResult {
+                    outcome: Some(match outcome {
+                        Ok(sent) => pb::send_messages_result::Outcome::Sent(sent),
+                        Err(s) => pb::send_messages_result::Outcome::Error(pb::SendError {
+                            code,
+                            message: s.message().to_owned(),
+                            error_code: s
+                                .metadata()
+                                .get(parley_kit::error::ERROR_CODE_KEY)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_owned(),
+                        }),
+                    }),
+                }
+            }
+            .instrument(span)
         }))
+        .await;
+        Ok(Response::new(pb::SendMessagesResponse { results }))
     }
 
     #[tracing::instrument(skip_all, fields(channel = %req.get_ref().channel_id))]

@@ -72,6 +72,7 @@ pub struct Limits {
     pub default_page: u32,
     pub max_page: u32,
     pub max_name_chars: usize,
+    pub max_send_items: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,8 +106,8 @@ impl Config {
         {
             return Err("limits: need 0 < default_page <= max_page".into());
         }
-        if self.limits.max_body_bytes == 0 {
-            return Err("limits.max_body_bytes must be positive".into());
+        if self.limits.max_body_bytes == 0 || self.limits.max_send_items == 0 {
+            return Err("limits: max_body_bytes and max_send_items must be positive".into());
         }
         if self.send.max_batch == 0 || self.send.concurrency == 0 || self.send.queue == 0 {
             return Err("send: max_batch, concurrency and queue must be positive".into());

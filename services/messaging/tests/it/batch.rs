@@ -186,3 +186,88 @@ async fn queued_sends_share_one_transaction_and_keep_their_own_outcomes() -> any
     );
     Ok(())
 }
+
+fn item(user: &str, channel: &str, cid: &str, body: &str) -> pb::SendMessagesItem {
+    pb::SendMessagesItem {
+        user_id: user.to_owned(),
+        send: Some(pb::SendMessageRequest {
+            channel_id: channel.to_owned(),
+            client_msg_id: cid.to_owned(),
+            body: body.to_owned(),
+        }),
+        trace_context: Default::default(),
+    }
+}
+
+/// `SendMessages` answers every item as `SendMessage` would have, in the items' order,
+/// for each item's own caller; a failing item leaves the others alone.
+#[tokio::test]
+async fn send_messages_answers_each_item_like_send_message() -> anyhow::Result<()> {
+    use pb::send_messages_result::Outcome;
+    let mut stack = Stack::empty().await?;
+    let addr = stack
+        .add_messaging(&[("PARLEY__LIMITS__MAX_SEND_ITEMS", "8")])
+        .await?;
+    let mut svc = client(addr).await?;
+    let a = group(&mut svc, "alice", &["bob"]).await?;
+    let earlier = send(&mut svc, "bob", &a, "b0", "sent alone").await?;
+
+    let items = vec![
+        item("alice", &a, "a1", "first"),
+        item("bob", &a, "b0", "a retry: the original comes back"),
+        item("carol", &a, "c1", "not a member"),
+        item("alice", &a, "a2", ""),
+        item("", &a, "x1", "no caller"),
+        item("bob", &a, "b1", "second"),
+    ];
+    let results = svc
+        .send_messages(pb::SendMessagesRequest { items })
+        .await?
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 6);
+    let sent = |i: usize| match &results[i].outcome {
+        Some(Outcome::Sent(s)) => s.clone(),
+        other => panic!("item {i}: {other:?}"),
+    };
+    let failed = |i: usize| match &results[i].outcome {
+        Some(Outcome::Error(e)) => e.clone(),
+        other => panic!("item {i}: {other:?}"),
+    };
+    let (first, retry, second) = (sent(0), sent(1), sent(5));
+    assert!(first.created && second.created && !retry.created);
+    assert_eq!(msg(&first).sender_id, "alice");
+    assert_eq!(msg(&second).sender_id, "bob");
+    assert_eq!(msg(&retry), msg(&earlier));
+    let mut seqs = [msg(&first).seq, msg(&second).seq];
+    seqs.sort_unstable();
+    assert_eq!(seqs, [2, 3]);
+    for (i, code) in [
+        (2, ErrorCode::PermissionDenied),
+        (3, ErrorCode::InvalidArgument),
+        (4, ErrorCode::Unauthenticated),
+    ] {
+        let e = failed(i);
+        assert_eq!(e.code, code.grpc_code() as i32, "item {i}: {e:?}");
+        assert_eq!(e.error_code, code.as_str(), "item {i}: {e:?}");
+        assert!(!e.message.is_empty());
+    }
+    let bodies: Vec<String> = all_messages(&mut svc, "alice", &a)
+        .await?
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(bodies.len(), 3, "{bodies:?}");
+
+    // More items than limits.max_send_items: the whole call is refused, nothing written.
+    let items = (0..9)
+        .map(|i| item("alice", &a, &format!("many{i}"), "x"))
+        .collect();
+    let err = svc
+        .send_messages(pb::SendMessagesRequest { items })
+        .await
+        .expect_err("too many items");
+    assert_code(&err, ErrorCode::InvalidArgument);
+    assert_eq!(all_messages(&mut svc, "alice", &a).await?.len(), 3);
+    Ok(())
+}

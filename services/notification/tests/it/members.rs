@@ -48,6 +48,15 @@ macro_rules! forward {
                         .await
                 }
             )*
+
+            // Items carry their own callers: no caller metadata to forward.
+            async fn send_messages(
+                &self,
+                req: Request<mpb::SendMessagesRequest>,
+            ) -> Result<Response<mpb::SendMessagesResponse>, Status> {
+                self.count("send_messages");
+                self.upstream.clone().send_messages(req.into_inner()).await
+            }
         }
     };
 }

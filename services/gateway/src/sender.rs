@@ -1,0 +1,164 @@
+//! Sends of every connection and REST request go to messaging in batches: one
+//! `SendMessages` call carries the sends that are waiting (up to `send.max_batch`), with
+//! at most `send.concurrency` calls in flight. An idle gateway sends each at once (a batch
+//! of one); a busy one sends bigger batches, which saves a gRPC round trip per message on
+//! both sides. Each item keeps its own caller, trace context and answer.
+//!
+//! A messaging replica without `SendMessages` (an older version during a rolling deploy)
+//! answers UNIMPLEMENTED: that batch is then sent item by item with `SendMessage`.
+
+use std::sync::Arc;
+
+use parley_kit::{ErrorCode, domain::UserId, propagation};
+use parley_proto::messaging::v1 as pb;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tonic::{Code, Request, Status};
+use tracing::Instrument as _;
+
+use crate::{ApiError, Messaging};
+
+type Reply = oneshot::Sender<Result<pb::SendMessageResponse, ApiError>>;
+
+struct Job {
+    item: pb::SendMessagesItem,
+    reply: Reply,
+}
+
+/// Settings of the send batcher (`[send]`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct SendConfig {
+    pub max_batch: usize,
+    pub concurrency: usize,
+    pub queue: usize,
+}
+
+#[derive(Clone)]
+pub(crate) struct Sender {
+    queue: mpsc::Sender<Job>,
+}
+
+impl Sender {
+    /// Starts `cfg.concurrency` workers; they end when the last `Sender` is dropped.
+    pub fn start(client: Messaging, cfg: &SendConfig) -> Self {
+        let (queue, rx) = mpsc::channel(cfg.queue.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..cfg.concurrency.max(1) {
+            tokio::spawn(worker(rx.clone(), client.clone(), cfg.max_batch.max(1)));
+        }
+        Self { queue }
+    }
+
+    /// Sends one message for `user` (the current span's trace context goes with it).
+    pub async fn send(
+        &self,
+        user: &UserId,
+        send: pb::SendMessageRequest,
+    ) -> Result<pb::SendMessageResponse, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        let item = pb::SendMessagesItem {
+            user_id: user.as_str().to_owned(),
+            send: Some(send),
+            trace_context: propagation::inject_map(),
+        };
+        let gone = || ApiError::new(ErrorCode::Unavailable, "the gateway is shutting down");
+        self.queue
+            .send(Job { item, reply })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+async fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, client: Messaging, max: usize) {
+    loop {
+        let mut jobs = Vec::new();
+        {
+            // One worker at a time takes what is waiting; the others are calling messaging.
+            let mut rx = rx.lock().await;
+            match rx.recv().await {
+                Some(job) => jobs.push(job),
+                None => return,
+            }
+            while jobs.len() < max {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        metrics::histogram!("gateway_send_batch_size").record(jobs.len() as f64);
+        let (items, replies): (Vec<_>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.item, j.reply)).unzip();
+        match client
+            .clone()
+            .send_messages(Request::new(pb::SendMessagesRequest {
+                items: items.clone(),
+            }))
+            .await
+        {
+            Ok(resp) => {
+                let results = resp.into_inner().results;
+                if results.len() != replies.len() {
+                    tracing::error!(
+                        sent = replies.len(),
+                        answered = results.len(),
+                        "SendMessages answered a different number of items"
+                    );
+                    for r in replies {
+                        let _ = r.send(Err(ApiError::new(ErrorCode::Internal, "internal error")));
+                    }
+                    continue;
+                }
+                for (r, result) in replies.into_iter().zip(results) {
+                    let _ = r.send(outcome(result));
+                }
+            }
+            Err(s) if s.code() == Code::Unimplemented => {
+                for (item, r) in items.into_iter().zip(replies) {
+                    let _ = r.send(send_one(&client, item).await);
+                }
+            }
+            Err(s) => {
+                for r in replies {
+                    let _ = r.send(Err(ApiError::from(s.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// One item's answer, as the gateway would have got it from `SendMessage`.
+fn outcome(result: pb::SendMessagesResult) -> Result<pb::SendMessageResponse, ApiError> {
+    match result.outcome {
+        Some(pb::send_messages_result::Outcome::Sent(sent)) => Ok(sent),
+        Some(pb::send_messages_result::Outcome::Error(e)) => {
+            let mut status = Status::new(Code::from(e.code), e.message);
+            if let Ok(v) = tonic::metadata::MetadataValue::try_from(e.error_code.as_str())
+                && !e.error_code.is_empty()
+            {
+                status
+                    .metadata_mut()
+                    .insert(parley_kit::error::ERROR_CODE_KEY, v);
+            }
+            Err(ApiError::from(status))
+        }
+        None => Err(ApiError::new(ErrorCode::Internal, "internal error")),
+    }
+}
+
+/// The fallback for a messaging without `SendMessages`: the item alone, under a span in
+/// its own trace.
+async fn send_one(
+    client: &Messaging,
+    item: pb::SendMessagesItem,
+) -> Result<pb::SendMessageResponse, ApiError> {
+    let span = tracing::info_span!("send fallback");
+    propagation::set_parent_from_map(&span, &item.trace_context);
+    async {
+        let req =
+            propagation::with_user(Request::new(item.send.unwrap_or_default()), &item.user_id)?;
+        Ok(client.clone().send_message(req).await?.into_inner())
+    }
+    .instrument(span)
+    .await
+}
