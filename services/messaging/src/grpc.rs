@@ -329,8 +329,11 @@ impl MessagingService for Messaging {
         // Each item is its own SendMessage, under its own span in its own trace; they go
         // to the batcher together, so they can share one transaction.
         let results = futures::future::join_all(items.into_iter().map(|item| {
+            // Named like the SendMessage server span, so traces and searches by operation
+            // look the same whichever call carried the send.
             let span = tracing::info_span!(
                 "SendMessage",
+                otel.name = "parley.messaging.v1.MessagingService/SendMessage",
                 otel.kind = "server",
                 rpc.system = "grpc",
                 rpc.service = "parley.messaging.v1.MessagingService",
@@ -351,8 +354,13 @@ impl MessagingService for Messaging {
                             self.send_one(caller, send).await
                         }
                     };
-                let code = outcome.as_ref().map_or_else(|s| s.code() as i32, |_| 0);
-                tracing::Span::current().record("rpc.grpc.status_code", code);
+                let code = outcome
+                    .as_ref()
+                    .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+                tracing::Span::current().record("rpc.grpc.status_code", code as i32);
+                metrics::counter!("messaging_send_items_total", "code" => format!("{code:?}"))
+                    .increment(1);
+                let code = code as i32;
                 pb::SendMessagesResult {
                     outcome: Some(match outcome {
                         Ok(sent) => pb::send_messages_result::Outcome::Sent(sent),

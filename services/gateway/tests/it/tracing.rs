@@ -152,6 +152,17 @@ async fn one_trace_covers_gateway_messaging_notification_and_presence() -> anyho
         .find(|s| s.name == "INSERT messaging.messages")
         .expect("db span");
     assert_eq!(attr(db, "db.system.name").as_deref(), Some("postgresql"));
+    // The send's server span in messaging (the gateway batches sends into SendMessages
+    // calls; each item has its own span in the sender's trace) is the write's parent.
+    let send = spans
+        .iter()
+        .find(|s| s.span_id == db.parent_span_id)
+        .expect("the db span's parent is in the trace");
+    assert_eq!(
+        send.name,
+        "parley.messaging.v1.MessagingService/SendMessage"
+    );
+    assert_eq!(attr(send, "rpc.grpc.status_code").as_deref(), Some("0"));
     let publish = spans
         .iter()
         .find(|s| s.name == "publish messaging:events")

@@ -252,6 +252,15 @@ async fn send_messages_answers_each_item_like_send_message() -> anyhow::Result<(
         assert_eq!(e.error_code, code.as_str(), "item {i}: {e:?}");
         assert!(!e.message.is_empty());
     }
+    // Item outcomes are counted by code (the SendMessages call itself succeeded).
+    assert_eq!(metric("messaging_send_items_total{code=\"Ok\"}"), 3.0);
+    for code in ["PermissionDenied", "InvalidArgument", "Unauthenticated"] {
+        assert_eq!(
+            metric(&format!("messaging_send_items_total{{code=\"{code}\"}}")),
+            1.0,
+            "{code}"
+        );
+    }
     let bodies: Vec<String> = all_messages(&mut svc, "alice", &a)
         .await?
         .into_iter()
