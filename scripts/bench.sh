@@ -158,12 +158,23 @@ if want 1; then
 	say "1/6 ramp: max sustained throughput with p99 < ${BENCH_P99_MS} ms (load $(load))"
 	echo "$(load)" >"$RAW/load-1.txt"
 	cpu_snapshot >"$RAW/cpu-1-before.txt"
+	# Background work in Postgres during the ramp (to line up with each step's ack p99 by
+	# second): autovacuum and checkpoints are logged while it runs, then copied to raw/.
+	PG_LOG="$ROOT/.local/pg/postgres.log"
+	[[ -f $PG_LOG ]] && PG_LOG_FROM="$(wc -c <"$PG_LOG")" || PG_LOG_FROM=""
+	"$PSQL" -q "$PARLEY_PG_URL" -c 'ALTER SYSTEM SET log_autovacuum_min_duration = 0' \
+		-c 'ALTER SYSTEM SET log_checkpoints = on' -c 'SELECT pg_reload_conf()' >/dev/null 2>&1 || true
 	lg --json "$RAW/ramp.json" ramp --clients "$BENCH_CLIENTS" --channels "$BENCH_CHANNELS" \
 		--members "$BENCH_MEMBERS" --duration "$BENCH_STEP_SECS" --drain 5 \
 		--rates "$BENCH_RATES" --p99-ms "$BENCH_P99_MS" \
 		$(for s in gateway messaging presence receipts notification; do printf -- '--watch %s=%s ' "$s" "$(cat "$ROOT/.local/run/$s.pid")"; done) \
 		${PG_POSTMASTER:+--watch postgres=$PG_POSTMASTER} ${REDIS_PID:+--watch redis=$REDIS_PID}
 	cpu_snapshot >"$RAW/cpu-1-after.txt"
+	"$PSQL" -q "$PARLEY_PG_URL" -c 'ALTER SYSTEM RESET log_autovacuum_min_duration' \
+		-c 'ALTER SYSTEM RESET log_checkpoints' -c 'SELECT pg_reload_conf()' >/dev/null 2>&1 || true
+	if [[ -n $PG_LOG_FROM ]]; then
+		tail -c +"$((PG_LOG_FROM + 1))" "$PG_LOG" >"$RAW/pg-ramp.log" || true
+	fi
 	echo "$(load)" >>"$RAW/load-1.txt"
 fi
 

@@ -127,6 +127,32 @@ md.append("Sizes (environment of scripts/bench.sh): " + ", ".join(
                                "BENCH_HISTORY_REQUESTS", "BENCH_PGBENCH_SECS"] if env(k)) + ".")
 md.append("")
 
+
+def pg_background(raw):
+    """Autovacuum/analyze/checkpoint events from the Postgres log of the ramp:
+    [(unix time, what, elapsed s or None)]; the log line is written when the work ends."""
+    import datetime
+    path = os.path.join(raw, "pg-ramp.log")
+    if not os.path.exists(path):
+        return []
+    out = []
+    lines = open(path, errors="replace").read().splitlines()
+    for i, l in enumerate(lines):
+        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) UTC \[\d+\] LOG:\s+(automatic (?:vacuum|analyze) of table \"[^\"]+\"|checkpoint (?:starting|complete))", l)
+        if not m:
+            continue
+        t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=datetime.timezone.utc).timestamp()
+        elapsed = None
+        for nxt in lines[i + 1:i + 12]:
+            e = re.search(r"elapsed: ([0-9.]+) s", nxt)
+            if e:
+                elapsed = float(e.group(1))
+                break
+            if re.match(r"\d{4}-", nxt):
+                break
+        out.append((t, m.group(2), elapsed))
+    return out
+
 # ---- summary
 md.append("## Summary")
 md.append("")
@@ -228,6 +254,35 @@ if ramp:
         for s in ramp["steps"]:
             c = s.get("cpu_us_per_msg") or {}
             md.append(f"| {s['rate']:.0f} | " + " | ".join(f"{c[k]:.0f}" if k in c else "-" for k in cols) + " |")
+        md.append("")
+    tails = [st for st in ramp["steps"] if not st["passed"] or st is best]
+    if any(st["report"].get("ack_by_second") for st in tails):
+        md.append("Ack p99 by second of sending (ms), for the failed steps and the best passing one:")
+        md.append("")
+        for st in tails:
+            secs = " ".join(f"{b['p99_ms']:.0f}" for b in st["report"].get("ack_by_second", []))
+            md.append(f"- {st['rate']:.0f} msg/s ({'pass' if st['passed'] else 'fail'}): {secs}")
+        md.append("")
+    events = pg_background(raw)
+    if events:
+        md.append("Postgres background work during the ramp (from its log: autovacuum lines are written "
+                  "when the work ends, with how long it ran; checkpoints log their start and end), with the "
+                  "step and second of sending the line fell in and that second's ack p99:")
+        md.append("")
+        md.append("| ended (UTC) | work | elapsed s | step msg/s | second | ack p99 that second (ms) |")
+        md.append("|---|---|---:|---:|---:|---:|")
+        import datetime
+        for t, what, elapsed in events:
+            at = datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+            step, sec, p99 = "-", "-", "-"
+            for st in ramp["steps"]:
+                r = st["report"]
+                t0 = r.get("send_started_unix")
+                if t0 and t0 <= t < t0 + r["send_secs"] + 1:
+                    n = int(t - t0)
+                    step, sec = f"{st['rate']:.0f}", str(n)
+                    p99 = next((f"{b['p99_ms']:.1f}" for b in r.get("ack_by_second", []) if b["second"] == n), "-")
+            md.append(f"| {at} | {what} | {'' if elapsed is None else f'{elapsed:.2f}'} | {step} | {sec} | {p99} |")
         md.append("")
 
 # ---- CPU per message (scenario 1) and per transaction (scenario 6)

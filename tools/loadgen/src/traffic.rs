@@ -97,6 +97,9 @@ pub struct TrafficReport {
     pub ack_percentiles: Vec<(f64, f64)>,
     /// Ack latency per second of the sending window (by send time): where a tail sits.
     pub ack_by_second: Vec<SecondStat>,
+    /// Wall-clock start of sending (Unix seconds): second `n` of `ack_by_second` began at
+    /// this + n, to line up with other logs.
+    pub send_started_unix: f64,
     /// Sends made during the first `warmup` seconds, and those after (steady state).
     pub ack_first: Summary,
     pub e2e_first: Summary,
@@ -327,6 +330,9 @@ pub async fn run(api: &Api, a: TrafficArgs, progress: bool) -> Result<TrafficRep
     tokio::time::sleep(Duration::from_secs_f64(a.settle.clamp(0.0, 60.0))).await;
 
     let epoch = Instant::now();
+    let send_started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     let counters = Arc::new(Counters::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut cmd_txs = Vec::with_capacity(a.clients);
@@ -517,6 +523,7 @@ pub async fn run(api: &Api, a: TrafficArgs, progress: bool) -> Result<TrafficRep
         config: a,
         ack_percentiles: ack.percentiles(),
         ack_by_second,
+        send_started_unix,
         ack_first: ack_first.summary(),
         e2e_first: e2e_first.summary(),
         steady_ack: steady_ack.summary(),
