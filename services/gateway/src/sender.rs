@@ -5,9 +5,17 @@
 //! both sides. Each item keeps its own caller, trace context and answer.
 //!
 //! A messaging replica without `SendMessages` (an older version during a rolling deploy)
-//! answers UNIMPLEMENTED: that batch is then sent item by item with `SendMessage`.
+//! answers UNIMPLEMENTED: that batch is then sent item by item with `SendMessage`, and so
+//! is everything for the next `FALLBACK_FOR` (one UNIMPLEMENTED per interval, not per
+//! batch), after which `SendMessages` is tried again.
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use parley_kit::{ErrorCode, domain::UserId, propagation};
 use parley_proto::messaging::v1 as pb;
@@ -18,6 +26,9 @@ use tracing::Instrument as _;
 use crate::{ApiError, Messaging};
 
 type Reply = oneshot::Sender<Result<pb::SendMessageResponse, ApiError>>;
+
+/// How long sends go one at a time after messaging answered UNIMPLEMENTED.
+const FALLBACK_FOR: Duration = Duration::from_secs(30);
 
 struct Job {
     item: pb::SendMessagesItem,
@@ -41,9 +52,13 @@ impl Sender {
     /// Starts `cfg.concurrency` workers; they end when the last `Sender` is dropped.
     pub fn start(client: Messaging, cfg: &SendConfig) -> Self {
         let (queue, rx) = mpsc::channel(cfg.queue.max(1));
-        let rx = Arc::new(Mutex::new(rx));
+        let shared = Arc::new(Shared {
+            rx: Mutex::new(rx),
+            epoch: Instant::now(),
+            single_until_ms: AtomicU64::new(0),
+        });
         for _ in 0..cfg.concurrency.max(1) {
-            tokio::spawn(worker(rx.clone(), client.clone(), cfg.max_batch.max(1)));
+            tokio::spawn(worker(shared.clone(), client.clone(), cfg.max_batch.max(1)));
         }
         Self { queue }
     }
@@ -69,12 +84,26 @@ impl Sender {
     }
 }
 
-async fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, client: Messaging, max: usize) {
+/// What the workers share.
+struct Shared {
+    rx: Mutex<mpsc::Receiver<Job>>,
+    epoch: Instant,
+    /// Until then (ms since `epoch`) sends go one at a time: messaging lacked SendMessages.
+    single_until_ms: AtomicU64,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+async fn worker(shared: Arc<Shared>, client: Messaging, max: usize) {
     loop {
         let mut jobs = Vec::new();
         {
             // One worker at a time takes what is waiting; the others are calling messaging.
-            let mut rx = rx.lock().await;
+            let mut rx = shared.rx.lock().await;
             match rx.recv().await {
                 Some(job) => jobs.push(job),
                 None => return,
@@ -89,6 +118,12 @@ async fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, client: Messaging, max: usi
         metrics::histogram!("gateway_send_batch_size").record(jobs.len() as f64);
         let (items, replies): (Vec<_>, Vec<_>) =
             jobs.into_iter().map(|j| (j.item, j.reply)).unzip();
+        if shared.now_ms() < shared.single_until_ms.load(Ordering::Relaxed) {
+            for (item, r) in items.into_iter().zip(replies) {
+                let _ = r.send(send_one(&client, item).await);
+            }
+            continue;
+        }
         match client
             .clone()
             .send_messages(Request::new(pb::SendMessagesRequest {
@@ -114,6 +149,14 @@ async fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, client: Messaging, max: usi
                 }
             }
             Err(s) if s.code() == Code::Unimplemented => {
+                tracing::warn!(
+                    "messaging has no SendMessages (older version?): sending one at a time for {} s",
+                    FALLBACK_FOR.as_secs()
+                );
+                shared.single_until_ms.store(
+                    shared.now_ms() + FALLBACK_FOR.as_millis() as u64,
+                    Ordering::Relaxed,
+                );
                 for (item, r) in items.into_iter().zip(replies) {
                     let _ = r.send(send_one(&client, item).await);
                 }

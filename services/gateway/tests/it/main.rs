@@ -20,6 +20,7 @@ mod replicas;
 mod restart;
 mod resume;
 mod rolling;
+mod sends;
 mod tracing;
 
 use std::time::Duration;
