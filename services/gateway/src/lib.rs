@@ -275,7 +275,11 @@ pub async fn serve(
     let heartbeats = presence
         .clone()
         .map(|p| tokio::spawn(p.heartbeat_loop(presence_heartbeat, hub_stop.clone())));
-    let sender = sender::Sender::start(messaging.clone(), &config.send);
+    let sender = sender::Sender::start(
+        messaging.clone(),
+        &config.send,
+        Duration::from_millis(config.messaging.timeout_ms),
+    );
     let app = Arc::new(App {
         auth: auth::Verifier::new(&config.auth)?,
         config,

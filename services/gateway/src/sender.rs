@@ -5,9 +5,16 @@
 //! both sides. Each item keeps its own caller, trace context and answer.
 //!
 //! A messaging replica without `SendMessages` (an older version during a rolling deploy)
-//! answers UNIMPLEMENTED: that batch is then sent item by item with `SendMessage`, and so
-//! is everything for the next `FALLBACK_FOR` (one UNIMPLEMENTED per interval, not per
-//! batch), after which `SendMessages` is tried again.
+//! answers UNIMPLEMENTED: that batch is then sent item by item with `SendMessage` (the
+//! items concurrently), and so is everything for the next `FALLBACK_FOR` (one
+//! UNIMPLEMENTED per interval, not per batch), after which `SendMessages` is tried again.
+//! A call refused as a whole for its size (INVALID_ARGUMENT, RESOURCE_EXHAUSTED,
+//! OUT_OF_RANGE: `send.max_batch` above messaging's `limits.max_send_items`, or a batch
+//! over the gRPC message size) says nothing about the items: that batch goes item by item
+//! too, so each caller gets its own answer.
+//!
+//! A send waits at most `messaging.timeout_ms` in all (queue and call); after that its
+//! caller gets `unavailable` (retrying with the same `client_msg_id` is safe).
 
 use std::{
     sync::{
@@ -46,11 +53,13 @@ pub struct SendConfig {
 #[derive(Clone)]
 pub(crate) struct Sender {
     queue: mpsc::Sender<Job>,
+    deadline: Duration,
 }
 
 impl Sender {
-    /// Starts `cfg.concurrency` workers; they end when the last `Sender` is dropped.
-    pub fn start(client: Messaging, cfg: &SendConfig) -> Self {
+    /// Starts `cfg.concurrency` workers; they end when the last `Sender` is dropped. A send
+    /// waits at most `deadline` for its answer (queue and call together).
+    pub fn start(client: Messaging, cfg: &SendConfig, deadline: Duration) -> Self {
         let (queue, rx) = mpsc::channel(cfg.queue.max(1));
         let shared = Arc::new(Shared {
             rx: Mutex::new(rx),
@@ -60,7 +69,7 @@ impl Sender {
         for _ in 0..cfg.concurrency.max(1) {
             tokio::spawn(worker(shared.clone(), client.clone(), cfg.max_batch.max(1)));
         }
-        Self { queue }
+        Self { queue, deadline }
     }
 
     /// Sends one message for `user` (the current span's trace context goes with it).
@@ -76,11 +85,23 @@ impl Sender {
             trace_context: propagation::inject_map(),
         };
         let gone = || ApiError::new(ErrorCode::Unavailable, "the gateway is shutting down");
-        self.queue
-            .send(Job { item, reply })
-            .await
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        let sent = async {
+            self.queue
+                .send(Job { item, reply })
+                .await
+                .map_err(|_| gone())?;
+            answer.await.map_err(|_| gone())?
+        };
+        match tokio::time::timeout(self.deadline, sent).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                metrics::counter!("gateway_send_timeouts_total").increment(1);
+                Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "messaging did not answer in time; retry with the same client_msg_id",
+                ))
+            }
+        }
     }
 }
 
@@ -115,15 +136,20 @@ async fn worker(shared: Arc<Shared>, client: Messaging, max: usize) {
                 }
             }
         }
+        // Callers that gave up (their deadline passed while they waited) are not sent for:
+        // they answered `unavailable` and will retry.
+        jobs.retain(|j| !j.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
         metrics::histogram!("gateway_send_batch_size").record(jobs.len() as f64);
         let (items, replies): (Vec<_>, Vec<_>) =
             jobs.into_iter().map(|j| (j.item, j.reply)).unzip();
         if shared.now_ms() < shared.single_until_ms.load(Ordering::Relaxed) {
-            for (item, r) in items.into_iter().zip(replies) {
-                let _ = r.send(send_one(&client, item).await);
-            }
+            one_by_one(&client, items, replies).await;
             continue;
         }
+        // The items are kept for the item-by-item fallback below.
         match client
             .clone()
             .send_messages(Request::new(pb::SendMessagesRequest {
@@ -157,9 +183,17 @@ async fn worker(shared: Arc<Shared>, client: Messaging, max: usize) {
                     shared.now_ms() + FALLBACK_FOR.as_millis() as u64,
                     Ordering::Relaxed,
                 );
-                for (item, r) in items.into_iter().zip(replies) {
-                    let _ = r.send(send_one(&client, item).await);
-                }
+                one_by_one(&client, items, replies).await;
+            }
+            Err(s) if refused_for_size(s.code()) => {
+                tracing::error!(
+                    items = items.len(),
+                    error = %s,
+                    "SendMessages refused the whole batch (send.max_batch above messaging's \
+                     limits.max_send_items, or too big a call?): sending it item by item"
+                );
+                metrics::counter!("gateway_send_batches_refused_total").increment(1);
+                one_by_one(&client, items, replies).await;
             }
             Err(s) => {
                 for r in replies {
@@ -168,6 +202,24 @@ async fn worker(shared: Arc<Shared>, client: Messaging, max: usize) {
             }
         }
     }
+}
+
+/// Codes with which a whole `SendMessages` call can be refused for its size.
+fn refused_for_size(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange
+    )
+}
+
+/// Sends each item with `SendMessage`, all at once. A batch never holds two sends that
+/// must keep an order between them (a connection sends one at a time per channel), so
+/// sending them concurrently is safe.
+async fn one_by_one(client: &Messaging, items: Vec<pb::SendMessagesItem>, replies: Vec<Reply>) {
+    futures::future::join_all(items.into_iter().zip(replies).map(|(item, r)| async move {
+        let _ = r.send(send_one(client, item).await);
+    }))
+    .await;
 }
 
 /// One item's answer, as the gateway would have got it from `SendMessage`.

@@ -129,6 +129,8 @@ struct Conn {
     /// Frames fed to the socket since the last flush: frames produced by work that is
     /// already queued leave in one write (one syscall) instead of one each.
     unflushed: usize,
+    /// A write failed: the connection ends at the next flush.
+    write_failed: bool,
 }
 
 /// Why a connection ended.
@@ -164,6 +166,7 @@ impl Conn {
             hold_until: None,
             maybe_gaps: false,
             unflushed: 0,
+            write_failed: false,
         };
         metrics::gauge!("gateway_ws_connections").increment(1.0);
         if let Some(p) = &conn.app.presence {
@@ -239,7 +242,7 @@ impl Conn {
                 }
             };
             if let Err(end) = step {
-                return end;
+                return self.finish(end).await;
             }
             // Work that is already waiting is done now, so its frames share the write
             // above (bounded, so a busy connection still flushes and reads regularly).
@@ -257,10 +260,19 @@ impl Conn {
                     break;
                 };
                 if let Err(end) = step {
-                    return end;
+                    return self.finish(end).await;
                 }
             }
         }
+    }
+
+    /// On a client's close, the frames already queued (answers to its last frames) are
+    /// still written, best effort.
+    async fn finish(&mut self, end: End) -> End {
+        if matches!(end, End::Closed) {
+            let _ = self.flush().await;
+        }
+        end
     }
 
     /// `hello`, subscriptions, and starting positions for every channel of the user.
@@ -317,6 +329,9 @@ impl Conn {
 
     async fn subscribe(&mut self, topic: String) {
         if self.topics.insert(topic.clone()) {
+            // A new topic waits on Redis (and on the hub's other subscribers): what is
+            // queued leaves first. A failed write ends the connection at the next flush.
+            let _ = self.flush().await;
             self.app.hub.subscribe(self.id, &topic, &self.sink).await;
         }
     }
@@ -353,6 +368,7 @@ impl Conn {
 
     async fn leave_channel(&mut self, channel: &str) {
         self.cursors.remove(channel);
+        let _ = self.flush().await;
         for topic in self.channel_topics(channel) {
             if self.topics.remove(&topic) {
                 self.app.hub.unsubscribe(self.id, &topic).await;
@@ -480,12 +496,18 @@ impl Conn {
     /// Writes out the queued frames (before anything that waits on another service, so
     /// they are not held back by it).
     async fn flush(&mut self) -> Result<(), End> {
+        if self.write_failed {
+            return Err(End::Error);
+        }
         let frames = std::mem::take(&mut self.unflushed);
         if frames == 0 {
             return Ok(());
         }
         metrics::histogram!("gateway_ws_write_batch_size").record(frames as f64);
-        self.socket.flush().await.map_err(|_| End::Error)
+        self.socket.flush().await.map_err(|_| {
+            self.write_failed = true;
+            End::Error
+        })
     }
 
     /// Queues a frame; the serve loop writes queued frames out before it waits again.

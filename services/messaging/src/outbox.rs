@@ -138,6 +138,7 @@ pub async fn sweep(
         match allocated_ids(&pool).await {
             Ok(v) => marks.push_back((Instant::now(), v)),
             Err(e) => {
+                // The backlog gauge keeps its last value until a pass runs again.
                 tracing::warn!(error = %e, "outbox sweep: reading the id sequence failed");
                 continue;
             }
@@ -173,6 +174,13 @@ pub async fn sweep(
 }
 
 /// The outbox id sequence's last value: every row written so far has an id at or below it.
+///
+/// The age rule in [`sweep`] needs ids to be taken in the order rows are written, so the
+/// sequence must keep `CACHE 1` (the default of a `bigserial`): with a cache, a session
+/// could write a row long after its id was counted here, and the sweeper would republish
+/// it at once (harmless, consumers dedupe, but the inline publish would no longer be the
+/// usual path). A transaction that takes an id and commits later than `sweep_min_age_ms`
+/// gets the same early republish.
 async fn allocated_ids(pool: &PgPool) -> sqlx::Result<i64> {
     let (last, called): (i64, bool) =
         sqlx::query_as("SELECT last_value, is_called FROM outbox_id_seq")

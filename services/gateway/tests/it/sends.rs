@@ -1,10 +1,14 @@
-//! The gateway's send batching against a messaging that predates `SendMessages` (a rolling
-//! deploy where the gateway is newer): every send still goes through, one at a time, and
-//! the missing RPC is asked for once, not once per batch.
+//! The gateway's send batching against a messaging that misbehaves, through an HTTP/2
+//! proxy: one that predates `SendMessages` (a rolling deploy where the gateway is newer),
+//! one that refuses whole batches (`send.max_batch` above `limits.max_send_items`), and a
+//! slow one (the send deadline).
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
 use axum::{body::Body, extract::Request, response::Response};
@@ -12,29 +16,39 @@ use parley_testkit::{Client, Stack, Ws};
 use serde_json::json;
 use tower::{Service as _, ServiceExt as _};
 
-use crate::{T, seqs};
+use crate::{T, assert_error, seqs};
 
-/// An HTTP/2 proxy to messaging that answers UNIMPLEMENTED for `SendMessages`, as a
-/// messaging without the RPC does. Returns its address and how often it refused.
-async fn old_messaging(
-    upstream: std::net::SocketAddr,
-) -> anyhow::Result<(String, Arc<AtomicUsize>)> {
+/// What the proxy does with `SendMessages` calls (everything else is forwarded as is).
+#[derive(Default)]
+struct Proxy {
+    /// Answer UNIMPLEMENTED, as a messaging without the RPC does.
+    unimplemented: AtomicBool,
+    /// Hold each call this long before forwarding it.
+    delay_ms: AtomicU64,
+    /// `SendMessages` calls seen.
+    calls: AtomicUsize,
+}
+
+/// An HTTP/2 proxy in front of messaging; returns its URL.
+async fn proxy(upstream: std::net::SocketAddr, ctl: Arc<Proxy>) -> anyhow::Result<String> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{upstream}"))?
         .connect()
         .await?;
-    let refused = Arc::new(AtomicUsize::new(0));
-    let counter = refused.clone();
     let app = axum::Router::new().fallback(move |req: Request| {
-        let (mut channel, refused) = (channel.clone(), counter.clone());
+        let (mut channel, ctl) = (channel.clone(), ctl.clone());
         async move {
             if req.uri().path().ends_with("/SendMessages") {
-                refused.fetch_add(1, Ordering::SeqCst);
-                return Response::builder()
-                    .header("content-type", "application/grpc")
-                    .header("grpc-status", "12")
-                    .header("grpc-message", "unknown method SendMessages")
-                    .body(Body::empty())
-                    .expect("response");
+                ctl.calls.fetch_add(1, Ordering::SeqCst);
+                if ctl.unimplemented.load(Ordering::SeqCst) {
+                    return Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", "12")
+                        .header("grpc-message", "unknown method SendMessages")
+                        .body(Body::empty())
+                        .expect("response");
+                }
+                let delay = ctl.delay_ms.load(Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             let (parts, body) = req.into_parts();
             let req = http::Request::from_parts(parts, tonic::body::Body::new(body));
@@ -61,7 +75,17 @@ async fn old_messaging(
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Ok((format!("http://{addr}"), refused))
+    Ok(format!("http://{addr}"))
+}
+
+/// The value of an unlabelled counter in the gateway's /metrics (0 when absent).
+async fn counter(client: &Client, name: &str) -> anyhow::Result<f64> {
+    let (_, metrics, _) = client.raw("GET", "/metrics", None, None).await?;
+    let text = metrics.as_str().unwrap_or_default().to_owned();
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0))
 }
 
 #[tokio::test]
@@ -69,7 +93,9 @@ async fn sends_fall_back_to_send_message_when_messaging_lacks_send_messages() ->
 {
     let mut stack = Stack::empty().await?;
     let messaging = stack.add_messaging(&[]).await?;
-    let (url, refused) = old_messaging(messaging).await?;
+    let ctl = Arc::new(Proxy::default());
+    ctl.unimplemented.store(true, Ordering::SeqCst);
+    let url = proxy(messaging, ctl.clone()).await?;
     stack
         .add_gateway(&[("PARLEY__MESSAGING__URL", url.as_str())])
         .await?;
@@ -96,6 +122,103 @@ async fn sends_fall_back_to_send_message_when_messaging_lacks_send_messages() ->
     let got = bob.messages(11, T).await?;
     assert_eq!(seqs(&got), (1..=11).collect::<Vec<_>>());
     // Refused once; the following sends went one at a time without asking again.
-    assert_eq!(refused.load(Ordering::SeqCst), 1);
+    assert_eq!(ctl.calls.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_refused_as_a_whole_is_sent_item_by_item() -> anyhow::Result<()> {
+    let mut stack = Stack::empty().await?;
+    // Misconfigured on purpose: messaging takes one item per call, the gateway batches more.
+    let messaging = stack
+        .add_messaging(&[("PARLEY__LIMITS__MAX_SEND_ITEMS", "1")])
+        .await?;
+    let ctl = Arc::new(Proxy::default());
+    let url = proxy(messaging, ctl.clone()).await?;
+    stack
+        .add_gateway(&[
+            ("PARLEY__MESSAGING__URL", url.as_str()),
+            ("PARLEY__SEND__CONCURRENCY", "1"),
+        ])
+        .await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let ch = alice.group("refused", &["bob"]).await?;
+
+    // The first send's call is held, so the next five wait and go as one batch of five.
+    ctl.delay_ms.store(1000, Ordering::SeqCst);
+    let first = {
+        let (a, ch) = (alice.clone(), ch.clone());
+        tokio::spawn(async move { a.send(&ch, "c0", "first").await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rest: Vec<_> = (1..=5)
+        .map(|i| {
+            let (a, ch) = (alice.clone(), ch.clone());
+            tokio::spawn(async move { a.send(&ch, &format!("c{i}"), &format!("m{i}")).await })
+        })
+        .collect();
+    let mut got = vec![first.await??["seq"].as_u64().expect("seq")];
+    for r in rest {
+        got.push(r.await??["seq"].as_u64().expect("seq"));
+    }
+    got.sort_unstable();
+    assert_eq!(got, (1..=6).collect::<Vec<_>>());
+    assert!(counter(&alice, "gateway_send_batches_refused_total").await? >= 1.0);
+    let page = alice.history(&ch, "limit=50").await?;
+    assert_eq!(page["messages"].as_array().expect("messages").len(), 6);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_send_waits_at_most_the_messaging_deadline_and_a_retry_sends_it_once()
+-> anyhow::Result<()> {
+    let mut stack = Stack::empty().await?;
+    let messaging = stack.add_messaging(&[]).await?;
+    let ctl = Arc::new(Proxy::default());
+    let url = proxy(messaging, ctl.clone()).await?;
+    stack
+        .add_gateway(&[
+            ("PARLEY__MESSAGING__URL", url.as_str()),
+            ("PARLEY__MESSAGING__TIMEOUT_MS", "1000"),
+            ("PARLEY__SEND__CONCURRENCY", "1"),
+        ])
+        .await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let ch = alice.group("slow", &["bob"]).await?;
+
+    // Messaging hangs: the first send's call runs out of time; the second waits behind it
+    // in the queue and gets its answer at its own deadline, not after the first's call
+    // and then its own.
+    ctl.delay_ms.store(5000, Ordering::SeqCst);
+    let a = {
+        let (c, ch) = (alice.clone(), ch.clone());
+        tokio::spawn(async move { c.post_message(&ch, "a", "first").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let b = {
+        let (c, ch) = (alice.clone(), ch.clone());
+        tokio::spawn(async move { c.post_message(&ch, "b", "second").await })
+    };
+    assert_error(&a.await??, 503, "unavailable");
+    assert_error(&b.await??, 503, "unavailable");
+    assert!(counter(&alice, "gateway_send_timeouts_total").await? >= 1.0);
+
+    // Messaging recovers: retries with the same client_msg_id send each message once.
+    ctl.delay_ms.store(0, Ordering::SeqCst);
+    alice.send(&ch, "a", "first").await?;
+    alice.send(&ch, "b", "second").await?;
+    alice.send(&ch, "a", "first").await?;
+    let page = alice.history(&ch, "limit=50").await?;
+    let bodies: Vec<&str> = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["body"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(bodies.len(), 2, "{page}");
+    assert!(
+        bodies.contains(&"first") && bodies.contains(&"second"),
+        "{page}"
+    );
     Ok(())
 }
