@@ -52,6 +52,7 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 
 mkdir -p "$RAW"
 rm -f "$RAW"/*.json "$RAW"/*.log "$RAW"/*.txt
+env | grep "^BENCH_" | sort >"$RAW/env.txt"   # the sizes of this run, for the report
 
 # ---- build
 say "building release binaries"

@@ -9,7 +9,19 @@ import re
 import sys
 
 raw, out = sys.argv[1], sys.argv[2]
-env = os.environ.get
+# The sizes the run used (raw/env.txt, written by bench.sh), so re-rendering a report
+# later from the same raw data shows them; the environment fills in what is missing.
+_sizes = {}
+if os.path.exists(os.path.join(raw, "env.txt")):
+    for line in open(os.path.join(raw, "env.txt")):
+        k, _, v = line.rstrip("\n").partition("=")
+        if k.startswith("BENCH_"):
+            _sizes[k] = v
+
+
+def env(k):
+    return _sizes.get(k) or os.environ.get(k)
+
 
 
 def load_json(name):
@@ -121,7 +133,7 @@ md.append("Load average (`/proc/loadavg` 1/5/15 min) before → after each scena
           "other people build and test on this machine, so compare runs with similar load.")
 md.append("")
 md.append("Sizes (environment of scripts/bench.sh): " + ", ".join(
-    f"`{k}={env(k)}`" for k in ["BENCH_CLIENTS", "BENCH_CHANNELS", "BENCH_MEMBERS", "BENCH_STEP_SECS",
+    f"`{k}={env(k)}`" for k in ["BENCH_CLIENTS", "BENCH_CHANNELS", "BENCH_MEMBERS", "BENCH_RATES", "BENCH_STEP_SECS",
                                "BENCH_FIXED_RATE", "BENCH_FIXED_SECS", "BENCH_FANOUT_MEMBERS",
                                "BENCH_FANOUT_MESSAGES", "BENCH_IDLE", "BENCH_HISTORY_ROWS",
                                "BENCH_HISTORY_REQUESTS", "BENCH_PGBENCH_SECS"] if env(k)) + ".")
