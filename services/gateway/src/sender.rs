@@ -8,18 +8,20 @@
 //! answers UNIMPLEMENTED: that batch is then sent item by item with `SendMessage` (the
 //! items concurrently), and so is everything for the next `FALLBACK_FOR` (one
 //! UNIMPLEMENTED per interval, not per batch), after which `SendMessages` is tried again.
-//! A call refused as a whole for its size (INVALID_ARGUMENT, RESOURCE_EXHAUSTED,
-//! OUT_OF_RANGE: `send.max_batch` above messaging's `limits.max_send_items`, or a batch
-//! over the gRPC message size) says nothing about the items: that batch goes item by item
-//! too, so each caller gets its own answer.
+//! A call refused as a whole for its size (INVALID_ARGUMENT or OUT_OF_RANGE:
+//! `send.max_batch` above messaging's `limits.max_send_items`, or a batch over the gRPC
+//! message size) says nothing about the items: that batch goes item by item too, so each
+//! caller gets its own answer.
 //!
-//! A send waits at most `messaging.timeout_ms` in all (queue and call); after that its
-//! caller gets `unavailable` (retrying with the same `client_msg_id` is safe).
+//! A send waits at most `messaging.timeout_ms` for a worker to take it; when none did, it
+//! is withdrawn (never sent) and its caller gets `unavailable`. Once taken, its caller
+//! waits for the call's answer, which the call's own deadline (`messaging.timeout_ms`)
+//! bounds: a connection's next send to the channel never overtakes one still in flight.
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -36,10 +38,19 @@ type Reply = oneshot::Sender<Result<pb::SendMessageResponse, ApiError>>;
 
 /// How long sends go one at a time after messaging answered UNIMPLEMENTED.
 const FALLBACK_FOR: Duration = Duration::from_secs(30);
+/// `SendMessage` calls in flight per worker when a batch goes item by item.
+const FALLBACK_CONCURRENCY: usize = 8;
+
+/// A job's state: waiting in the queue, taken by a worker, or withdrawn by its caller
+/// (whichever of the last two comes first wins).
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
 
 struct Job {
     item: pb::SendMessagesItem,
     reply: Reply,
+    state: Arc<AtomicU8>,
 }
 
 /// Settings of the send batcher (`[send]`).
@@ -85,21 +96,37 @@ impl Sender {
             trace_context: propagation::inject_map(),
         };
         let gone = || ApiError::new(ErrorCode::Unavailable, "the gateway is shutting down");
-        let sent = async {
-            self.queue
-                .send(Job { item, reply })
-                .await
-                .map_err(|_| gone())?;
-            answer.await.map_err(|_| gone())?
+        let timed_out = || {
+            metrics::counter!("gateway_send_timeouts_total").increment(1);
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "messaging is too busy; retry with the same client_msg_id",
+            )
         };
-        match tokio::time::timeout(self.deadline, sent).await {
-            Ok(answer) => answer,
+        let deadline = tokio::time::Instant::now() + self.deadline;
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let job = Job {
+            item,
+            reply,
+            state: state.clone(),
+        };
+        match tokio::time::timeout_at(deadline, self.queue.send(job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(gone()),
+            Err(_) => return Err(timed_out()),
+        }
+        let mut answer = answer;
+        match tokio::time::timeout_at(deadline, &mut answer).await {
+            Ok(a) => a.map_err(|_| gone())?,
             Err(_) => {
-                metrics::counter!("gateway_send_timeouts_total").increment(1);
-                Err(ApiError::new(
-                    ErrorCode::Unavailable,
-                    "messaging did not answer in time; retry with the same client_msg_id",
-                ))
+                if state
+                    .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return Err(timed_out());
+                }
+                // Taken: its call is under way, bounded by the call's own deadline.
+                answer.await.map_err(|_| gone())?
             }
         }
     }
@@ -136,9 +163,14 @@ async fn worker(shared: Arc<Shared>, client: Messaging, max: usize) {
                 }
             }
         }
-        // Callers that gave up (their deadline passed while they waited) are not sent for:
-        // they answered `unavailable` and will retry.
-        jobs.retain(|j| !j.reply.is_closed());
+        // Sends withdrawn by their callers (no worker took them in time) are not sent;
+        // the others are taken, and their callers now wait for the answer.
+        jobs.retain(|j| {
+            j.state
+                .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+                && !j.reply.is_closed()
+        });
         if jobs.is_empty() {
             continue;
         }
@@ -204,22 +236,25 @@ async fn worker(shared: Arc<Shared>, client: Messaging, max: usize) {
     }
 }
 
-/// Codes with which a whole `SendMessages` call can be refused for its size.
+/// Codes with which a whole `SendMessages` call is refused for its size (not
+/// RESOURCE_EXHAUSTED: that is messaging being overloaded, and more calls would not help).
 fn refused_for_size(code: Code) -> bool {
-    matches!(
-        code,
-        Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange
-    )
+    matches!(code, Code::InvalidArgument | Code::OutOfRange)
 }
 
-/// Sends each item with `SendMessage`, all at once. A batch never holds two sends that
-/// must keep an order between them (a connection sends one at a time per channel), so
-/// sending them concurrently is safe.
+/// Sends each item with `SendMessage`, up to `FALLBACK_CONCURRENCY` at a time. A batch
+/// never holds two sends that must keep an order between them (a connection waits for
+/// each send's answer before its next one to the channel), so sending them concurrently is
+/// safe. Items whose caller has gone are skipped.
 async fn one_by_one(client: &Messaging, items: Vec<pb::SendMessagesItem>, replies: Vec<Reply>) {
-    futures::future::join_all(items.into_iter().zip(replies).map(|(item, r)| async move {
-        let _ = r.send(send_one(client, item).await);
-    }))
-    .await;
+    use futures::StreamExt as _;
+    futures::stream::iter(items.into_iter().zip(replies))
+        .for_each_concurrent(FALLBACK_CONCURRENCY, |(item, r)| async move {
+            if !r.is_closed() {
+                let _ = r.send(send_one(client, item).await);
+            }
+        })
+        .await;
 }
 
 /// One item's answer, as the gateway would have got it from `SendMessage`.

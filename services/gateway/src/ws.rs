@@ -266,11 +266,11 @@ impl Conn {
         }
     }
 
-    /// On a client's close, the frames already queued (answers to its last frames) are
-    /// still written, best effort.
+    /// On a client's close, the frames already queued are still written, best effort and
+    /// for at most a second (a client that stops reading does not hold the connection).
     async fn finish(&mut self, end: End) -> End {
         if matches!(end, End::Closed) {
-            let _ = self.flush().await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
         }
         end
     }

@@ -27,6 +27,21 @@ struct Proxy {
     delay_ms: AtomicU64,
     /// `SendMessages` calls seen.
     calls: AtomicUsize,
+    /// `SendMessages` calls not finished yet (a call the gateway gave up on ends when
+    /// its stream is reset).
+    in_flight: AtomicUsize,
+    /// When the last `SendMessages` call ended.
+    last_end: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// Counts a call in flight until dropped.
+struct InFlight(Arc<Proxy>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        *self.0.last_end.lock().expect("lock") = Some(std::time::Instant::now());
+    }
 }
 
 /// An HTTP/2 proxy in front of messaging; returns its URL.
@@ -37,6 +52,10 @@ async fn proxy(upstream: std::net::SocketAddr, ctl: Arc<Proxy>) -> anyhow::Resul
     let app = axum::Router::new().fallback(move |req: Request| {
         let (mut channel, ctl) = (channel.clone(), ctl.clone());
         async move {
+            let _in_flight = req.uri().path().ends_with("/SendMessages").then(|| {
+                ctl.in_flight.fetch_add(1, Ordering::SeqCst);
+                InFlight(ctl.clone())
+            });
             if req.uri().path().ends_with("/SendMessages") {
                 ctl.calls.fetch_add(1, Ordering::SeqCst);
                 if ctl.unimplemented.load(Ordering::SeqCst) {
@@ -170,8 +189,8 @@ async fn a_batch_refused_as_a_whole_is_sent_item_by_item() -> anyhow::Result<()>
 }
 
 #[tokio::test]
-async fn a_send_waits_at_most_the_messaging_deadline_and_a_retry_sends_it_once()
--> anyhow::Result<()> {
+async fn a_send_no_call_takes_in_time_is_withdrawn_and_a_retry_sends_it_once() -> anyhow::Result<()>
+{
     let mut stack = Stack::empty().await?;
     let messaging = stack.add_messaging(&[]).await?;
     let ctl = Arc::new(Proxy::default());
@@ -181,44 +200,62 @@ async fn a_send_waits_at_most_the_messaging_deadline_and_a_retry_sends_it_once()
             ("PARLEY__MESSAGING__URL", url.as_str()),
             ("PARLEY__MESSAGING__TIMEOUT_MS", "1000"),
             ("PARLEY__SEND__CONCURRENCY", "1"),
+            ("PARLEY__SEND__MAX_BATCH", "1"),
         ])
         .await?;
     let alice = Client::new(&stack.url(0), "alice");
     let ch = alice.group("slow", &["bob"]).await?;
 
-    // Messaging hangs: the first send's call runs out of time; the second waits behind it
-    // in the queue and gets its answer at its own deadline, not after the first's call
-    // and then its own.
+    // Messaging hangs. The one worker takes `a`, whose call runs out of time after 1 s;
+    // `b` and `c` wait behind it. The worker takes `b` when `a`'s call ends (or `b` is
+    // withdrawn first); `c` is still waiting when its second is up, and is withdrawn.
     ctl.delay_ms.store(5000, Ordering::SeqCst);
-    let a = {
+    let post = |cid: &'static str| {
         let (c, ch) = (alice.clone(), ch.clone());
-        tokio::spawn(async move { c.post_message(&ch, "a", "first").await })
+        tokio::spawn(async move { c.post_message(&ch, cid, cid).await })
     };
+    let a = post("a");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let b = {
-        let (c, ch) = (alice.clone(), ch.clone());
-        tokio::spawn(async move { c.post_message(&ch, "b", "second").await })
-    };
-    assert_error(&a.await??, 503, "unavailable");
-    assert_error(&b.await??, 503, "unavailable");
+    let b = post("b");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let c = post("c");
+    let a = a.await??;
+    let b = b.await??;
+    let b_answered = std::time::Instant::now();
+    for reply in [a, b, c.await??] {
+        assert_error(&reply, 503, "unavailable");
+    }
     assert!(counter(&alice, "gateway_send_timeouts_total").await? >= 1.0);
+    // A withdrawn send never reached messaging: at most `a` and `b` were called.
+    let calls = ctl.calls.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&calls), "{calls} SendMessages calls");
 
-    // Messaging recovers: retries with the same client_msg_id send each message once.
+    // Messaging recovers (and the calls cut off are gone): retries with the same
+    // client_msg_id send each message once.
+    crate::eventually(T, || async {
+        Ok((ctl.in_flight.load(Ordering::SeqCst) == 0).then_some(()))
+    })
+    .await?;
+    // A taken send is answered when its call ends, not before (the connection's next send
+    // to the channel must not overtake it): no call outlived `b`'s answer by much.
+    let last_end = ctl.last_end.lock().expect("lock").expect("a call ended");
+    assert!(
+        last_end <= b_answered + Duration::from_millis(500),
+        "a call ended {:?} after b was answered",
+        last_end - b_answered
+    );
     ctl.delay_ms.store(0, Ordering::SeqCst);
-    alice.send(&ch, "a", "first").await?;
-    alice.send(&ch, "b", "second").await?;
-    alice.send(&ch, "a", "first").await?;
+    for cid in ["a", "b", "c", "a"] {
+        alice.send(&ch, cid, cid).await?;
+    }
     let page = alice.history(&ch, "limit=50").await?;
-    let bodies: Vec<&str> = page["messages"]
+    let mut bodies: Vec<&str> = page["messages"]
         .as_array()
         .expect("messages")
         .iter()
         .map(|m| m["body"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(bodies.len(), 2, "{page}");
-    assert!(
-        bodies.contains(&"first") && bodies.contains(&"second"),
-        "{page}"
-    );
+    bodies.sort_unstable();
+    assert_eq!(bodies, ["a", "b", "c"], "{page}");
     Ok(())
 }
