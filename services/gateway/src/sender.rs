@@ -69,7 +69,7 @@ pub(crate) struct Sender {
 
 impl Sender {
     /// Starts `cfg.concurrency` workers; they end when the last `Sender` is dropped. A send
-    /// waits at most `deadline` for its answer (queue and call together).
+    /// waits at most `deadline` for a worker to take it (see the module's comment).
     pub fn start(client: Messaging, cfg: &SendConfig, deadline: Duration) -> Self {
         let (queue, rx) = mpsc::channel(cfg.queue.max(1));
         let shared = Arc::new(Shared {
