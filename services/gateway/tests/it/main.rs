@@ -25,7 +25,7 @@ mod tracing;
 
 use std::time::Duration;
 
-use parley_testkit::{Reply, Ws};
+use parley_testkit::{Client, Reply, Ws};
 use serde_json::Value;
 
 /// Generous wait for anything that should happen (the suite shares 2 cores).
@@ -34,6 +34,24 @@ pub const T: Duration = Duration::from_secs(10);
 pub const LONG: Duration = Duration::from_secs(60);
 /// How long a socket is watched for a frame that must NOT arrive.
 pub const QUIET: Duration = Duration::from_millis(1500);
+
+/// The gateway's `/metrics` text.
+pub async fn metrics(client: &Client) -> anyhow::Result<String> {
+    let (status, body, _) = client.raw("GET", "/metrics", None, None).await?;
+    anyhow::ensure!(status == 200, "GET /metrics: {status}");
+    Ok(body.as_str().unwrap_or_default().to_owned())
+}
+
+/// The value of `series` (name and labels, exactly as exported) in a `/metrics` text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
 
 /// Asserts `reply` is an API error: the status, and a body that is exactly
 /// `{"error": {"code": code, "message": <non-empty string>}}`.

@@ -179,14 +179,9 @@ async fn a_replay_is_written_to_the_socket_at_once() -> anyhow::Result<()> {
     let (replayed, _) = resume(&mut bob, json!({ &ch: 0 })).await?;
     assert_eq!(message_seqs(&replayed, &ch), (1..=12).collect::<Vec<_>>());
 
-    let (_, metrics, _) = alice.raw("GET", "/metrics", None, None).await?;
-    let text = metrics.as_str().unwrap_or_default();
-    let sample = |prefix: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+    let text = crate::metrics(&alice).await?;
+    let sample = |series: &str| -> f64 {
+        crate::sample(&text, series).unwrap_or_else(|| panic!("no {series} in {text}"))
     };
     let writes = sample("gateway_ws_write_batch_size_count");
     let small = sample("gateway_ws_write_batch_size_bucket{le=\"8\"}");

@@ -52,11 +52,12 @@ async fn proxy(upstream: std::net::SocketAddr, ctl: Arc<Proxy>) -> anyhow::Resul
     let app = axum::Router::new().fallback(move |req: Request| {
         let (mut channel, ctl) = (channel.clone(), ctl.clone());
         async move {
-            let _in_flight = req.uri().path().ends_with("/SendMessages").then(|| {
+            let batch = req.uri().path().ends_with("/SendMessages");
+            let _in_flight = batch.then(|| {
                 ctl.in_flight.fetch_add(1, Ordering::SeqCst);
                 InFlight(ctl.clone())
             });
-            if req.uri().path().ends_with("/SendMessages") {
+            if batch {
                 ctl.calls.fetch_add(1, Ordering::SeqCst);
                 if ctl.unimplemented.load(Ordering::SeqCst) {
                     return Response::builder()
@@ -97,27 +98,33 @@ async fn proxy(upstream: std::net::SocketAddr, ctl: Arc<Proxy>) -> anyhow::Resul
     Ok(format!("http://{addr}"))
 }
 
-/// The value of an unlabelled counter in the gateway's /metrics (0 when absent).
+/// The value of an unlabelled counter in the gateway's /metrics (0 before its first count).
 async fn counter(client: &Client, name: &str) -> anyhow::Result<f64> {
-    let (_, metrics, _) = client.raw("GET", "/metrics", None, None).await?;
-    let text = metrics.as_str().unwrap_or_default().to_owned();
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0))
+    Ok(crate::sample(&crate::metrics(client).await?, name).unwrap_or(0.0))
+}
+
+/// Messaging (with `messaging_env`) behind a proxy, and a gateway (with `gateway_env`)
+/// calling messaging through it.
+async fn behind_proxy(
+    messaging_env: &[(&str, &str)],
+    gateway_env: &[(&str, &str)],
+    ctl: &Arc<Proxy>,
+) -> anyhow::Result<Stack> {
+    let mut stack = Stack::empty().await?;
+    let messaging = stack.add_messaging(messaging_env).await?;
+    let url = proxy(messaging, ctl.clone()).await?;
+    let mut env = vec![("PARLEY__MESSAGING__URL", url.as_str())];
+    env.extend_from_slice(gateway_env);
+    stack.add_gateway(&env).await?;
+    Ok(stack)
 }
 
 #[tokio::test]
 async fn sends_fall_back_to_send_message_when_messaging_lacks_send_messages() -> anyhow::Result<()>
 {
-    let mut stack = Stack::empty().await?;
-    let messaging = stack.add_messaging(&[]).await?;
     let ctl = Arc::new(Proxy::default());
     ctl.unimplemented.store(true, Ordering::SeqCst);
-    let url = proxy(messaging, ctl.clone()).await?;
-    stack
-        .add_gateway(&[("PARLEY__MESSAGING__URL", url.as_str())])
-        .await?;
+    let stack = behind_proxy(&[], &[], &ctl).await?;
     let alice = Client::new(&stack.url(0), "alice");
     let ch = alice.group("old", &["bob"]).await?;
     let mut bob = Ws::connect(&stack.url(0), "bob").await?;
@@ -147,19 +154,14 @@ async fn sends_fall_back_to_send_message_when_messaging_lacks_send_messages() ->
 
 #[tokio::test]
 async fn a_batch_refused_as_a_whole_is_sent_item_by_item() -> anyhow::Result<()> {
-    let mut stack = Stack::empty().await?;
     // Misconfigured on purpose: messaging takes one item per call, the gateway batches more.
-    let messaging = stack
-        .add_messaging(&[("PARLEY__LIMITS__MAX_SEND_ITEMS", "1")])
-        .await?;
     let ctl = Arc::new(Proxy::default());
-    let url = proxy(messaging, ctl.clone()).await?;
-    stack
-        .add_gateway(&[
-            ("PARLEY__MESSAGING__URL", url.as_str()),
-            ("PARLEY__SEND__CONCURRENCY", "1"),
-        ])
-        .await?;
+    let stack = behind_proxy(
+        &[("PARLEY__LIMITS__MAX_SEND_ITEMS", "1")],
+        &[("PARLEY__SEND__CONCURRENCY", "1")],
+        &ctl,
+    )
+    .await?;
     let alice = Client::new(&stack.url(0), "alice");
     let ch = alice.group("refused", &["bob"]).await?;
 
@@ -191,18 +193,17 @@ async fn a_batch_refused_as_a_whole_is_sent_item_by_item() -> anyhow::Result<()>
 #[tokio::test]
 async fn a_send_no_call_takes_in_time_is_withdrawn_and_a_retry_sends_it_once() -> anyhow::Result<()>
 {
-    let mut stack = Stack::empty().await?;
-    let messaging = stack.add_messaging(&[]).await?;
     let ctl = Arc::new(Proxy::default());
-    let url = proxy(messaging, ctl.clone()).await?;
-    stack
-        .add_gateway(&[
-            ("PARLEY__MESSAGING__URL", url.as_str()),
+    let stack = behind_proxy(
+        &[],
+        &[
             ("PARLEY__MESSAGING__TIMEOUT_MS", "1000"),
             ("PARLEY__SEND__CONCURRENCY", "1"),
             ("PARLEY__SEND__MAX_BATCH", "1"),
-        ])
-        .await?;
+        ],
+        &ctl,
+    )
+    .await?;
     let alice = Client::new(&stack.url(0), "alice");
     let ch = alice.group("slow", &["bob"]).await?;
 
