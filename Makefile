@@ -12,6 +12,11 @@ export CARGO_TARGET_DIR
 NEXTEST_PROFILE ?= $(if $(filter true 1 yes,$(CI)),ci,default)
 # extra arguments for the test runner, e.g. make test TEST_ARGS='-E test(foo)'
 TEST_ARGS ?=
+# UNSAFE, tests only: each test database commits without waiting for the WAL flush
+# (synchronous_commit = off on that database; the cluster keeps fsync on). 0 runs the
+# suite fully durable, as `make up` and `make bench` always run.
+PARLEY_TEST_UNSAFE_ASYNC_COMMIT ?= 1
+export PARLEY_TEST_UNSAFE_ASYNC_COMMIT
 
 .PHONY: help deps build up up-detached down test lint fmt clean-local compose-check bench k8s-check
 

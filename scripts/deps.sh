@@ -161,23 +161,32 @@ pg_is_ours_running() { # our postmaster runs (any port)
 		as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1
 }
 
+# Writes parley.conf (included by postgresql.conf); true when its content changed.
 pg_write_conf() {
-	local sock="$PG_DATA"
+	local sock="$PG_DATA" conf="$PG_DATA/parley.conf"
 	# A Unix socket path must stay below ~107 bytes; TCP is all we use anyway.
 	((${#sock} > 90)) && sock=""
-	cat >"$PG_DATA/parley.conf" <<EOF
-# Written by scripts/deps.sh on every start: private dev/test instance, not durable.
+	# Durable, as in production: an acknowledged message survives a power cut. The test
+	# suite's only opt-out is per test database (synchronous_commit off; see `make test`
+	# and PARLEY_TEST_UNSAFE_ASYNC_COMMIT): the cluster itself never runs with fsync off.
+	cat >"$conf.new" <<EOF
+# Written by scripts/deps.sh on every start: private dev/test instance, durable settings.
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '${sock//\'/\'\'}'
 max_connections = 500
-fsync = off
-synchronous_commit = off
-full_page_writes = off
+fsync = on
+synchronous_commit = on
+full_page_writes = on
 EOF
-	((EUID == 0)) && chown postgres:postgres "$PG_DATA/parley.conf"
+	((EUID == 0)) && chown postgres:postgres "$conf.new"
 	grep -q "^include_if_exists = 'parley.conf'" "$PG_DATA/postgresql.conf" ||
 		printf "\ninclude_if_exists = 'parley.conf'\n" >>"$PG_DATA/postgresql.conf"
+	if cmp -s "$conf.new" "$conf"; then
+		rm -f "$conf.new"
+		return 1
+	fi
+	mv -f "$conf.new" "$conf"
 }
 
 pg_wait_ready() { # $1 = conninfo/URL, $2 = what
@@ -213,6 +222,12 @@ ensure_private_pg() {
 	# Fast path: our cluster already runs on the wanted port.
 	if pg_is_ours_running; then
 		if [[ "$(sed -n 4p "$PG_DATA/postmaster.pid")" == "$PG_PORT" ]]; then
+			# A cluster started by an older deps.sh ran with fsync off; fsync,
+			# synchronous_commit and full_page_writes take effect on a reload.
+			if pg_write_conf; then
+				log "private PostgreSQL: settings changed (now durable); reloading"
+				as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" reload >/dev/null
+			fi
 			pg_wait_ready "$url" "private PostgreSQL"
 			PARLEY_PG_URL="$url"
 			return 0
@@ -243,7 +258,7 @@ ensure_private_pg() {
 			die "initdb failed (see $LOCAL/pg-initdb.log)"
 		fi
 	fi
-	pg_write_conf
+	pg_write_conf || true
 
 	log "starting private PostgreSQL on 127.0.0.1:$PG_PORT"
 	if ! as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/postgres.log" -w -t 60 start >/dev/null 2>&1 9>&-; then

@@ -21,6 +21,12 @@ fn pg_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// `PARLEY_TEST_UNSAFE_ASYNC_COMMIT=1` (set by `make test` unless given): test databases
+/// run with `synchronous_commit = off`. Unsafe for any data that matters; tests only.
+fn unsafe_async_commit() -> bool {
+    std::env::var("PARLEY_TEST_UNSAFE_ASYNC_COMMIT").is_ok_and(|v| v == "1")
+}
+
 fn redis_url() -> String {
     std::env::var("PARLEY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -116,6 +122,16 @@ impl Stack {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
             .execute(&mut conn)
             .await?;
+        if unsafe_async_commit() {
+            // The test suite's named opt-out from durability, for this test database only:
+            // commits do not wait for the WAL flush (a crash may lose the last ones; the
+            // cluster stays consistent, as fsync stays on). Never set on `parley` itself.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER DATABASE {db_name} SET synchronous_commit = off"
+            )))
+            .execute(&mut conn)
+            .await?;
+        }
         let db_url = replace_db(&admin, &db_name);
         Ok(Self {
             db_name,

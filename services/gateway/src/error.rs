@@ -13,16 +13,19 @@ use parley_kit::{ErrorCode, domain::Invalid};
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
-    /// Seconds, for `rate_limited`.
+    /// Seconds, for `rate_limited` and `unavailable` (the `Retry-After` header).
     pub retry_after: Option<u64>,
 }
+
+/// `Retry-After` of an `unavailable` answer: a dependency down or overloaded, retry soon.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 1;
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
-            retry_after: None,
+            retry_after: (code == ErrorCode::Unavailable).then_some(UNAVAILABLE_RETRY_AFTER_SECS),
         }
     }
     pub fn invalid(message: impl Into<String>) -> Self {

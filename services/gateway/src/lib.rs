@@ -150,8 +150,14 @@ impl Config {
         if self.ws.heartbeat_ms < 100 || self.ws.queue_len == 0 || self.ws.resume_limit == 0 {
             return Err("ws: heartbeat_ms >= 100, queue_len and resume_limit > 0".into());
         }
-        if self.send.max_batch == 0 || self.send.concurrency == 0 || self.send.queue == 0 {
-            return Err("send: max_batch, concurrency and queue must be positive".into());
+        if self.send.max_batch == 0
+            || self.send.concurrency == 0
+            || self.send.queue == 0
+            || self.send.queue_budget_ms == 0
+        {
+            return Err(
+                "send: max_batch, concurrency, queue and queue_budget_ms must be positive".into(),
+            );
         }
         if self.ws.max_pending_sends == 0 || self.ws.write_batch_frames == 0 {
             return Err("ws: max_pending_sends and write_batch_frames must be positive".into());

@@ -13,10 +13,15 @@
 //! message size) says nothing about the items: that batch goes item by item too, so each
 //! caller gets its own answer.
 //!
-//! A send waits at most `messaging.timeout_ms` for a worker to take it; when none did, it
-//! is withdrawn (never sent) and its caller gets `unavailable`. Once taken, its caller
-//! waits for the call's answer, which the call's own deadline (`messaging.timeout_ms`)
-//! bounds: a connection's next send to the channel never overtakes one still in flight.
+//! Overload is answered, not queued. The queue holds at most `send.queue` sends: beyond it
+//! a send is refused at once. A send that waited longer than `send.queue_budget_ms` before
+//! a worker took it is refused instead of sent. Both answer `unavailable` with
+//! `Retry-After` (safe to retry with the same `client_msg_id`) and count in
+//! `gateway_send_refused_total{reason}`. As a last resort, a send waits at most
+//! `messaging.timeout_ms` for a worker to take it; when none did, it is withdrawn (never
+//! sent). Once taken, its caller waits for the call's answer, which the call's own
+//! deadline (`messaging.timeout_ms`) bounds: a connection's next send to the channel never
+//! overtakes one still in flight.
 
 use std::{
     sync::{
@@ -51,6 +56,7 @@ struct Job {
     item: pb::SendMessagesItem,
     reply: Reply,
     state: Arc<AtomicU8>,
+    queued_at: Instant,
 }
 
 /// Settings of the send batcher (`[send]`).
@@ -59,12 +65,22 @@ pub struct SendConfig {
     pub max_batch: usize,
     pub concurrency: usize,
     pub queue: usize,
+    pub queue_budget_ms: u64,
 }
 
 #[derive(Clone)]
 pub(crate) struct Sender {
     queue: mpsc::Sender<Job>,
     deadline: Duration,
+}
+
+/// A send refused for overload (never sent): `unavailable`, counted by reason.
+fn refused(reason: &'static str) -> ApiError {
+    metrics::counter!("gateway_send_refused_total", "reason" => reason).increment(1);
+    ApiError::new(
+        ErrorCode::Unavailable,
+        "too many sends waiting; not sent: retry with the same client_msg_id",
+    )
 }
 
 impl Sender {
@@ -76,6 +92,7 @@ impl Sender {
             rx: Mutex::new(rx),
             epoch: Instant::now(),
             single_until_ms: AtomicU64::new(0),
+            budget: Duration::from_millis(cfg.queue_budget_ms.max(1)),
         });
         for _ in 0..cfg.concurrency.max(1) {
             tokio::spawn(worker(shared.clone(), client.clone(), cfg.max_batch.max(1)));
@@ -109,12 +126,12 @@ impl Sender {
             item,
             reply,
             state: state.clone(),
+            queued_at: Instant::now(),
         };
-        match tokio::time::timeout_at(deadline, self.queue.send(job)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(gone()),
-            Err(_) => return Err(timed_out()),
-        }
+        self.queue.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => refused("queue_full"),
+            mpsc::error::TrySendError::Closed(_) => gone(),
+        })?;
         let mut answer = answer;
         match tokio::time::timeout_at(deadline, &mut answer).await {
             Ok(a) => a.map_err(|_| gone())?,
@@ -138,6 +155,8 @@ struct Shared {
     epoch: Instant,
     /// Until then (ms since `epoch`) sends go one at a time: messaging lacked SendMessages.
     single_until_ms: AtomicU64,
+    /// Sends that waited longer than this for a worker are refused, not sent.
+    budget: Duration,
 }
 
 impl Shared {
@@ -164,13 +183,22 @@ async fn worker(shared: Arc<Shared>, client: Messaging, max: usize) {
             }
         }
         // Sends withdrawn by their callers (no worker took them in time) are not sent;
-        // the others are taken, and their callers now wait for the answer.
+        // the others are taken, and their callers now wait for the answer. Taken sends
+        // that waited past the budget are answered at once, unsent.
+        let now = Instant::now();
         jobs.retain(|j| {
             j.state
                 .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
                 && !j.reply.is_closed()
         });
+        let (late, fresh): (Vec<Job>, Vec<Job>) = jobs
+            .into_iter()
+            .partition(|j| now.duration_since(j.queued_at) > shared.budget);
+        for j in late {
+            let _ = j.reply.send(Err(refused("budget")));
+        }
+        let jobs = fresh;
         if jobs.is_empty() {
             continue;
         }

@@ -1,14 +1,16 @@
 //! Group commit of sends: concurrent `SendMessage` calls are written in one transaction.
 //!
-//! Each call puts its request on a queue and waits for its answer. A dispatcher takes
-//! everything queued (up to `send.max_batch`) whenever one of `send.concurrency` slots is
-//! free, so an idle service writes every send on its own at once, and a busy one writes
-//! bigger batches instead of more transactions. One batch is five statements whatever its
-//! size:
+//! Sends are sharded by channel over `send.concurrency` lanes (a hash of the channel id):
+//! each lane runs one transaction at a time and takes everything queued for it (up to
+//! `send.max_batch`) whenever its previous transaction ends. So an idle service writes every
+//! send on its own at once, a busy one writes bigger batches instead of more transactions,
+//! and two transactions of one replica never lock the same channel: no lane waits for
+//! another's commit (with durable commits a commit is a WAL flush, and the lanes' flushes
+//! are shared by Postgres's group commit). One batch is five statements whatever its size:
 //!
 //! 1. `SELECT … FROM channels WHERE id = ANY(…) ORDER BY id FOR NO KEY UPDATE` — locks the
-//!    batch's channels in id order (concurrent batches and replicas cannot deadlock) and
-//!    reads `last_seq`, `members_version` and the transaction's `now()`;
+//!    batch's channels in id order (replicas, whose lanes may overlap, cannot deadlock)
+//!    and reads `last_seq`, `members_version` and the transaction's `now()`;
 //! 2. one `SELECT` over `unnest(…)`: each request's membership and, for idempotency, the
 //!    message it already sent with that `client_msg_id`. Under the channel lock nobody
 //!    else can insert into these channels, so the answer cannot go stale before commit;
@@ -19,21 +21,28 @@
 //!    statement 3 (no statement of their own under load), or by a `DELETE` every
 //!    `send.clear_interval_ms` when no batch came to take them.
 //!
+//! Overload is answered, not queued: a lane's queue holds at most `send.queue /
+//! send.concurrency` sends (beyond it a send is refused at once), and a send that waited
+//! longer than `send.queue_budget_ms` for its transaction is refused instead of written.
+//! Both answer UNAVAILABLE (`unavailable`, safe to retry with the same `client_msg_id`) and
+//! count in `messaging_send_refused_total{reason}`.
+//!
 //! Every request keeps its own trace: its `INSERT messaging.messages` and
 //! `publish messaging:events` spans are children of its own `SendMessage` span (with the
 //! batch size as an attribute), and its event carries its own trace context.
 
 use std::{
     collections::{HashMap, HashSet},
+    hash::{Hash as _, Hasher as _},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
 use parley_kit::domain::{ClientMsgId, MessageBody, UserId};
 use parley_proto::events::v1 as ev;
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use uuid::Uuid;
 
@@ -53,24 +62,47 @@ struct Request {
     body: MessageBody,
     span: tracing::Span,
     reply: oneshot::Sender<Result<Sent, Status>>,
+    queued_at: Instant,
 }
 
 /// Handle to the batcher; cheap to clone.
 #[derive(Clone)]
 pub struct Batcher {
-    queue: mpsc::Sender<Request>,
+    /// One queue per lane; a channel's sends always go to the same lane.
+    lanes: Arc<[mpsc::Sender<Request>]>,
+}
+
+/// Why a send was refused without being written.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// Its lane's queue was full.
+    QueueFull,
+    /// It waited longer than `send.queue_budget_ms` for its transaction.
+    Budget,
+}
+
+impl Refusal {
+    fn status(self) -> Status {
+        let reason = match self {
+            Self::QueueFull => "queue_full",
+            Self::Budget => "budget",
+        };
+        metrics::counter!("messaging_send_refused_total", "reason" => reason).increment(1);
+        parley_kit::ErrorCode::Unavailable.status(
+            "messaging is overloaded: the send was not written; retry with the same client_msg_id",
+        )
+    }
 }
 
 impl Batcher {
-    /// Starts the dispatcher. It stops when every `Batcher` clone is dropped, after the
-    /// batches in flight finish.
+    /// Starts one writer task per lane. They stop when every `Batcher` clone is dropped,
+    /// after the batches in flight finish.
     pub fn start(
         pool: PgPool,
         publisher: Publisher,
         cfg: SendConfig,
         publish_inline: bool,
     ) -> Self {
-        let (queue, rx) = mpsc::channel(cfg.queue.max(1));
         let writer = Arc::new(Writer {
             pool,
             publisher,
@@ -81,12 +113,24 @@ impl Batcher {
             Arc::downgrade(&writer),
             Duration::from_millis(cfg.clear_interval_ms.max(1)),
         ));
-        tokio::spawn(dispatch(rx, writer, cfg));
-        Self { queue }
+        let n = cfg.concurrency.max(1);
+        let per_lane = (cfg.queue / n).max(1);
+        let budget = Duration::from_millis(cfg.queue_budget_ms.max(1));
+        let lanes: Vec<_> = (0..n)
+            .map(|_| {
+                let (queue, rx) = mpsc::channel(per_lane);
+                tokio::spawn(lane(rx, writer.clone(), cfg.max_batch.max(1), budget));
+                queue
+            })
+            .collect();
+        Self {
+            lanes: lanes.into(),
+        }
     }
 
     /// Sends one message (membership, idempotency, gapless seq, outbox) and waits until
-    /// its batch has committed and been published.
+    /// its batch has committed and been published. Refused at once (UNAVAILABLE) when its
+    /// lane's queue is full.
     pub async fn send(
         &self,
         caller: UserId,
@@ -102,11 +146,15 @@ impl Batcher {
             body,
             span: tracing::Span::current(),
             reply,
+            queued_at: Instant::now(),
         };
-        self.queue
-            .send(req)
-            .await
-            .map_err(|_| parley_kit::ErrorCode::Unavailable.status("messaging is shutting down"))?;
+        let lane = &self.lanes[lane_of(channel, self.lanes.len())];
+        lane.try_send(req).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Refusal::QueueFull.status(),
+            mpsc::error::TrySendError::Closed(_) => {
+                parley_kit::ErrorCode::Unavailable.status("messaging is shutting down")
+            }
+        })?;
         metrics::gauge!("messaging_send_queue_depth").increment(1.0);
         answer.await.map_err(|_| {
             parley_kit::ErrorCode::Unavailable.status("the send was abandoned; retry")
@@ -114,32 +162,33 @@ impl Batcher {
     }
 }
 
-async fn dispatch(mut rx: mpsc::Receiver<Request>, writer: Arc<Writer>, cfg: SendConfig) {
-    let slots = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
-    let max = cfg.max_batch.max(1);
-    loop {
-        // Take a slot first: while every slot is busy, requests pile up in the queue and
-        // the next batch takes them all.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = rx.recv().await else {
-            return;
-        };
-        let mut batch = Vec::with_capacity(max.min(64));
-        batch.push(first);
-        while batch.len() < max {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+/// The lane (of `lanes`) that writes a channel's sends: the same on every replica and
+/// of one build (a fixed hash), so sends to one channel are never written concurrently.
+pub fn lane_of(channel: Uuid, lanes: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    channel.hash(&mut h);
+    (h.finish() % lanes.max(1) as u64) as usize
+}
+
+/// One lane: a transaction at a time, each taking what waits (up to `max`). Sends that
+/// waited past `budget` are refused, not written: under overload the queue stays at most
+/// one budget long, and the accepted sends' latency stays bounded.
+async fn lane(mut rx: mpsc::Receiver<Request>, writer: Arc<Writer>, max: usize, budget: Duration) {
+    let mut batch = Vec::with_capacity(max.min(64));
+    while rx.recv_many(&mut batch, max).await > 0 {
         metrics::gauge!("messaging_send_queue_depth").decrement(batch.len() as f64);
-        let writer = writer.clone();
-        tokio::spawn(async move {
-            writer.write(batch).await;
-            drop(slot);
-        });
+        let now = Instant::now();
+        let (late, fresh): (Vec<Request>, Vec<Request>) = batch
+            .drain(..)
+            .partition(|r| now.duration_since(r.queued_at) > budget);
+        for r in late {
+            let _ = r.reply.send(Err(Refusal::Budget.status()));
+        }
+        // Callers that gave up (deadline, cancelled call) are not written either.
+        let fresh: Vec<Request> = fresh.into_iter().filter(|r| !r.reply.is_closed()).collect();
+        if !fresh.is_empty() {
+            writer.write(fresh).await;
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use batch::lane_of;
 pub use error::Error;
 
 /// Embedded defaults (see `src/config.toml`).
@@ -36,11 +37,15 @@ pub struct Config {
 pub struct SendConfig {
     /// Most sends written in one transaction.
     pub max_batch: usize,
-    /// Send transactions in flight at once; while all are busy, sends queue up and the
-    /// next transaction takes them together.
+    /// Lanes: send transactions in flight at once, each for its own share of the channels
+    /// (by hash); while a lane's transaction runs, its sends queue up and its next
+    /// transaction takes them together.
     pub concurrency: usize,
-    /// Sends waiting for a transaction before callers wait to enqueue.
+    /// Sends waiting for a transaction, over all lanes; beyond it sends are refused
+    /// (UNAVAILABLE).
     pub queue: usize,
+    /// A send that waited longer than this for its transaction is refused (UNAVAILABLE).
+    pub queue_budget_ms: u64,
     /// Published outbox rows are deleted by the next send batch; rows no batch took
     /// within this interval are deleted on their own.
     pub clear_interval_ms: u64,
@@ -109,8 +114,15 @@ impl Config {
         if self.limits.max_body_bytes == 0 || self.limits.max_send_items == 0 {
             return Err("limits: max_body_bytes and max_send_items must be positive".into());
         }
-        if self.send.max_batch == 0 || self.send.concurrency == 0 || self.send.queue == 0 {
-            return Err("send: max_batch, concurrency and queue must be positive".into());
+        if self.send.max_batch == 0
+            || self.send.concurrency == 0
+            || self.send.queue < self.send.concurrency
+            || self.send.queue_budget_ms == 0
+        {
+            return Err(
+                "send: max_batch, concurrency and queue_budget_ms must be positive, queue at least concurrency"
+                    .into(),
+            );
         }
         if self.send.concurrency as u32 >= self.database.max_connections {
             return Err(

@@ -1,7 +1,7 @@
 //! The gateway's send batching against a messaging that misbehaves, through an HTTP/2
 //! proxy: one that predates `SendMessages` (a rolling deploy where the gateway is newer),
 //! one that refuses whole batches (`send.max_batch` above `limits.max_send_items`), and a
-//! slow one (the send deadline).
+//! slow one (the send deadline, the queue bound and the latency budget).
 
 use std::{
     sync::{
@@ -158,7 +158,10 @@ async fn a_batch_refused_as_a_whole_is_sent_item_by_item() -> anyhow::Result<()>
     let ctl = Arc::new(Proxy::default());
     let stack = behind_proxy(
         &[("PARLEY__LIMITS__MAX_SEND_ITEMS", "1")],
-        &[("PARLEY__SEND__CONCURRENCY", "1")],
+        &[
+            ("PARLEY__SEND__CONCURRENCY", "1"),
+            ("PARLEY__SEND__QUEUE_BUDGET_MS", "60000"),
+        ],
         &ctl,
     )
     .await?;
@@ -200,6 +203,8 @@ async fn a_send_no_call_takes_in_time_is_withdrawn_and_a_retry_sends_it_once() -
             ("PARLEY__MESSAGING__TIMEOUT_MS", "1000"),
             ("PARLEY__SEND__CONCURRENCY", "1"),
             ("PARLEY__SEND__MAX_BATCH", "1"),
+            // The deadline, not the latency budget, is what this test exercises.
+            ("PARLEY__SEND__QUEUE_BUDGET_MS", "60000"),
         ],
         &ctl,
     )
@@ -258,5 +263,75 @@ async fn a_send_no_call_takes_in_time_is_withdrawn_and_a_retry_sends_it_once() -
         .collect();
     bodies.sort_unstable();
     assert_eq!(bodies, ["a", "b", "c"], "{page}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sends_beyond_the_queue_or_the_budget_are_refused_with_retry_after() -> anyhow::Result<()> {
+    let ctl = Arc::new(Proxy::default());
+    let stack = behind_proxy(
+        &[],
+        &[
+            ("PARLEY__SEND__CONCURRENCY", "1"),
+            ("PARLEY__SEND__MAX_BATCH", "1"),
+            ("PARLEY__SEND__QUEUE", "1"),
+            ("PARLEY__SEND__QUEUE_BUDGET_MS", "200"),
+        ],
+        &ctl,
+    )
+    .await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let ch = alice.group("busy", &["bob"]).await?;
+
+    // Messaging is slow: the one worker holds `a` for a second, `b` fills the queue...
+    ctl.delay_ms.store(1000, Ordering::SeqCst);
+    let post = |cid: &'static str| {
+        let (c, ch) = (alice.clone(), ch.clone());
+        tokio::spawn(async move { c.post_message(&ch, cid, cid).await })
+    };
+    let a = post("a");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = post("b");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...so `c` is refused at once, with Retry-After...
+    let started = std::time::Instant::now();
+    let c = alice.post_message(&ch, "c", "c").await?;
+    assert!(started.elapsed() < Duration::from_millis(900), "c waited");
+    assert_error(&c, 503, "unavailable");
+    let retry_after: u64 =
+        c.2.get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .expect("a numeric Retry-After header");
+    assert!(retry_after >= 1);
+    // ...and `b`, which waited past the 200 ms budget, is refused unsent when taken.
+    assert_eq!(a.await??.0, 201);
+    assert_error(&b.await??, 503, "unavailable");
+    assert_eq!(
+        ctl.calls.load(Ordering::SeqCst),
+        1,
+        "only `a` reached messaging"
+    );
+    let metrics = crate::metrics(&alice).await?;
+    for reason in ["queue_full", "budget"] {
+        let n = crate::sample(
+            &metrics,
+            &format!("gateway_send_refused_total{{reason=\"{reason}\"}}"),
+        );
+        assert_eq!(n, Some(1.0), "{reason}");
+    }
+
+    // Retried with the same client_msg_id once messaging keeps up: each sent once.
+    ctl.delay_ms.store(0, Ordering::SeqCst);
+    for cid in ["b", "c", "a"] {
+        alice.send(&ch, cid, cid).await?;
+    }
+    let page = alice.history(&ch, "limit=50").await?;
+    let bodies: Vec<&str> = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["body"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(bodies, ["c", "b", "a"], "newest first: {page}");
     Ok(())
 }

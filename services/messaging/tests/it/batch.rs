@@ -12,7 +12,7 @@ use tonic::Status;
 use crate::{Svc, all_messages, assert_code, client, group, send};
 
 /// The value of an unlabelled metric in this process's `/metrics` text.
-fn metric(name: &str) -> f64 {
+pub fn metric(name: &str) -> f64 {
     parley_kit::metrics::handle()
         .render()
         .lines()
@@ -25,7 +25,7 @@ fn metric(name: &str) -> f64 {
 }
 
 /// Waits until `n` sends are queued (the dispatcher is blocked, so the count only grows).
-async fn queued(n: f64) -> anyhow::Result<()> {
+pub async fn queued(n: f64) -> anyhow::Result<()> {
     for _ in 0..500 {
         if metric("messaging_send_queue_depth") == n {
             return Ok(());
@@ -40,7 +40,7 @@ async fn queued(n: f64) -> anyhow::Result<()> {
 
 type Pending = JoinHandle<Result<pb::SendMessageResponse, Status>>;
 
-fn spawn_send(svc: &Svc, user: &str, channel: &str, cid: &str, body: &str) -> Pending {
+pub fn spawn_send(svc: &Svc, user: &str, channel: &str, cid: &str, body: &str) -> Pending {
     let (mut svc, user, channel, cid, body) = (
         svc.clone(),
         user.to_owned(),
@@ -59,7 +59,11 @@ fn msg(r: &pb::SendMessageResponse) -> &pb::Message {
 async fn queued_sends_share_one_transaction_and_keep_their_own_outcomes() -> anyhow::Result<()> {
     let mut stack = Stack::empty().await?;
     let addr = stack
-        .add_messaging(&[("PARLEY__SEND__CONCURRENCY", "1")])
+        .add_messaging(&[
+            ("PARLEY__SEND__CONCURRENCY", "1"),
+            // The lock is held for a while: no send may be refused for waiting.
+            ("PARLEY__SEND__QUEUE_BUDGET_MS", "60000"),
+        ])
         .await?;
     let mut svc = client(addr).await?;
     let a = group(&mut svc, "alice", &["bob"]).await?;

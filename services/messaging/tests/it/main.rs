@@ -6,6 +6,7 @@ mod authz;
 mod batch;
 mod events;
 mod members;
+mod overload;
 mod seq;
 
 use std::net::SocketAddr;

@@ -1,0 +1,160 @@
+//! Admission control of sends: channels are sharded over lanes (a send to one channel never
+//! waits for another lane's transaction), and a send that cannot be written soon is refused
+//! at once with UNAVAILABLE instead of waiting.
+
+use std::time::Duration;
+
+use parley_kit::ErrorCode;
+use parley_testkit::Stack;
+
+use crate::{all_messages, assert_code, batch::metric, batch::spawn_send, client, group, send};
+
+/// Holds `channel`'s row lock in a transaction of its own, and waits until a send
+/// transaction is blocked on it.
+async fn block_channel(
+    stack: &Stack,
+    channel: &str,
+) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let db = stack.db().await?;
+    let mut lock = db.begin().await?;
+    sqlx::query("SELECT 1 FROM messaging.channels WHERE id = $1::uuid FOR UPDATE")
+        .bind(channel)
+        .execute(&mut *lock)
+        .await?;
+    Ok(lock)
+}
+
+async fn wait_blocked(stack: &Stack) -> anyhow::Result<()> {
+    for _ in 0..500 {
+        let waiting = stack
+            .query_i64(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await?;
+        if waiting == 1 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("no send transaction waits on the channel lock")
+}
+
+#[tokio::test]
+async fn a_blocked_channel_holds_up_only_its_own_lane() -> anyhow::Result<()> {
+    const LANES: usize = 4;
+    let mut stack = Stack::empty().await?;
+    let addr = stack
+        .add_messaging(&[
+            ("PARLEY__SEND__CONCURRENCY", "4"),
+            ("PARLEY__SEND__QUEUE_BUDGET_MS", "60000"),
+        ])
+        .await?;
+    let mut svc = client(addr).await?;
+    let a = group(&mut svc, "alice", &[]).await?;
+    let lane_a = parley_messaging::lane_of(a.parse()?, LANES);
+    // Channels in every other lane (and one more in A's own lane).
+    let mut others = Vec::new();
+    let mut same_lane = None;
+    while others.len() < LANES - 1 || same_lane.is_none() {
+        let c = group(&mut svc, "alice", &[]).await?;
+        let lane = parley_messaging::lane_of(c.parse()?, LANES);
+        if lane == lane_a {
+            same_lane.get_or_insert(c);
+        } else if !others.iter().any(|(l, _)| *l == lane) {
+            others.push((lane, c));
+        }
+    }
+    let same_lane = same_lane.expect("found above");
+
+    let lock = block_channel(&stack, &a).await?;
+    let blocked = spawn_send(&svc, "alice", &a, "a1", "waits for the lock");
+    wait_blocked(&stack).await?;
+    let behind = spawn_send(
+        &svc,
+        "alice",
+        &same_lane,
+        "s1",
+        "queued behind A in its lane",
+    );
+    // Every other lane writes while A's lane waits.
+    for (_, c) in &others {
+        let sent = tokio::time::timeout(
+            Duration::from_secs(5),
+            send(&mut svc, "alice", c, "o1", "another lane"),
+        )
+        .await??;
+        assert!(sent.created);
+    }
+    assert!(!blocked.is_finished() && !behind.is_finished());
+    lock.commit().await?;
+    assert_eq!(blocked.await??.message.expect("message").seq, 1);
+    assert_eq!(behind.await??.message.expect("message").seq, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sends_beyond_the_queue_or_the_budget_are_refused_unwritten() -> anyhow::Result<()> {
+    let mut stack = Stack::empty().await?;
+    let addr = stack
+        .add_messaging(&[
+            ("PARLEY__SEND__CONCURRENCY", "1"),
+            ("PARLEY__SEND__QUEUE", "2"),
+            ("PARLEY__SEND__QUEUE_BUDGET_MS", "300"),
+        ])
+        .await?;
+    let mut svc = client(addr).await?;
+    let a = group(&mut svc, "alice", &["bob"]).await?;
+    let b = group(&mut svc, "alice", &["bob"]).await?;
+    let full_before = metric("messaging_send_refused_total{reason=\"queue_full\"}");
+    let budget_before = metric("messaging_send_refused_total{reason=\"budget\"}");
+
+    let lock = block_channel(&stack, &a).await?;
+    let blocker = spawn_send(&svc, "alice", &a, "first", "taken, waits for the lock");
+    wait_blocked(&stack).await?;
+    // The lane's queue holds two...
+    let queued = [
+        spawn_send(&svc, "alice", &b, "q1", "queued 1"),
+        spawn_send(&svc, "bob", &b, "q2", "queued 2"),
+    ];
+    crate::batch::queued(2.0).await?;
+    // ...the third is refused at once, not queued.
+    let err = tokio::time::timeout(
+        Duration::from_secs(2),
+        send(&mut svc, "alice", &b, "q3", "one too many"),
+    )
+    .await?
+    .expect_err("the queue is full");
+    assert_code(&err, ErrorCode::Unavailable);
+    assert_eq!(
+        metric("messaging_send_refused_total{reason=\"queue_full\"}") - full_before,
+        1.0
+    );
+
+    // Hold the lane past the budget: the queued sends are refused, not written late.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lock.commit().await?;
+    assert_eq!(blocker.await??.message.expect("message").seq, 1);
+    for q in queued {
+        assert_code(
+            &q.await?.expect_err("waited past the budget"),
+            ErrorCode::Unavailable,
+        );
+    }
+    assert_eq!(
+        metric("messaging_send_refused_total{reason=\"budget\"}") - budget_before,
+        2.0
+    );
+    assert!(all_messages(&mut svc, "bob", &b).await?.is_empty());
+
+    // Nothing was written, so the retries (same client_msg_id) are new sends, in order.
+    for (i, (user, cid)) in [("alice", "q1"), ("bob", "q2"), ("alice", "q3")]
+        .into_iter()
+        .enumerate()
+    {
+        let sent = send(&mut svc, user, &b, cid, "retried").await?;
+        assert!(sent.created);
+        assert_eq!(sent.message.expect("message").seq, i as u64 + 1);
+    }
+    Ok(())
+}
