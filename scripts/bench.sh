@@ -10,6 +10,11 @@
 #   4 idle      BENCH_IDLE idle WebSocket connections: gateway RSS per connection
 #   5 history   before= pages at random positions of a BENCH_HISTORY_ROWS channel, keyset vs OFFSET
 #   6 ceiling   pgbench running the SQL of one send transaction at scenario 1's concurrency
+#   7 hot       one channel whose BENCH_HOT_MEMBERS members all send and all receive (ramp)
+# Postgres runs with its durable settings (fsync, synchronous_commit, full_page_writes on:
+# scripts/deps.sh). With BENCH_REFERENCE="1 6" (the default) those scenarios run again with
+# fsync, synchronous_commit and full_page_writes off (a CPU-bound reference, each against
+# its own ceiling); the durable settings are restored afterwards, also on error/interrupt.
 # Stops the services it started (scripts/down.sh); the private databases keep running.
 # Sizes are environment variables (BENCH_*, below); BENCH_ONLY="1 2 6" runs a subset.
 set -euo pipefail
@@ -23,7 +28,7 @@ BIN="$CARGO_TARGET_DIR/release"
 LOADGEN="$BIN/parley-loadgen"
 
 # ---- sizes (defaults fit a 2-core machine in ~10 minutes)
-: "${BENCH_ONLY:=1 2 3 4 5 6}"
+: "${BENCH_ONLY:=1 2 3 4 5 6 7}"
 : "${BENCH_CLIENTS:=200}"            # scenario 1/2: clients (one WebSocket each)
 : "${BENCH_CHANNELS:=100}"           # … channels
 : "${BENCH_MEMBERS:=2}"              # … members per channel (all send, all receive)
@@ -41,6 +46,10 @@ LOADGEN="$BIN/parley-loadgen"
 : "${BENCH_HISTORY_REQUESTS:=2000}"
 : "${BENCH_PGBENCH_SECS:=15}"        # scenario 6 (and 5's SQL runs, 10 s each)
 : "${BENCH_PG_CLIENTS:=}"            # default: messaging's database.max_connections (20)
+: "${BENCH_HOT_MEMBERS:=16}"         # scenario 7: members of the one channel (all send)
+: "${BENCH_HOT_RATES:=1000,2000,3000,4000,5000,6000}"
+: "${BENCH_REFERENCE=1 6}"           # scenarios repeated with fsync off ("" = none)
+export BENCH_HOT_MEMBERS BENCH_HOT_RATES BENCH_REFERENCE
 export BENCH_ONLY BENCH_CLIENTS BENCH_CHANNELS BENCH_MEMBERS BENCH_RATES BENCH_STEP_SECS \
 	BENCH_P99_MS BENCH_FIXED_RATE BENCH_FIXED_SECS BENCH_FANOUT_MEMBERS BENCH_FANOUT_RATE \
 	BENCH_FANOUT_MESSAGES BENCH_IDLE BENCH_IDLE_USERS BENCH_HISTORY_ROWS \
@@ -86,7 +95,17 @@ fi
 
 # ---- start the stack (release), leave nothing running
 STARTED=no
+DURABILITY_OFF=no
+durable_again() { # undo the reference's ALTER SYSTEM: the cluster is durable again
+	"$PSQL" -q "$PARLEY_PG_URL" -c 'ALTER SYSTEM RESET fsync' -c 'ALTER SYSTEM RESET synchronous_commit' \
+		-c 'ALTER SYSTEM RESET full_page_writes' -c 'SELECT pg_reload_conf()' >/dev/null &&
+		DURABILITY_OFF=no
+}
 cleanup() {
+	if [[ $DURABILITY_OFF == yes ]]; then
+		say "restoring Postgres's durable settings"
+		durable_again || say "WARNING: could not restore fsync/synchronous_commit/full_page_writes (ALTER SYSTEM RESET them)"
+	fi
 	if [[ $STARTED == yes ]]; then
 		say "stopping the services"
 		"$ROOT/scripts/down.sh" >&2 || true
@@ -116,7 +135,7 @@ export PG_CLIENTS
 	echo "mem=$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
 	echo "kernel=$(uname -r)"
 	echo "postgres=$("$PSQL" "$PARLEY_PG_URL" -Atc 'show server_version')"
-	echo "pg_settings=$("$PSQL" "$PARLEY_PG_URL" -Atc "select string_agg(name||'='||setting, ' ') from pg_settings where name in ('fsync','synchronous_commit','shared_buffers','max_connections')")"
+	echo "pg_settings=$("$PSQL" "$PARLEY_PG_URL" -Atc "select string_agg(name||'='||setting, ' ') from pg_settings where name in ('fsync','synchronous_commit','full_page_writes','shared_buffers','max_connections')")"
 	echo "redis=$(redis-cli -u "$PARLEY_REDIS_URL" info server 2>/dev/null | sed -n 's/^redis_version://p' | tr -d '\r')"
 	echo "rustc=$(rustc --version)"
 	echo "pg_clients=$PG_CLIENTS"
@@ -154,34 +173,36 @@ say "warm-up"
 # Start every run from a comparable state: earlier runs leave dead outbox/counter tuples.
 "$PSQL" -q "$PG_DB_URL" -c 'VACUUM ANALYZE' >/dev/null 2>&1 || say "VACUUM failed (continuing)"
 
-# ---- 1: max sustained throughput
-if want 1; then
-	say "1/6 ramp: max sustained throughput with p99 < ${BENCH_P99_MS} ms (load $(load))"
-	echo "$(load)" >"$RAW/load-1.txt"
-	cpu_snapshot >"$RAW/cpu-1-before.txt"
+# ---- 1: max sustained throughput ($1: file prefix, "" or "ref-")
+scenario_ramp() {
+	local tag="$1"
+	say "1/7 ${tag}ramp: max sustained throughput with p99 < ${BENCH_P99_MS} ms (load $(load))"
+	echo "$(load)" >"$RAW/${tag}load-1.txt"
+	cpu_snapshot >"$RAW/${tag}cpu-1-before.txt"
 	# Background work in Postgres during the ramp (to line up with each step's ack p99 by
 	# second): autovacuum and checkpoints are logged while it runs, then copied to raw/.
-	PG_LOG="$ROOT/.local/pg/postgres.log"
-	[[ -f $PG_LOG ]] && PG_LOG_FROM="$(wc -c <"$PG_LOG")" || PG_LOG_FROM=""
+	local pg_log="$ROOT/.local/pg/postgres.log" pg_log_from=""
+	[[ -f $pg_log ]] && pg_log_from="$(wc -c <"$pg_log")"
 	"$PSQL" -q "$PARLEY_PG_URL" -c 'ALTER SYSTEM SET log_autovacuum_min_duration = 0' \
 		-c 'ALTER SYSTEM SET log_checkpoints = on' -c 'SELECT pg_reload_conf()' >/dev/null 2>&1 || true
-	lg --json "$RAW/ramp.json" ramp --clients "$BENCH_CLIENTS" --channels "$BENCH_CHANNELS" \
+	lg --json "$RAW/${tag}ramp.json" ramp --clients "$BENCH_CLIENTS" --channels "$BENCH_CHANNELS" \
 		--members "$BENCH_MEMBERS" --duration "$BENCH_STEP_SECS" --drain 5 \
 		--rates "$BENCH_RATES" --p99-ms "$BENCH_P99_MS" \
 		$(for s in gateway messaging presence receipts notification; do printf -- '--watch %s=%s ' "$s" "$(cat "$ROOT/.local/run/$s.pid")"; done) \
 		${PG_POSTMASTER:+--watch postgres=$PG_POSTMASTER} ${REDIS_PID:+--watch redis=$REDIS_PID}
-	cpu_snapshot >"$RAW/cpu-1-after.txt"
+	cpu_snapshot >"$RAW/${tag}cpu-1-after.txt"
 	"$PSQL" -q "$PARLEY_PG_URL" -c 'ALTER SYSTEM RESET log_autovacuum_min_duration' \
 		-c 'ALTER SYSTEM RESET log_checkpoints' -c 'SELECT pg_reload_conf()' >/dev/null 2>&1 || true
-	if [[ -n $PG_LOG_FROM ]]; then
-		tail -c +"$((PG_LOG_FROM + 1))" "$PG_LOG" >"$RAW/pg-ramp.log" || true
+	if [[ -n $pg_log_from ]]; then
+		tail -c +"$((pg_log_from + 1))" "$pg_log" >"$RAW/${tag}pg-ramp.log" || true
 	fi
-	echo "$(load)" >>"$RAW/load-1.txt"
-fi
+	echo "$(load)" >>"$RAW/${tag}load-1.txt"
+}
+want 1 && scenario_ramp ""
 
 # ---- 2: fixed rate
 if want 2; then
-	say "2/6 fixed rate ${BENCH_FIXED_RATE} msg/s for ${BENCH_FIXED_SECS}s (load $(load))"
+	say "2/7 fixed rate ${BENCH_FIXED_RATE} msg/s for ${BENCH_FIXED_SECS}s (load $(load))"
 	echo "$(load)" >"$RAW/load-2.txt"
 	lg --json "$RAW/fixed.json" traffic --clients "$BENCH_CLIENTS" --channels "$BENCH_CHANNELS" \
 		--members "$BENCH_MEMBERS" --rate "$BENCH_FIXED_RATE" --duration "$BENCH_FIXED_SECS"
@@ -190,7 +211,7 @@ fi
 
 # ---- 3: fan-out
 if want 3; then
-	say "3/6 fan-out: 1 channel, ${BENCH_FANOUT_MEMBERS} connected members (load $(load))"
+	say "3/7 fan-out: 1 channel, ${BENCH_FANOUT_MEMBERS} connected members (load $(load))"
 	echo "$(load)" >"$RAW/load-3.txt"
 	lg --json "$RAW/fanout.json" traffic --clients "$BENCH_FANOUT_MEMBERS" --channels 1 \
 		--members "$BENCH_FANOUT_MEMBERS" --senders 1 --rate "$BENCH_FANOUT_RATE" \
@@ -201,8 +222,9 @@ fi
 
 # ---- 6: the database's ceiling (run before 4/5 so it sits next to 1 in time)
 pgbench_db_url="$(pg_url_db "$PARLEY_PG_URL" parley_pgbench)"
-if want 6; then
-	say "6/6 ceiling: pgbench, one send transaction, ${PG_CLIENTS} clients, ${BENCH_CHANNELS} channels (load $(load))"
+scenario_ceiling() { # $1: file prefix, "" or "ref-"
+	local tag="$1" script
+	say "6/7 ${tag}ceiling: pgbench, one send transaction, ${PG_CLIENTS} clients, ${BENCH_CHANNELS} channels (load $(load))"
 	"$PSQL" -q "$PARLEY_PG_URL" -c 'DROP DATABASE IF EXISTS parley_pgbench' -c 'CREATE DATABASE parley_pgbench'
 	{
 		echo 'CREATE SCHEMA messaging; SET search_path = messaging;'
@@ -250,22 +272,45 @@ if want 6; then
 		COMMIT;
 		DELETE FROM outbox WHERE id = ANY(ARRAY[:oid]::bigint[]);
 	SQL
-	echo "$(load)" >"$RAW/load-6.txt"
+	echo "$(load)" >"$RAW/${tag}load-6.txt"
 	for script in send send-simple; do
-		cpu_snapshot >"$RAW/cpu-6-$script-before.txt"
+		cpu_snapshot >"$RAW/${tag}cpu-6-$script-before.txt"
 		(cd "$RAW" && "$PGBENCH" -n -M prepared -c "$PG_CLIENTS" -j 2 -T "$BENCH_PGBENCH_SECS" \
 			-D channels="$BENCH_CHANNELS" -l --log-prefix="pgbench_$script" -f "$script.sql" "$pgbench_db_url") \
-			| tee "$RAW/pgbench-$script.txt"
-		cpu_snapshot >"$RAW/cpu-6-$script-after.txt"
-		cat "$RAW"/pgbench_"$script".* >"$RAW/pgbench-$script.log" && rm -f "$RAW"/pgbench_"$script".*
+			| tee "$RAW/${tag}pgbench-$script.txt"
+		cpu_snapshot >"$RAW/${tag}cpu-6-$script-after.txt"
+		cat "$RAW"/pgbench_"$script".* >"$RAW/${tag}pgbench-$script.log" && rm -f "$RAW"/pgbench_"$script".*
 	done
-	echo "$(load)" >>"$RAW/load-6.txt"
+	echo "$(load)" >>"$RAW/${tag}load-6.txt"
 	"$PSQL" -q "$PARLEY_PG_URL" -c 'DROP DATABASE IF EXISTS parley_pgbench'
+}
+want 6 && scenario_ceiling ""
+
+# ---- 7: one hot channel, every member sending and receiving
+if want 7; then
+	say "7/7 hot channel: ${BENCH_HOT_MEMBERS} members all sending (load $(load))"
+	echo "$(load)" >"$RAW/load-7.txt"
+	lg --json "$RAW/hot.json" ramp --clients "$BENCH_HOT_MEMBERS" --channels 1 \
+		--members "$BENCH_HOT_MEMBERS" --duration "$BENCH_STEP_SECS" --drain 5 \
+		--rates "$BENCH_HOT_RATES" --p99-ms "$BENCH_P99_MS" --prefix hot
+	echo "$(load)" >>"$RAW/load-7.txt"
+fi
+
+# ---- the fsync-off reference: the same ramp and ceiling with durability off (CPU-bound)
+if [[ -n ${BENCH_REFERENCE// /} ]]; then
+	say "reference: fsync, synchronous_commit and full_page_writes off for scenarios: $BENCH_REFERENCE"
+	DURABILITY_OFF=yes
+	"$PSQL" -q "$PARLEY_PG_URL" -c 'ALTER SYSTEM SET fsync = off' -c 'ALTER SYSTEM SET synchronous_commit = off' \
+		-c 'ALTER SYSTEM SET full_page_writes = off' -c 'SELECT pg_reload_conf()' >/dev/null
+	"$PSQL" "$PARLEY_PG_URL" -Atc "select string_agg(name||'='||setting, ' ') from pg_settings where name in ('fsync','synchronous_commit','full_page_writes')" >"$RAW/ref-pg-settings.txt"
+	[[ " $BENCH_REFERENCE " == *" 1 "* ]] && scenario_ramp "ref-"
+	[[ " $BENCH_REFERENCE " == *" 6 "* ]] && scenario_ceiling "ref-"
+	durable_again
 fi
 
 # ---- 4: idle connections
 if want 4; then
-	say "4/6 idle: ${BENCH_IDLE} WebSocket connections (ulimit -n $(ulimit -n), load $(load))"
+	say "4/7 idle: ${BENCH_IDLE} WebSocket connections (ulimit -n $(ulimit -n), load $(load))"
 	echo "$(load)" >"$RAW/load-4.txt"
 	lg --json "$RAW/idle.json" idle --connections "$BENCH_IDLE" --users "$BENCH_IDLE_USERS" \
 		--hold 10 --gateway-pid "$GATEWAY_PID" || say "idle scenario reported failures (see above)"
@@ -274,7 +319,7 @@ fi
 
 # ---- 5: history
 if want 5; then
-	say "5/6 history: channel of ${BENCH_HISTORY_ROWS} messages (load $(load))"
+	say "5/7 history: channel of ${BENCH_HISTORY_ROWS} messages (load $(load))"
 	HUSER=bench-history
 	HNAME="bench-history-$BENCH_HISTORY_ROWS"
 	ch="$("$PSQL" -At "$PG_DB_URL" -c "SELECT id FROM messaging.channels WHERE name = '$HNAME' AND created_by = '$HUSER' AND last_seq = $BENCH_HISTORY_ROWS LIMIT 1")"

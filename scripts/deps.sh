@@ -230,6 +230,7 @@ ensure_private_pg() {
 			fi
 			pg_wait_ready "$url" "private PostgreSQL"
 			PARLEY_PG_URL="$url"
+			pg_undo_unsafe
 			return 0
 		fi
 	fi
@@ -267,6 +268,19 @@ ensure_private_pg() {
 	fi
 	pg_wait_ready "$url" "private PostgreSQL"
 	PARLEY_PG_URL="$url"
+	pg_undo_unsafe
+}
+
+# `make bench` turns durability off with ALTER SYSTEM for its fsync-off reference and
+# restores it; should that run have been killed, the private cluster is made durable here.
+pg_undo_unsafe() {
+	local psql
+	psql="$(pg_client psql)" || return 0
+	if [[ "$("$psql" "$PARLEY_PG_URL" -XAtc "SELECT count(*) FROM pg_file_settings WHERE sourcefile LIKE '%postgresql.auto.conf' AND name IN ('fsync', 'synchronous_commit', 'full_page_writes')" 2>/dev/null)" != 0 ]]; then
+		log "private PostgreSQL: removing an unsafe setting left by an interrupted bench (ALTER SYSTEM RESET)"
+		"$psql" "$PARLEY_PG_URL" -Xq -c 'ALTER SYSTEM RESET fsync' -c 'ALTER SYSTEM RESET synchronous_commit' \
+			-c 'ALTER SYSTEM RESET full_page_writes' -c 'SELECT pg_reload_conf()' >/dev/null
+	fi
 }
 
 ensure_database() {

@@ -6,7 +6,20 @@
 //! send on its own at once, a busy one writes bigger batches instead of more transactions,
 //! and two transactions of one replica never lock the same channel: no lane waits for
 //! another's commit (with durable commits a commit is a WAL flush, and the lanes' flushes
-//! are shared by Postgres's group commit). One batch is five statements whatever its size:
+//! are shared by Postgres's group commit).
+//!
+//! **The fast path: one statement.** A lane remembers the counters (`last_seq`,
+//! `members_version`) of the channels it wrote. When it knows every channel of a batch, it
+//! assigns the seqs and encodes the events itself and sends everything in one call of
+//! `send_batch_checked` (migration 0005) in autocommit: the function locks the channels in
+//! id order, checks that nothing moved (counters, every sender a member, no earlier send with
+//! the same `client_msg_id`) and writes. One round trip, and the locks are held only for that
+//! statement and its commit. If anything moved (another replica sent, a membership change,
+//! a retry of an earlier send, a non-member), nothing is written and the batch goes through
+//! the transaction below, which then refreshes what the lane knows
+//! (`messaging_send_batches_total{path}` counts both).
+//!
+//! **The transaction: five statements** whatever the batch's size:
 //!
 //! 1. `SELECT … FROM channels WHERE id = ANY(…) ORDER BY id FOR NO KEY UPDATE` — locks the
 //!    batch's channels in id order (replicas, whose lanes may overlap, cannot deadlock)
@@ -108,6 +121,7 @@ impl Batcher {
             publisher,
             publish_inline,
             published: Mutex::new(Vec::new()),
+            known: Mutex::new(HashMap::new()),
         });
         tokio::spawn(clear_idle(
             Arc::downgrade(&writer),
@@ -198,7 +212,14 @@ struct Writer {
     publish_inline: bool,
     /// Outbox rows published and not yet deleted (the next batch deletes them).
     published: Mutex<Vec<i64>>,
+    /// Channels' `(last_seq, members_version)` as this replica last committed or read them
+    /// under their lock: what the one-statement fast path assumes (and checks).
+    known: Mutex<HashMap<Uuid, (i64, i64)>>,
 }
+
+/// Channels whose counters a replica remembers for the fast path; beyond it the memory
+/// starts again empty (each channel's next batch takes the five-statement path once).
+const KNOWN_MAX: usize = 100_000;
 
 /// Deletes published outbox rows that no batch took within `every` (an idle service).
 /// Ends when the writer is gone.
@@ -241,6 +262,88 @@ enum Outcome {
 impl Writer {
     fn lock_published(&self) -> std::sync::MutexGuard<'_, Vec<i64>> {
         self.published.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (i64, i64)>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers channels' counters as committed (or read under their lock).
+    fn remember(&self, channels: impl Iterator<Item = (Uuid, (i64, i64))>) {
+        let mut known = self.lock_known();
+        if known.len() > KNOWN_MAX {
+            known.clear();
+        }
+        known.extend(channels);
+    }
+
+    /// The fast path: when this replica knows the counters of every channel of the batch,
+    /// it assigns seqs and encodes the events first, and writes them in one statement that
+    /// checks, under the channel locks, that nothing moved (`store::write_sends_checked`):
+    /// one round trip, and the locks are held only for that statement and its commit.
+    /// `None` when a channel is not known or something moved (another replica sent, the
+    /// membership changed, a sender is not a member, a retry of an earlier send): nothing
+    /// was written, and the five-statement transaction decides.
+    async fn try_fast(&self, batch: &[Request]) -> Option<Written> {
+        let mut channels: HashMap<Uuid, (i64, i64, i64)> = HashMap::new();
+        {
+            let known = self.lock_known();
+            for r in batch {
+                let &(seq, version) = known.get(&r.channel)?;
+                channels.insert(r.channel, (seq, version, seq));
+            }
+        }
+        // The database stores microseconds: the answer must equal what history returns.
+        let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut rows: Vec<MessageRow> = Vec::with_capacity(batch.len());
+        let mut first_of: HashMap<(Uuid, &str, &str), usize> = HashMap::new();
+        for r in batch {
+            let key = (r.channel, r.caller.as_str(), r.cid.as_str());
+            if let Some(&k) = first_of.get(&key) {
+                outcomes.push(Outcome::Retry(k));
+                continue;
+            }
+            let seq = channels.get_mut(&r.channel).map_or(0, |c| {
+                c.2 += 1;
+                c.2
+            });
+            first_of.insert(key, rows.len());
+            rows.push(new_row(r, seq, now));
+            outcomes.push(Outcome::New(rows.len() - 1));
+        }
+        let mut assumed: Vec<store::Assumed> = channels
+            .iter()
+            .map(|(&channel, &(seen, version, new))| store::Assumed {
+                channel,
+                seen,
+                version,
+                new,
+            })
+            .collect();
+        assumed.sort_unstable_by_key(|a| a.channel);
+        let events = encode_events(batch, &outcomes, &rows, |c| {
+            channels.get(&c).map_or(0, |v| v.1)
+        });
+        let done = std::mem::take(&mut *self.lock_published());
+        match store::write_sends_checked(&self.pool, now, &assumed, &rows, events, &done).await {
+            Ok(Some(pending)) => {
+                metrics::counter!("messaging_send_batches_total", "path" => "fast").increment(1);
+                self.remember(channels.iter().map(|(&c, &(_, v, seq))| (c, (seq, v))));
+                Some((outcomes, rows, pending))
+            }
+            result => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "one-statement send failed; the transaction decides");
+                }
+                self.lock_published().extend(done);
+                let mut known = self.lock_known();
+                for c in channels.keys() {
+                    known.remove(c);
+                }
+                None
+            }
+        }
     }
 
     async fn write(&self, batch: Vec<Request>) {
@@ -306,10 +409,11 @@ impl Writer {
 
     /// Runs the batch's transaction; returns each request's outcome, the new rows and
     /// their outbox entries.
-    async fn transact(
-        &self,
-        batch: &[Request],
-    ) -> Result<(Vec<Outcome>, Vec<MessageRow>, Vec<Pending>), Error> {
+    async fn transact(&self, batch: &[Request]) -> Result<Written, Error> {
+        if let Some(written) = self.try_fast(batch).await {
+            return Ok(written);
+        }
+        metrics::counter!("messaging_send_batches_total", "path" => "transaction").increment(1);
         let mut tx = self.pool.begin().await?;
 
         // 1. Lock the channels in id order; their counters and the transaction's time.
@@ -367,23 +471,14 @@ impl Writer {
                     c.0 += 1;
                     c.0
                 });
-                rows.push(MessageRow {
-                    id: Uuid::now_v7(),
-                    channel_id: r.channel,
-                    seq: counter.unwrap_or_default(),
-                    sender_id: r.caller.as_str().to_owned(),
-                    client_msg_id: r.cid.as_str().to_owned(),
-                    body: r.body.as_str().to_owned(),
-                    created_at: now,
-                    edited_at: None,
-                    deleted: false,
-                });
+                rows.push(new_row(r, counter.unwrap_or_default(), now));
                 Outcome::New(rows.len() - 1)
             };
             outcomes.push(outcome);
         }
         if rows.is_empty() {
             tx.commit().await?;
+            self.remember(channels.into_iter());
             return Ok((outcomes, rows, Vec::new()));
         }
 
@@ -393,19 +488,9 @@ impl Writer {
             .into_iter()
             .filter_map(|id| channels.get(&id).map(|c| (id, c.0)))
             .collect();
-        let mut events = Vec::with_capacity(rows.len());
-        for (r, o) in batch.iter().zip(&outcomes) {
-            if let Outcome::New(k) = o {
-                let m = &rows[*k];
-                let members_version = channels.get(&m.channel_id).map_or(0, |c| c.1);
-                let payload = ev::event::Payload::MessageCreated(ev::MessageCreated {
-                    message: Some(m.clone().into()),
-                    members_version,
-                });
-                let trace = r.span.in_scope(parley_kit::propagation::inject_map);
-                events.push(store::new_event(m.channel_id, payload, trace));
-            }
-        }
+        let events = encode_events(batch, &outcomes, &rows, |c| {
+            channels.get(&c).map_or(0, |v| v.1)
+        });
         let done = std::mem::take(&mut *self.lock_published());
         let written = async {
             let pending = store::write_sends(&mut tx, now, &counters, &rows, events, &done).await?;
@@ -414,7 +499,10 @@ impl Writer {
         }
         .await;
         match written {
-            Ok(pending) => Ok((outcomes, rows, pending)),
+            Ok(pending) => {
+                self.remember(channels.into_iter());
+                Ok((outcomes, rows, pending))
+            }
             Err(e) => {
                 // Not deleted: the next batch (or the idle clearer) tries again.
                 self.lock_published().extend(done);
@@ -422,6 +510,47 @@ impl Writer {
             }
         }
     }
+}
+
+/// A batch's outcomes, its new messages and their outbox entries.
+type Written = (Vec<Outcome>, Vec<MessageRow>, Vec<Pending>);
+
+fn new_row(r: &Request, seq: i64, now: DateTime<Utc>) -> MessageRow {
+    MessageRow {
+        id: Uuid::now_v7(),
+        channel_id: r.channel,
+        seq,
+        sender_id: r.caller.as_str().to_owned(),
+        client_msg_id: r.cid.as_str().to_owned(),
+        body: r.body.as_str().to_owned(),
+        created_at: now,
+        edited_at: None,
+        deleted: false,
+    }
+}
+
+/// The outbox events of the batch's new messages, in order, each with its request's trace
+/// context and its channel's membership version.
+fn encode_events(
+    batch: &[Request],
+    outcomes: &[Outcome],
+    rows: &[MessageRow],
+    members_version: impl Fn(Uuid) -> i64,
+) -> Vec<store::NewEvent> {
+    batch
+        .iter()
+        .zip(outcomes)
+        .filter_map(|(r, o)| {
+            let Outcome::New(k) = o else { return None };
+            let m = &rows[*k];
+            let payload = ev::event::Payload::MessageCreated(ev::MessageCreated {
+                message: Some(m.clone().into()),
+                members_version: members_version(m.channel_id),
+            });
+            let trace = r.span.in_scope(parley_kit::propagation::inject_map);
+            Some(store::new_event(m.channel_id, payload, trace))
+        })
+        .collect()
 }
 
 fn not_found(channel: Uuid) -> Error {

@@ -623,6 +623,70 @@ pub async fn check_sends<'a>(
         .collect())
 }
 
+/// A send batch's messages and events as columns (one array bind each).
+struct SendColumns<'a> {
+    channel: Vec<Uuid>,
+    seq: Vec<i64>,
+    id: Vec<Uuid>,
+    sender: Vec<&'a str>,
+    cid: Vec<&'a str>,
+    body: Vec<&'a str>,
+    topics: Vec<String>,
+    event_ids: Vec<Uuid>,
+    payloads: Vec<Vec<u8>>,
+}
+
+impl<'a> SendColumns<'a> {
+    /// `events[i]` belongs to `messages[i]`; its topic is the message's channel.
+    fn new(messages: &'a [MessageRow], events: Vec<NewEvent>) -> Self {
+        let mut c = SendColumns {
+            channel: Vec::with_capacity(messages.len()),
+            seq: Vec::with_capacity(messages.len()),
+            id: Vec::with_capacity(messages.len()),
+            sender: Vec::with_capacity(messages.len()),
+            cid: Vec::with_capacity(messages.len()),
+            body: Vec::with_capacity(messages.len()),
+            topics: Vec::with_capacity(messages.len()),
+            event_ids: Vec::new(),
+            payloads: Vec::new(),
+        };
+        for m in messages {
+            c.channel.push(m.channel_id);
+            c.seq.push(m.seq);
+            c.id.push(m.id);
+            c.sender.push(m.sender_id.as_str());
+            c.cid.push(m.client_msg_id.as_str());
+            c.body.push(m.body.as_str());
+            c.topics.push(channel_topic(m.channel_id));
+        }
+        (c.event_ids, c.payloads) = events.into_iter().map(|e| (e.id, e.bytes)).unzip();
+        c
+    }
+
+    /// The outbox entries, given the (outbox id, event id) pairs the insert returned.
+    fn pending(self, ids: Vec<(i64, Uuid)>) -> Result<Vec<Pending>, Error> {
+        let id_of: std::collections::HashMap<Uuid, i64> =
+            ids.into_iter().map(|(i, e)| (e, i)).collect();
+        self.event_ids
+            .iter()
+            .zip(self.topics)
+            .zip(self.payloads)
+            .map(|((e, topic), payload)| {
+                let id = id_of.get(e).copied().ok_or_else(|| {
+                    Error::Db(sqlx::Error::Protocol(
+                        "outbox row missing from RETURNING".into(),
+                    ))
+                })?;
+                Ok(Pending {
+                    id,
+                    topics: vec![topic],
+                    payload,
+                })
+            })
+            .collect()
+    }
+}
+
 /// Writes a send batch in one statement: each touched channel's new `last_seq` (and
 /// activity time), the messages, and one outbox event per message (`events[i]` belongs to
 /// `messages[i]`, topic: the message's channel); it also deletes the outbox rows `done`
@@ -636,24 +700,7 @@ pub async fn write_sends(
     done: &[i64],
 ) -> Result<Vec<Pending>, Error> {
     let (ch_ids, ch_seqs): (Vec<Uuid>, Vec<i64>) = counters.iter().copied().unzip();
-    let mut m_channel = Vec::with_capacity(messages.len());
-    let mut m_seq = Vec::with_capacity(messages.len());
-    let mut m_id = Vec::with_capacity(messages.len());
-    let mut m_sender = Vec::with_capacity(messages.len());
-    let mut m_cid = Vec::with_capacity(messages.len());
-    let mut m_body = Vec::with_capacity(messages.len());
-    let mut topics = Vec::with_capacity(messages.len());
-    for m in messages {
-        m_channel.push(m.channel_id);
-        m_seq.push(m.seq);
-        m_id.push(m.id);
-        m_sender.push(m.sender_id.as_str());
-        m_cid.push(m.client_msg_id.as_str());
-        m_body.push(m.body.as_str());
-        topics.push(channel_topic(m.channel_id));
-    }
-    let (e_ids, e_bytes): (Vec<Uuid>, Vec<Vec<u8>>) =
-        events.into_iter().map(|e| (e.id, e.bytes)).unzip();
+    let c = SendColumns::new(messages, events);
     let ids: Vec<(i64, Uuid)> = sqlx::query_as(
         "WITH counters AS (
              UPDATE channels c SET last_seq = v.last_seq, last_activity_at = $1
@@ -677,37 +724,75 @@ pub async fn write_sends(
     .bind(now)
     .bind(&ch_ids)
     .bind(&ch_seqs)
-    .bind(&m_channel)
-    .bind(&m_seq)
-    .bind(&m_id)
-    .bind(&m_sender)
-    .bind(&m_cid)
-    .bind(&m_body)
-    .bind(&e_ids)
-    .bind(&topics)
-    .bind(&e_bytes)
+    .bind(&c.channel)
+    .bind(&c.seq)
+    .bind(&c.id)
+    .bind(&c.sender)
+    .bind(&c.cid)
+    .bind(&c.body)
+    .bind(&c.event_ids)
+    .bind(&c.topics)
+    .bind(&c.payloads)
     .bind(done)
     .fetch_all(&mut *conn)
     .await?;
-    let id_of: std::collections::HashMap<Uuid, i64> =
-        ids.into_iter().map(|(i, e)| (e, i)).collect();
-    e_ids
-        .iter()
-        .zip(topics)
-        .zip(e_bytes)
-        .map(|((e, topic), payload)| {
-            let id = id_of.get(e).copied().ok_or_else(|| {
-                Error::Db(sqlx::Error::Protocol(
-                    "outbox row missing from RETURNING".into(),
-                ))
-            })?;
-            Ok(Pending {
-                id,
-                topics: vec![topic],
-                payload,
-            })
-        })
-        .collect()
+    c.pending(ids)
+}
+
+/// A channel's counters as a send batch assumes them: `seen` the `last_seq` and `version`
+/// the `members_version` before the batch, `new` the `last_seq` after it.
+#[derive(Debug, Clone, Copy)]
+pub struct Assumed {
+    pub channel: Uuid,
+    pub seen: i64,
+    pub version: i64,
+    pub new: i64,
+}
+
+/// The one-statement send (migration 0005, `send_batch_checked`), in its own transaction:
+/// writes as [`write_sends`] does if every assumption still holds under the channel locks
+/// (counters, membership versions, every sender a member, no earlier send with the same
+/// `client_msg_id`); `None`, with nothing written, if one does not. `channels` sorted by id.
+pub async fn write_sends_checked(
+    pool: &sqlx::PgPool,
+    now: DateTime<Utc>,
+    channels: &[Assumed],
+    messages: &[MessageRow],
+    events: Vec<NewEvent>,
+    done: &[i64],
+) -> Result<Option<Vec<Pending>>, Error> {
+    let ids: Vec<Uuid> = channels.iter().map(|c| c.channel).collect();
+    let seen: Vec<i64> = channels.iter().map(|c| c.seen).collect();
+    let versions: Vec<i64> = channels.iter().map(|c| c.version).collect();
+    let new: Vec<i64> = channels.iter().map(|c| c.new).collect();
+    let c = SendColumns::new(messages, events);
+    let rows: Vec<(i64, Uuid)> = sqlx::query_as(
+        "SELECT outbox_id, event_id FROM send_batch_checked(
+             $1, $2::uuid[], $3::int8[], $4::int8[], $5::int8[], $6::uuid[], $7::int8[],
+             $8::uuid[], $9::text[], $10::text[], $11::text[], $12::uuid[], $13::text[],
+             $14::bytea[], $15::int8[])",
+    )
+    .bind(now)
+    .bind(&ids)
+    .bind(&seen)
+    .bind(&versions)
+    .bind(&new)
+    .bind(&c.channel)
+    .bind(&c.seq)
+    .bind(&c.id)
+    .bind(&c.sender)
+    .bind(&c.cid)
+    .bind(&c.body)
+    .bind(&c.event_ids)
+    .bind(&c.topics)
+    .bind(&c.payloads)
+    .bind(done)
+    .fetch_all(pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    c.pending(rows).map(Some)
 }
 
 /// Direction of a history page.

@@ -60,8 +60,9 @@ enum Cmd {
 struct RampArgs {
     #[command(flatten)]
     traffic: traffic::TrafficArgs,
-    /// Rates to try in order (msg/s); stops at the first where the server falls behind
-    /// (sustained < min-ratio of the rate), errors, or delivery verification fails.
+    /// Rates to try in order (msg/s). Stops when delivery verification fails, or
+    /// `--overload-steps` steps after the first where the server falls behind (sustained <
+    /// min-ratio of the rate) or answers errors (refusals for overload included).
     #[arg(
         long,
         value_delimiter = ',',
@@ -74,6 +75,10 @@ struct RampArgs {
     /// …and the server sustained at least this fraction of the target rate.
     #[arg(long, default_value_t = 0.95)]
     min_ratio: f64,
+    /// Steps run past saturation, to show how overload is answered (goodput, refusals,
+    /// latency of the accepted sends).
+    #[arg(long, default_value_t = 2)]
+    overload_steps: usize,
     /// `name=pid` (repeatable): a process whose CPU time (with its children's, e.g. a
     /// postmaster's backends) is reported per step, in µs per committed message.
     #[arg(long = "watch", value_parser = parse_watch)]
@@ -132,6 +137,7 @@ fn write_json<T: Serialize>(path: &Option<PathBuf>, v: &T) -> Result<()> {
 async fn ramp(api: &api::Api, r: RampArgs, progress: bool) -> Result<(RampReport, bool)> {
     let mut steps = Vec::new();
     let mut verified = true;
+    let mut saturated = 0;
     for &rate in &r.rates {
         let mut a = r.traffic.clone();
         a.rate = rate;
@@ -166,8 +172,9 @@ async fn ramp(api: &api::Api, r: RampArgs, progress: bool) -> Result<(RampReport
         };
         let passed = why.is_empty();
         // Latency may miss the target while the server still keeps up: carry on so the
-        // report has the max sustained throughput too; stop once it falls behind or fails.
-        let keeps_up = rep.verification.ok() && rep.errors == 0 && ratio >= r.min_ratio;
+        // report has the max sustained throughput too; once it falls behind or refuses,
+        // a few more steps show overload, then stop.
+        let keeps_up = rep.errors == 0 && ratio >= r.min_ratio;
         println!(
             "ramp {rate:>7.0} msg/s: {} — throughput {:.0} msg/s, steady ack p99 {:.1} ms, e2e p99 {:.1} ms (first {:.0}s: ack p99 {:.1} ms){}",
             if passed { "pass" } else { "FAIL" },
@@ -189,8 +196,14 @@ async fn ramp(api: &api::Api, r: RampArgs, progress: bool) -> Result<(RampReport
             cpu_us_per_msg,
             report: rep,
         });
-        if !keeps_up {
+        if !verified {
             break;
+        }
+        if !keeps_up {
+            saturated += 1;
+            if saturated > r.overload_steps {
+                break;
+            }
         }
     }
     let best = steps.iter().filter(|s| s.passed).max_by(|a, b| {

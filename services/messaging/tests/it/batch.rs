@@ -284,3 +284,50 @@ async fn send_messages_answers_each_item_like_send_message() -> anyhow::Result<(
     assert_eq!(all_messages(&mut svc, "alice", &a).await?.len(), 3);
     Ok(())
 }
+
+/// A replica that knows a channel's counter writes its sends in one statement; when
+/// another replica (or a membership change) moved the channel meanwhile, that statement
+/// writes nothing and the transaction decides: seqs stay gapless and every answer right.
+#[tokio::test]
+async fn the_one_statement_send_falls_back_when_the_channel_moved() -> anyhow::Result<()> {
+    let mut stack = Stack::empty().await?;
+    let one = stack.add_messaging(&[]).await?;
+    let two = stack.add_messaging(&[]).await?;
+    let (mut a, mut b) = (client(one).await?, client(two).await?);
+    let ch = group(&mut a, "alice", &["bob"]).await?;
+    let fast = || metric("messaging_send_batches_total{path=\"fast\"}");
+    let slow = || metric("messaging_send_batches_total{path=\"transaction\"}");
+
+    // Replica one learns the counter (transaction), then sends on it in one statement.
+    send(&mut a, "alice", &ch, "a1", "1").await?;
+    let (fast0, slow0) = (fast(), slow());
+    send(&mut a, "alice", &ch, "a2", "2").await?;
+    assert_eq!((fast() - fast0, slow() - slow0), (1.0, 0.0));
+    // Replica two sends: one's knowledge is stale; its next send falls back, and is right.
+    send(&mut b, "bob", &ch, "b1", "3").await?;
+    let (fast0, slow0) = (fast(), slow());
+    let r = send(&mut a, "alice", &ch, "a3", "4").await?;
+    assert_eq!(msg(&r).seq, 4);
+    // Both replicas run in this process: replica two's send counted once (transaction),
+    // replica one's stale attempt falls back: no fast batch succeeded.
+    assert_eq!(fast() - fast0, 0.0);
+    assert_eq!(slow() - slow0, 1.0);
+    // A retry of an earlier send, a non-member and a membership change: all fall back.
+    let again = send(&mut a, "alice", &ch, "a1", "retried").await?;
+    assert!(!again.created);
+    assert_eq!(msg(&again).seq, 1);
+    let err = send(&mut a, "carol", &ch, "c1", "not a member")
+        .await
+        .expect_err("not a member");
+    assert_code(&err, ErrorCode::PermissionDenied);
+    let r = send(&mut a, "alice", &ch, "a4", "5").await?;
+    assert_eq!(msg(&r).seq, 5);
+
+    let seqs: Vec<u64> = all_messages(&mut b, "bob", &ch)
+        .await?
+        .into_iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    Ok(())
+}
