@@ -122,6 +122,7 @@ pub struct WsConfig {
     pub max_watch: usize,
     pub read_buffer_bytes: usize,
     pub max_pending_sends: usize,
+    pub pending_send_budget_ms: u64,
     pub write_batch_frames: usize,
 }
 
@@ -159,8 +160,14 @@ impl Config {
                 "send: max_batch, concurrency, queue and queue_budget_ms must be positive".into(),
             );
         }
-        if self.ws.max_pending_sends == 0 || self.ws.write_batch_frames == 0 {
-            return Err("ws: max_pending_sends and write_batch_frames must be positive".into());
+        if self.ws.max_pending_sends == 0
+            || self.ws.write_batch_frames == 0
+            || self.ws.pending_send_budget_ms == 0
+        {
+            return Err(
+                "ws: max_pending_sends, pending_send_budget_ms and write_batch_frames must be positive"
+                    .into(),
+            );
         }
         if self.ws.read_buffer_bytes < 256 || self.ws.max_frame_bytes < 256 {
             return Err("ws: read_buffer_bytes and max_frame_bytes must be at least 256".into());

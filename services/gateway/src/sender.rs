@@ -75,7 +75,7 @@ pub(crate) struct Sender {
 }
 
 /// A send refused for overload (never sent): `unavailable`, counted by reason.
-fn refused(reason: &'static str) -> ApiError {
+pub(crate) fn refused(reason: &'static str) -> ApiError {
     metrics::counter!("gateway_send_refused_total", "reason" => reason).increment(1);
     ApiError::new(
         ErrorCode::Unavailable,

@@ -98,7 +98,8 @@ struct Cursor {
 type SendResult = (Option<Value>, Result<pb::SendMessageResponse, ApiError>);
 
 /// A `send` frame waiting for its turn: (ref, client_msg_id, body).
-type SendJob = (Option<Value>, String, String);
+/// A queued `send` frame: its `ref`, `client_msg_id`, body and when it was queued.
+type SendJob = (Option<Value>, String, String, std::time::Instant);
 
 struct Conn {
     app: Arc<App>,
@@ -597,10 +598,18 @@ impl Conn {
                     let (queue, mut jobs) = mpsc::channel::<SendJob>(pending);
                     let (app, user, tx) =
                         (self.app.clone(), self.user.clone(), self.sends_tx.clone());
+                    let budget = std::time::Duration::from_millis(
+                        app.config.ws.pending_send_budget_ms.max(1),
+                    );
                     tokio::spawn(async move {
-                        while let Some((r, cid, body)) = jobs.recv().await {
-                            let result =
-                                crate::http::send(&app, &user, &channel, &cid, &body).await;
+                        while let Some((r, cid, body, queued_at)) = jobs.recv().await {
+                            // Waited too long behind this connection's earlier sends to the
+                            // channel (`ws.pending_send_budget_ms`): refused unsent.
+                            let result = if queued_at.elapsed() > budget {
+                                Err(crate::sender::refused("pending"))
+                            } else {
+                                crate::http::send(&app, &user, &channel, &cid, &body).await
+                            };
                             if tx.send((r, result)).await.is_err() {
                                 return;
                             }
@@ -608,7 +617,7 @@ impl Conn {
                     });
                     queue
                 });
-                queue.try_send((r.clone(), cid, body)).map_err(|_| {
+                queue.try_send((r.clone(), cid, body, std::time::Instant::now())).map_err(|_| {
                     let mut e = ApiError::new(
                         ErrorCode::RateLimited,
                         format!(

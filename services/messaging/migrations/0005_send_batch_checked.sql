@@ -46,13 +46,23 @@ BEGIN
     END IF;
     -- A new statement, a new snapshot: it sees everything committed before the locks were
     -- granted, and nobody can add to these channels while they are held.
+    -- One index probe per message (LATERAL … LIMIT 1): a plain NOT EXISTS under OR is
+    -- planned as a hash of the whole members table, on every call.
     IF EXISTS (
-        SELECT 1 FROM unnest(m_channel, m_sender, m_cid) AS r(channel_id, sender_id, client_msg_id)
-        WHERE NOT EXISTS (SELECT 1 FROM members m
-                          WHERE m.channel_id = r.channel_id AND m.user_id = r.sender_id)
-           OR EXISTS (SELECT 1 FROM messages e
-                      WHERE e.channel_id = r.channel_id AND e.sender_id = r.sender_id
-                        AND e.client_msg_id = r.client_msg_id)
+        SELECT 1
+        FROM unnest(m_channel, m_sender, m_cid) AS r(channel_id, sender_id, client_msg_id)
+        LEFT JOIN LATERAL (
+            SELECT true AS yes FROM members m
+            WHERE m.channel_id = r.channel_id AND m.user_id = r.sender_id
+            LIMIT 1
+        ) member ON true
+        LEFT JOIN LATERAL (
+            SELECT true AS yes FROM messages e
+            WHERE e.channel_id = r.channel_id AND e.sender_id = r.sender_id
+              AND e.client_msg_id = r.client_msg_id
+            LIMIT 1
+        ) earlier ON true
+        WHERE member.yes IS NULL OR earlier.yes
     ) THEN
         RETURN;
     END IF;

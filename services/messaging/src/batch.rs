@@ -192,9 +192,11 @@ async fn lane(mut rx: mpsc::Receiver<Request>, writer: Arc<Writer>, max: usize, 
     while rx.recv_many(&mut batch, max).await > 0 {
         metrics::gauge!("messaging_send_queue_depth").decrement(batch.len() as f64);
         let now = Instant::now();
-        let (late, fresh): (Vec<Request>, Vec<Request>) = batch
-            .drain(..)
-            .partition(|r| now.duration_since(r.queued_at) > budget);
+        let (late, fresh): (Vec<Request>, Vec<Request>) = batch.drain(..).partition(|r| {
+            let waited = now.duration_since(r.queued_at);
+            metrics::histogram!("messaging_send_queue_wait_seconds").record(waited.as_secs_f64());
+            waited > budget
+        });
         for r in late {
             let _ = r.reply.send(Err(Refusal::Budget.status()));
         }
@@ -202,6 +204,7 @@ async fn lane(mut rx: mpsc::Receiver<Request>, writer: Arc<Writer>, max: usize, 
         let fresh: Vec<Request> = fresh.into_iter().filter(|r| !r.reply.is_closed()).collect();
         if !fresh.is_empty() {
             writer.write(fresh).await;
+            metrics::histogram!("messaging_send_batch_seconds").record(now.elapsed().as_secs_f64());
         }
     }
 }
@@ -365,7 +368,10 @@ impl Writer {
                 )
             })
             .collect();
+        let started = Instant::now();
         let result = self.transact(&batch).await;
+        metrics::histogram!("messaging_send_transaction_seconds")
+            .record(started.elapsed().as_secs_f64());
         drop(db_spans);
         let (outcomes, rows, pending) = match result {
             Ok(r) => r,

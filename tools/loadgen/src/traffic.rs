@@ -224,7 +224,14 @@ struct Frame {
     #[serde(rename = "ref")]
     reference: Option<u64>,
     code: Option<String>,
-    message: Option<Msg>,
+    /// A message object in `sent`/`message` frames, a string in `error` frames.
+    message: Option<serde_json::Value>,
+}
+
+impl Frame {
+    fn msg(&mut self) -> Option<Msg> {
+        serde_json::from_value(self.message.take()?).ok()
+    }
 }
 
 #[derive(Deserialize)]
@@ -600,7 +607,7 @@ async fn connection(
                     break;
                 };
                 let Message::Text(text) = m else { continue };
-                let Ok(f) = serde_json::from_str::<Frame>(&text) else {
+                let Ok(mut f) = serde_json::from_str::<Frame>(&text) else {
                     *r.error_codes.entry("bad_frame".into()).or_default() += 1;
                     continue;
                 };
@@ -612,14 +619,14 @@ async fn connection(
                             r.ack.record_ns(t.saturating_sub(sent_at));
                             r.ack_samples.push((sent_at, t.saturating_sub(sent_at)));
                         }
-                        if let Some(m) = f.message
+                        if let Some(m) = f.msg()
                             && let Some(&c) = index.get(&m.channel_id)
                         {
                             r.acks.push((c, m.seq, m.client_msg_id));
                         }
                     }
                     "message" => {
-                        let Some(m) = f.message else { continue };
+                        let Some(m) = f.msg() else { continue };
                         let Some(&c) = index.get(&m.channel_id) else { continue };
                         counters.delivered.fetch_add(1, Relaxed);
                         let sent_at = m.body.get(..20).and_then(|s| s.parse::<u64>().ok());

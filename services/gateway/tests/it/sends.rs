@@ -335,3 +335,51 @@ async fn sends_beyond_the_queue_or_the_budget_are_refused_with_retry_after() -> 
     assert_eq!(bodies, ["c", "b", "a"], "newest first: {page}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pipelined_send_that_waited_past_the_budget_is_refused_unsent() -> anyhow::Result<()> {
+    let ctl = Arc::new(Proxy::default());
+    let stack = behind_proxy(&[], &[("PARLEY__WS__PENDING_SEND_BUDGET_MS", "300")], &ctl).await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let ch = alice.group("pipelined", &["bob"]).await?;
+    let mut ws = Ws::connect(&stack.url(0), "alice").await?;
+
+    // Messaging takes a second per call: `p2` waits behind `p1` on this connection (the
+    // connection's sends to a channel go one at a time) longer than the budget.
+    ctl.delay_ms.store(1000, Ordering::SeqCst);
+    for (r, cid) in [(1, "p1"), (2, "p2")] {
+        ws.send(
+            json!({"type": "send", "ref": r, "channel_id": ch, "client_msg_id": cid, "body": cid}),
+        )
+        .await?;
+    }
+    let sent = ws.expect("sent", T).await?;
+    assert_eq!(sent["ref"], 1);
+    let err = ws.expect("error", T).await?;
+    assert_eq!(err["ref"], 2, "{err}");
+    assert_eq!(err["code"], "unavailable", "{err}");
+    assert!(err["retry_after"].as_u64().is_some_and(|s| s >= 1), "{err}");
+    assert_eq!(
+        ctl.calls.load(Ordering::SeqCst),
+        1,
+        "p2 never reached messaging"
+    );
+    let metrics = crate::metrics(&alice).await?;
+    assert_eq!(
+        crate::sample(&metrics, "gateway_send_refused_total{reason=\"pending\"}"),
+        Some(1.0)
+    );
+
+    // The retry goes through once messaging keeps up.
+    ctl.delay_ms.store(0, Ordering::SeqCst);
+    ws.send(
+        json!({"type": "send", "ref": 3, "channel_id": ch, "client_msg_id": "p2", "body": "p2"}),
+    )
+    .await?;
+    let sent = ws.expect("sent", T).await?;
+    assert_eq!(
+        (sent["ref"].clone(), sent["message"]["seq"].clone()),
+        (json!(3), json!(2))
+    );
+    Ok(())
+}
