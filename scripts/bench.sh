@@ -242,8 +242,9 @@ scenario_ceiling() { # $1: file prefix, "" or "ref-"
 		SQL
 	} | "$PSQL" -q -v ON_ERROR_STOP=1 "$pgbench_db_url" >/dev/null
 	# One message per transaction, two ways; the ceiling is the faster of the two.
-	# send.sql: the exact statements messaging runs for a send (batch::Writer with a batch
-	# of one): lock the channel, check membership + idempotency, one statement for counter +
+	# send.sql: the statements of messaging's five-statement send transaction (batch::Writer,
+	# the path a batch takes when its lane does not know the channel's counter) with a batch
+	# of one: lock the channel, check membership + idempotency, one statement for counter +
 	# message + outbox event, COMMIT, then the outbox DELETE on its own.
 	# send-simple.sql: the classic single-row statements of one send (the previous
 	# implementation), which Postgres runs slightly cheaper per message.
