@@ -663,6 +663,23 @@ impl<'a> SendColumns<'a> {
         c
     }
 
+    /// Binds the columns in order: message channel, seq, id, sender, client_msg_id, body,
+    /// then event id, topic, payload (nine consecutive parameters).
+    fn bind<'q, O>(
+        &'q self,
+        q: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        q.bind(&self.channel)
+            .bind(&self.seq)
+            .bind(&self.id)
+            .bind(&self.sender)
+            .bind(&self.cid)
+            .bind(&self.body)
+            .bind(&self.event_ids)
+            .bind(&self.topics)
+            .bind(&self.payloads)
+    }
+
     /// The outbox entries, given the (outbox id, event id) pairs the insert returned.
     fn pending(self, ids: Vec<(i64, Uuid)>) -> Result<Vec<Pending>, Error> {
         let id_of: std::collections::HashMap<Uuid, i64> =
@@ -701,7 +718,7 @@ pub async fn write_sends(
 ) -> Result<Vec<Pending>, Error> {
     let (ch_ids, ch_seqs): (Vec<Uuid>, Vec<i64>) = counters.iter().copied().unzip();
     let c = SendColumns::new(messages, events);
-    let ids: Vec<(i64, Uuid)> = sqlx::query_as(
+    let ids = sqlx::query_as(
         "WITH counters AS (
              UPDATE channels c SET last_seq = v.last_seq, last_activity_at = $1
              FROM unnest($2::uuid[], $3::int8[]) AS v(id, last_seq)
@@ -723,19 +740,8 @@ pub async fn write_sends(
     )
     .bind(now)
     .bind(&ch_ids)
-    .bind(&ch_seqs)
-    .bind(&c.channel)
-    .bind(&c.seq)
-    .bind(&c.id)
-    .bind(&c.sender)
-    .bind(&c.cid)
-    .bind(&c.body)
-    .bind(&c.event_ids)
-    .bind(&c.topics)
-    .bind(&c.payloads)
-    .bind(done)
-    .fetch_all(&mut *conn)
-    .await?;
+    .bind(&ch_seqs);
+    let ids: Vec<(i64, Uuid)> = c.bind(ids).bind(done).fetch_all(&mut *conn).await?;
     c.pending(ids)
 }
 
@@ -766,7 +772,7 @@ pub async fn write_sends_checked(
     let versions: Vec<i64> = channels.iter().map(|c| c.version).collect();
     let new: Vec<i64> = channels.iter().map(|c| c.new).collect();
     let c = SendColumns::new(messages, events);
-    let rows: Vec<(i64, Uuid)> = sqlx::query_as(
+    let rows = sqlx::query_as(
         "SELECT outbox_id, event_id FROM send_batch_checked(
              $1, $2::uuid[], $3::int8[], $4::int8[], $5::int8[], $6::uuid[], $7::int8[],
              $8::uuid[], $9::text[], $10::text[], $11::text[], $12::uuid[], $13::text[],
@@ -776,19 +782,8 @@ pub async fn write_sends_checked(
     .bind(&ids)
     .bind(&seen)
     .bind(&versions)
-    .bind(&new)
-    .bind(&c.channel)
-    .bind(&c.seq)
-    .bind(&c.id)
-    .bind(&c.sender)
-    .bind(&c.cid)
-    .bind(&c.body)
-    .bind(&c.event_ids)
-    .bind(&c.topics)
-    .bind(&c.payloads)
-    .bind(done)
-    .fetch_all(pool)
-    .await?;
+    .bind(&new);
+    let rows: Vec<(i64, Uuid)> = c.bind(rows).bind(done).fetch_all(pool).await?;
     if rows.is_empty() {
         return Ok(None);
     }
