@@ -301,8 +301,11 @@ async fn the_one_statement_send_falls_back_when_the_channel_moved() -> anyhow::R
     // Replica one learns the counter (transaction), then sends on it in one statement.
     send(&mut a, "alice", &ch, "a1", "1").await?;
     let (fast0, slow0) = (fast(), slow());
-    send(&mut a, "alice", &ch, "a2", "2").await?;
+    let a2 = send(&mut a, "alice", &ch, "a2", "2").await?;
     assert_eq!((fast() - fast0, slow() - slow0), (1.0, 0.0));
+    // The answer is exactly what was stored (the time too: the database keeps µs).
+    let stored = all_messages(&mut b, "bob", &ch).await?;
+    assert_eq!(Some(msg(&a2)), stored.iter().find(|m| m.seq == 2));
     // Replica two sends: one's knowledge is stale; its next send falls back, and is right.
     send(&mut b, "bob", &ch, "b1", "3").await?;
     let (fast0, slow0) = (fast(), slow());
