@@ -558,6 +558,18 @@ pub(crate) async fn send(
     client_msg_id: &str,
     body: &str,
 ) -> Result<pb::SendMessageResponse, ApiError> {
+    let req = prepare_send(app, user, channel_id, client_msg_id, body).await?;
+    app.sender.send(user, req).await
+}
+
+/// A send validated and counted against the sender's rate limit, ready for messaging.
+pub(crate) async fn prepare_send(
+    app: &App,
+    user: &UserId,
+    channel_id: &str,
+    client_msg_id: &str,
+    body: &str,
+) -> Result<pb::SendMessageRequest, ApiError> {
     let channel_id = channel_path(channel_id)?;
     let cid = ClientMsgId::parse(client_msg_id)?;
     let body = MessageBody::parse(body, app.config.limits.max_message_bytes)?;
@@ -568,12 +580,11 @@ pub(crate) async fn send(
             retry_after: Some(wait),
         });
     }
-    let req = pb::SendMessageRequest {
+    Ok(pb::SendMessageRequest {
         channel_id,
         client_msg_id: cid.as_str().to_owned(),
         body: body.as_str().to_owned(),
-    };
-    app.sender.send(user, req).await
+    })
 }
 
 async fn send_message(

@@ -2,7 +2,9 @@
 //! `SendMessages` call carries the sends that are waiting (up to `send.max_batch`), with
 //! at most `send.concurrency` calls in flight. An idle gateway sends each at once (a batch
 //! of one); a busy one sends bigger batches, which saves a gRPC round trip per message on
-//! both sides. Each item keeps its own caller, trace context and answer.
+//! both sides. Each item keeps its own caller, trace context and answer. A job is one send
+//! or an ordered group of one connection's sends to one channel: a group is never split
+//! across calls, and messaging writes a call's items in order.
 //!
 //! A messaging replica without `SendMessages` (an older version during a rolling deploy)
 //! answers UNIMPLEMENTED: that batch is then sent item by item with `SendMessage` (the
@@ -39,7 +41,9 @@ use tracing::Instrument as _;
 
 use crate::{ApiError, Messaging};
 
-type Reply = oneshot::Sender<Result<pb::SendMessageResponse, ApiError>>;
+type Answer = Result<pb::SendMessageResponse, ApiError>;
+/// A job's answers, one per item, in item order.
+type Reply = oneshot::Sender<Vec<Answer>>;
 
 /// How long sends go one at a time after messaging answered UNIMPLEMENTED.
 const FALLBACK_FOR: Duration = Duration::from_secs(30);
@@ -52,11 +56,21 @@ const QUEUED: u8 = 0;
 const TAKEN: u8 = 1;
 const WITHDRAWN: u8 = 2;
 
+/// One send, or an ordered group of sends to one channel (a connection's pipelined sends):
+/// a group's items always travel together in one call, in order.
 struct Job {
-    item: pb::SendMessagesItem,
+    items: Vec<pb::SendMessagesItem>,
     reply: Reply,
     state: Arc<AtomicU8>,
     queued_at: Instant,
+}
+
+impl Job {
+    fn answer_all(self, a: impl Fn() -> ApiError) {
+        let _ = self
+            .reply
+            .send(self.items.iter().map(|_| Err(a())).collect());
+    }
 }
 
 /// Settings of the send batcher (`[send]`).
@@ -106,15 +120,34 @@ impl Sender {
         user: &UserId,
         send: pb::SendMessageRequest,
     ) -> Result<pb::SendMessageResponse, ApiError> {
+        self.send_group(user, vec![send])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(ApiError::new(ErrorCode::Internal, "internal error")))
+    }
+
+    /// Sends `sends` of `user`, all to one channel, in one call and in this order: messaging
+    /// writes them in that order (increasing seqs). One answer per send, in order.
+    pub async fn send_group(
+        &self,
+        user: &UserId,
+        sends: Vec<pb::SendMessageRequest>,
+    ) -> Vec<Answer> {
+        let n = sends.len();
+        let all = |e: ApiError| (0..n).map(|_| Err(e.clone())).collect::<Vec<Answer>>();
         let (reply, answer) = oneshot::channel();
-        let item = pb::SendMessagesItem {
-            user_id: user.as_str().to_owned(),
-            send: Some(send),
-            trace_context: propagation::inject_map(),
-        };
+        let trace_context = propagation::inject_map();
+        let items = sends
+            .into_iter()
+            .map(|send| pb::SendMessagesItem {
+                user_id: user.as_str().to_owned(),
+                send: Some(send),
+                trace_context: trace_context.clone(),
+            })
+            .collect();
         let gone = || ApiError::new(ErrorCode::Unavailable, "the gateway is shutting down");
         let timed_out = || {
-            metrics::counter!("gateway_send_timeouts_total").increment(1);
+            metrics::counter!("gateway_send_timeouts_total").increment(n as u64);
             ApiError::new(
                 ErrorCode::Unavailable,
                 "messaging is too busy; retry with the same client_msg_id",
@@ -123,27 +156,31 @@ impl Sender {
         let deadline = tokio::time::Instant::now() + self.deadline;
         let state = Arc::new(AtomicU8::new(QUEUED));
         let job = Job {
-            item,
+            items,
             reply,
             state: state.clone(),
             queued_at: Instant::now(),
         };
-        self.queue.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => refused("queue_full"),
-            mpsc::error::TrySendError::Closed(_) => gone(),
-        })?;
+        if let Err(e) = self.queue.try_send(job) {
+            return match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    (0..n).map(|_| Err(refused("queue_full"))).collect()
+                }
+                mpsc::error::TrySendError::Closed(_) => all(gone()),
+            };
+        }
         let mut answer = answer;
         match tokio::time::timeout_at(deadline, &mut answer).await {
-            Ok(a) => a.map_err(|_| gone())?,
+            Ok(a) => a.unwrap_or_else(|_| all(gone())),
             Err(_) => {
                 if state
                     .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
-                    return Err(timed_out());
+                    return all(timed_out());
                 }
                 // Taken: its call is under way, bounded by the call's own deadline.
-                answer.await.map_err(|_| gone())?
+                answer.await.unwrap_or_else(|_| all(gone()))
             }
         }
     }
@@ -175,9 +212,15 @@ async fn worker(shared: Arc<Shared>, client: Messaging, max: usize) {
                 Some(job) => jobs.push(job),
                 None => return,
             }
-            while jobs.len() < max {
+            // Up to `max` items; a group is never split, so a call may carry up to
+            // `max` - 1 more (groups are at most `send.max_batch` long).
+            let mut n = jobs.iter().map(|j| j.items.len()).sum::<usize>();
+            while n < max {
                 match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
+                    Ok(job) => {
+                        n += job.items.len();
+                        jobs.push(job);
+                    }
                     Err(_) => break,
                 }
             }
@@ -196,42 +239,42 @@ async fn worker(shared: Arc<Shared>, client: Messaging, max: usize) {
             .into_iter()
             .partition(|j| now.duration_since(j.queued_at) > shared.budget);
         for j in late {
-            let _ = j.reply.send(Err(refused("budget")));
+            j.answer_all(|| refused("budget"));
         }
         let jobs = fresh;
         if jobs.is_empty() {
             continue;
         }
-        metrics::histogram!("gateway_send_batch_size").record(jobs.len() as f64);
-        let (items, replies): (Vec<_>, Vec<_>) =
-            jobs.into_iter().map(|j| (j.item, j.reply)).unzip();
+        let items: Vec<pb::SendMessagesItem> =
+            jobs.iter().flat_map(|j| j.items.iter().cloned()).collect();
+        metrics::histogram!("gateway_send_batch_size").record(items.len() as f64);
         if shared.now_ms() < shared.single_until_ms.load(Ordering::Relaxed) {
-            one_by_one(&client, items, replies).await;
+            one_by_one(&client, jobs).await;
             continue;
         }
-        // The items are kept for the item-by-item fallback below.
         match client
             .clone()
-            .send_messages(Request::new(pb::SendMessagesRequest {
-                items: items.clone(),
-            }))
+            .send_messages(Request::new(pb::SendMessagesRequest { items }))
             .await
         {
             Ok(resp) => {
                 let results = resp.into_inner().results;
-                if results.len() != replies.len() {
+                let sent: usize = jobs.iter().map(|j| j.items.len()).sum();
+                if results.len() != sent {
                     tracing::error!(
-                        sent = replies.len(),
+                        sent,
                         answered = results.len(),
                         "SendMessages answered a different number of items"
                     );
-                    for r in replies {
-                        let _ = r.send(Err(ApiError::new(ErrorCode::Internal, "internal error")));
+                    for j in jobs {
+                        j.answer_all(|| ApiError::new(ErrorCode::Internal, "internal error"));
                     }
                     continue;
                 }
-                for (r, result) in replies.into_iter().zip(results) {
-                    let _ = r.send(outcome(result));
+                let mut results = results.into_iter();
+                for j in jobs {
+                    let answers = results.by_ref().take(j.items.len()).map(outcome).collect();
+                    let _ = j.reply.send(answers);
                 }
             }
             Err(s) if s.code() == Code::Unimplemented => {
@@ -243,21 +286,21 @@ async fn worker(shared: Arc<Shared>, client: Messaging, max: usize) {
                     shared.now_ms() + FALLBACK_FOR.as_millis() as u64,
                     Ordering::Relaxed,
                 );
-                one_by_one(&client, items, replies).await;
+                one_by_one(&client, jobs).await;
             }
             Err(s) if refused_for_size(s.code()) => {
                 tracing::error!(
-                    items = items.len(),
+                    items = jobs.iter().map(|j| j.items.len()).sum::<usize>(),
                     error = %s,
                     "SendMessages refused the whole batch (send.max_batch above messaging's \
                      limits.max_send_items, or too big a call?): sending it item by item"
                 );
                 metrics::counter!("gateway_send_batches_refused_total").increment(1);
-                one_by_one(&client, items, replies).await;
+                one_by_one(&client, jobs).await;
             }
             Err(s) => {
-                for r in replies {
-                    let _ = r.send(Err(ApiError::from(s.clone())));
+                for j in jobs {
+                    j.answer_all(|| ApiError::from(s.clone()));
                 }
             }
         }
@@ -270,17 +313,23 @@ fn refused_for_size(code: Code) -> bool {
     matches!(code, Code::InvalidArgument | Code::OutOfRange)
 }
 
-/// Sends each item with `SendMessage`, up to `FALLBACK_CONCURRENCY` at a time. A batch
-/// never holds two sends that must keep an order between them (a connection waits for
-/// each send's answer before its next one to the channel), so sending them concurrently is
-/// safe. Items whose caller has gone are skipped.
-async fn one_by_one(client: &Messaging, items: Vec<pb::SendMessagesItem>, replies: Vec<Reply>) {
+/// Sends each item with `SendMessage`: up to `FALLBACK_CONCURRENCY` jobs at a time, a
+/// group's items one after another (in order: their seqs must follow it). Distinct jobs
+/// never hold sends that must keep an order between them (a connection sends its next
+/// group to a channel only after the previous one's answers), so they go concurrently.
+/// Jobs whose caller has gone are skipped.
+async fn one_by_one(client: &Messaging, jobs: Vec<Job>) {
     use futures::StreamExt as _;
-    futures::stream::iter(items.into_iter().zip(replies))
-        .for_each_concurrent(FALLBACK_CONCURRENCY, |(item, r)| async move {
-            if !r.is_closed() {
-                let _ = r.send(send_one(client, item).await);
+    futures::stream::iter(jobs)
+        .for_each_concurrent(FALLBACK_CONCURRENCY, |j| async move {
+            if j.reply.is_closed() {
+                return;
             }
+            let mut answers = Vec::with_capacity(j.items.len());
+            for item in j.items {
+                answers.push(send_one(client, item).await);
+            }
+            let _ = j.reply.send(answers);
         })
         .await;
 }

@@ -601,17 +601,46 @@ impl Conn {
                     let budget = std::time::Duration::from_millis(
                         app.config.ws.pending_send_budget_ms.max(1),
                     );
+                    let group_max = app.config.send.max_batch.max(1);
                     tokio::spawn(async move {
-                        while let Some((r, cid, body, queued_at)) = jobs.recv().await {
-                            // Waited too long behind this connection's earlier sends to the
-                            // channel (`ws.pending_send_budget_ms`): refused unsent.
-                            let result = if queued_at.elapsed() > budget {
-                                Err(crate::sender::refused("pending"))
+                        let mut waiting = Vec::new();
+                        // Everything waiting goes together, as one ordered group in one call
+                        // (messaging writes a call's items in order), then the next group.
+                        while jobs.recv_many(&mut waiting, group_max).await > 0 {
+                            let mut results = Vec::with_capacity(waiting.len());
+                            let mut group = Vec::new();
+                            for (r, cid, body, queued_at) in waiting.drain(..) {
+                                // Waited too long behind this connection's earlier sends to
+                                // the channel (`ws.pending_send_budget_ms`): refused unsent.
+                                let prepared = if queued_at.elapsed() > budget {
+                                    Err(crate::sender::refused("pending"))
+                                } else {
+                                    crate::http::prepare_send(&app, &user, &channel, &cid, &body)
+                                        .await
+                                };
+                                match prepared {
+                                    Ok(req) => {
+                                        group.push(req);
+                                        results.push((r, None));
+                                    }
+                                    Err(e) => results.push((r, Some(Err(e)))),
+                                }
+                            }
+                            let mut answers = if group.is_empty() {
+                                Vec::new()
                             } else {
-                                crate::http::send(&app, &user, &channel, &cid, &body).await
-                            };
-                            if tx.send((r, result)).await.is_err() {
-                                return;
+                                app.sender.send_group(&user, group).await
+                            }
+                            .into_iter();
+                            for (r, result) in results {
+                                let result = result.unwrap_or_else(|| {
+                                    answers.next().unwrap_or_else(|| {
+                                        Err(ApiError::new(ErrorCode::Internal, "internal error"))
+                                    })
+                                });
+                                if tx.send((r, result)).await.is_err() {
+                                    return;
+                                }
                             }
                         }
                     });

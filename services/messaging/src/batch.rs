@@ -142,16 +142,17 @@ impl Batcher {
         }
     }
 
-    /// Sends one message (membership, idempotency, gapless seq, outbox) and waits until
-    /// its batch has committed and been published. Refused at once (UNAVAILABLE) when its
-    /// lane's queue is full.
-    pub async fn send(
+    /// Queues one send (membership, idempotency, gapless seq, outbox) on its lane now,
+    /// without waiting: sends submitted one after another to one channel are written in that
+    /// order (seqs increasing). Refused at once (UNAVAILABLE) when the lane's queue is full.
+    /// The future is the answer, once its batch has committed and been published.
+    pub fn submit(
         &self,
         caller: UserId,
         channel: Uuid,
         cid: ClientMsgId,
         body: MessageBody,
-    ) -> Result<Sent, Status> {
+    ) -> Result<impl std::future::Future<Output = Result<Sent, Status>> + use<>, Status> {
         let (reply, answer) = oneshot::channel();
         let req = Request {
             caller,
@@ -170,9 +171,11 @@ impl Batcher {
             }
         })?;
         metrics::gauge!("messaging_send_queue_depth").increment(1.0);
-        answer.await.map_err(|_| {
-            parley_kit::ErrorCode::Unavailable.status("the send was abandoned; retry")
-        })?
+        Ok(async move {
+            answer.await.map_err(|_| {
+                parley_kit::ErrorCode::Unavailable.status("the send was abandoned; retry")
+            })?
+        })
     }
 }
 

@@ -383,3 +383,33 @@ async fn a_pipelined_send_that_waited_past_the_budget_is_refused_unsent() -> any
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn pipelined_sends_to_one_channel_go_as_one_ordered_group() -> anyhow::Result<()> {
+    let ctl = Arc::new(Proxy::default());
+    let stack = behind_proxy(&[], &[], &ctl).await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let ch = alice.group("grouped", &["bob"]).await?;
+    let mut ws = Ws::connect(&stack.url(0), "alice").await?;
+
+    // The first send's call is held; the nine sent behind it wait on the connection and
+    // then go together, in one call, in frame order.
+    ctl.delay_ms.store(300, Ordering::SeqCst);
+    for i in 0..10 {
+        ws.send(json!({"type": "send", "ref": i, "channel_id": ch, "client_msg_id": format!("g{i}"), "body": format!("{i}")}))
+            .await?;
+    }
+    let mut seq_of = [0u64; 10];
+    for _ in 0..10 {
+        let f = ws.expect("sent", T).await?;
+        let i = f["ref"].as_u64().expect("ref") as usize;
+        seq_of[i] = f["message"]["seq"].as_u64().expect("seq");
+    }
+    assert_eq!(seq_of, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(
+        ctl.calls.load(Ordering::SeqCst),
+        2,
+        "one call for g0, one for g1..g9"
+    );
+    Ok(())
+}
