@@ -30,7 +30,8 @@
 //! 3. one statement that moves `channels.last_seq`, inserts the messages and their outbox
 //!    events (seqs are assigned here in request order: gapless, as before);
 //! 4. `COMMIT`; then the events are published in one Redis pipeline and every caller gets
-//!    its answer. The published events' outbox rows are deleted by the next batch's
+//!    its answer (the lane's publisher does this, in commit order, while the lane runs its
+//!    next transaction). The published events' outbox rows are deleted by the next batch's
 //!    statement 3 (no statement of their own under load), or by a `DELETE` every
 //!    `send.clear_interval_ms` when no batch came to take them.
 //!
@@ -191,6 +192,19 @@ pub fn lane_of(channel: Uuid, lanes: usize) -> usize {
 /// waited past `budget` are refused, not written: under overload the queue stays at most
 /// one budget long, and the accepted sends' latency stays bounded.
 async fn lane(mut rx: mpsc::Receiver<Request>, writer: Arc<Writer>, max: usize, budget: Duration) {
+    // Publishing a committed batch (Redis) overlaps the lane's next transaction: the
+    // lane's publisher takes committed batches in commit order, so the events of one
+    // channel still reach Redis in seq order. A bound of two keeps the lane from running
+    // ahead of a slow Redis.
+    let (committed, mut to_publish) = mpsc::channel::<Committed>(2);
+    let publisher = {
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            while let Some(c) = to_publish.recv().await {
+                writer.publish(c).await;
+            }
+        })
+    };
     let mut batch = Vec::with_capacity(max.min(64));
     while rx.recv_many(&mut batch, max).await > 0 {
         metrics::gauge!("messaging_send_queue_depth").decrement(batch.len() as f64);
@@ -205,11 +219,15 @@ async fn lane(mut rx: mpsc::Receiver<Request>, writer: Arc<Writer>, max: usize, 
         }
         // Callers that gave up (deadline, cancelled call) are not written either.
         let fresh: Vec<Request> = fresh.into_iter().filter(|r| !r.reply.is_closed()).collect();
-        if !fresh.is_empty() {
-            writer.write(fresh).await;
-            metrics::histogram!("messaging_send_batch_seconds").record(now.elapsed().as_secs_f64());
+        if !fresh.is_empty()
+            && let Some(c) = writer.commit(fresh).await
+            && committed.send(c).await.is_err()
+        {
+            return;
         }
     }
+    drop(committed);
+    let _ = publisher.await;
 }
 
 struct Writer {
@@ -352,7 +370,9 @@ impl Writer {
         }
     }
 
-    async fn write(&self, batch: Vec<Request>) {
+    /// Writes the batch; on success returns it for publishing, having answered nobody yet.
+    /// A failed batch is answered here.
+    async fn commit(&self, batch: Vec<Request>) -> Option<Committed> {
         let n = batch.len();
         metrics::histogram!("messaging_send_batch_size").record(n as f64);
         let db_spans: Vec<tracing::Span> = batch
@@ -376,18 +396,37 @@ impl Writer {
         metrics::histogram!("messaging_send_transaction_seconds")
             .record(started.elapsed().as_secs_f64());
         drop(db_spans);
-        let (outcomes, rows, pending) = match result {
-            Ok(r) => r,
+        match result {
+            Ok((outcomes, rows, pending)) => {
+                metrics::counter!("messaging_messages_sent_total").increment(rows.len() as u64);
+                Some(Committed {
+                    batch,
+                    outcomes,
+                    rows,
+                    pending,
+                })
+            }
             Err(e) => {
                 let status = Status::from(e);
                 tracing::warn!(error = %status.message(), size = n, "send batch failed");
                 for r in batch {
                     let _ = r.reply.send(Err(status.clone()));
                 }
-                return;
+                None
             }
-        };
-        metrics::counter!("messaging_messages_sent_total").increment(rows.len() as u64);
+        }
+    }
+
+    /// Publishes a committed batch's events, then answers its callers (an acknowledged
+    /// send has reached Redis unless publishing failed, when the sweeper repairs it).
+    async fn publish(&self, c: Committed) {
+        let Committed {
+            batch,
+            outcomes,
+            rows,
+            pending,
+        } = c;
+        let started = Instant::now();
         if self.publish_inline && !pending.is_empty() {
             let spans: Vec<tracing::Span> = batch
                 .iter()
@@ -414,6 +453,8 @@ impl Writer {
         } else {
             reply_all(batch, outcomes, &rows);
         }
+        metrics::histogram!("messaging_send_publish_seconds")
+            .record(started.elapsed().as_secs_f64());
     }
 
     /// Runs the batch's transaction; returns each request's outcome, the new rows and
@@ -523,6 +564,14 @@ impl Writer {
 
 /// A batch's outcomes, its new messages and their outbox entries.
 type Written = (Vec<Outcome>, Vec<MessageRow>, Vec<Pending>);
+
+/// A committed batch waiting to be published and answered.
+struct Committed {
+    batch: Vec<Request>,
+    outcomes: Vec<Outcome>,
+    rows: Vec<MessageRow>,
+    pending: Vec<Pending>,
+}
 
 fn new_row(r: &Request, seq: i64, now: DateTime<Utc>) -> MessageRow {
     MessageRow {
