@@ -74,28 +74,10 @@ async fn queued_sends_share_one_transaction_and_keep_their_own_outcomes() -> any
     assert_eq!(batches_before, 1.0);
 
     // Hold channel A's row lock: the only send slot blocks on it, the rest must queue.
-    let db = stack.db().await?;
-    let mut lock = db.begin().await?;
-    sqlx::query("SELECT 1 FROM messaging.channels WHERE id = $1::uuid FOR UPDATE")
-        .bind(&a)
-        .execute(&mut *lock)
-        .await?;
+    let lock = crate::overload::block_channel(&stack, &a).await?;
     let blocker = spawn_send(&svc, "alice", &a, "blocker", "first in A");
     // The blocker's transaction waits for the lock before the others arrive.
-    let mut waiting = 0;
-    for _ in 0..500 {
-        waiting = stack
-            .query_i64(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .await?;
-        if waiting == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(waiting, 1, "the blocker's batch waits on channel A's lock");
+    crate::overload::wait_blocked(&stack).await?;
     let missing = uuid::Uuid::new_v4().to_string();
     let plan: [(&str, &str, &str, &str); 7] = [
         ("alice", &b, "old", "retry of an earlier send"),

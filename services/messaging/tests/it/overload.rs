@@ -9,9 +9,8 @@ use parley_testkit::Stack;
 
 use crate::{all_messages, assert_code, batch::metric, batch::spawn_send, client, group, send};
 
-/// Holds `channel`'s row lock in a transaction of its own, and waits until a send
-/// transaction is blocked on it.
-async fn block_channel(
+/// Holds `channel`'s row lock in a transaction of its own (until it ends).
+pub async fn block_channel(
     stack: &Stack,
     channel: &str,
 ) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
@@ -24,7 +23,8 @@ async fn block_channel(
     Ok(lock)
 }
 
-async fn wait_blocked(stack: &Stack) -> anyhow::Result<()> {
+/// Waits until exactly one send transaction waits on a lock (the channel held above).
+pub async fn wait_blocked(stack: &Stack) -> anyhow::Result<()> {
     for _ in 0..500 {
         let waiting = stack
             .query_i64(
