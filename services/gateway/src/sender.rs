@@ -247,7 +247,8 @@ async fn worker(shared: Arc<Shared>, client: Messaging, max: usize) {
         }
         let items: Vec<pb::SendMessagesItem> =
             jobs.iter().flat_map(|j| j.items.iter().cloned()).collect();
-        metrics::histogram!("gateway_send_batch_size").record(items.len() as f64);
+        let sent = items.len();
+        metrics::histogram!("gateway_send_batch_size").record(sent as f64);
         if shared.now_ms() < shared.single_until_ms.load(Ordering::Relaxed) {
             one_by_one(&client, jobs).await;
             continue;
@@ -259,7 +260,6 @@ async fn worker(shared: Arc<Shared>, client: Messaging, max: usize) {
         {
             Ok(resp) => {
                 let results = resp.into_inner().results;
-                let sent: usize = jobs.iter().map(|j| j.items.len()).sum();
                 if results.len() != sent {
                     tracing::error!(
                         sent,
@@ -290,7 +290,7 @@ async fn worker(shared: Arc<Shared>, client: Messaging, max: usize) {
             }
             Err(s) if refused_for_size(s.code()) => {
                 tracing::error!(
-                    items = jobs.iter().map(|j| j.items.len()).sum::<usize>(),
+                    items = sent,
                     error = %s,
                     "SendMessages refused the whole batch (send.max_batch above messaging's \
                      limits.max_send_items, or too big a call?): sending it item by item"

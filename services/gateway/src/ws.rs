@@ -97,7 +97,6 @@ struct Cursor {
 
 type SendResult = (Option<Value>, Result<pb::SendMessageResponse, ApiError>);
 
-/// A `send` frame waiting for its turn: (ref, client_msg_id, body).
 /// A queued `send` frame: its `ref`, `client_msg_id`, body and when it was queued.
 type SendJob = (Option<Value>, String, String, std::time::Instant);
 

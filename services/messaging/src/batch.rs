@@ -180,8 +180,8 @@ impl Batcher {
     }
 }
 
-/// The lane (of `lanes`) that writes a channel's sends: the same on every replica and
-/// of one build (a fixed hash), so sends to one channel are never written concurrently.
+/// The lane (of `lanes`) that writes a channel's sends: a fixed hash, the same in every
+/// process of one build, so a replica never writes two batches of one channel at once.
 pub fn lane_of(channel: Uuid, lanes: usize) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     channel.hash(&mut h);

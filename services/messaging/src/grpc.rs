@@ -68,9 +68,9 @@ fn invalid(message: impl Into<String>) -> Status {
 }
 
 impl Messaging {
-    /// One send (SendMessage, or one item of SendMessages) for `caller`.
-    /// Validates a send and queues it on its lane at once (so a call's items to one channel
-    /// are written in item order); the future is its answer.
+    /// One send (SendMessage, or one item of SendMessages) for `caller`: validated and
+    /// queued on its lane at once (so a call's items to one channel are written in item
+    /// order); the future is its answer.
     fn submit_one(
         &self,
         caller: UserId,
