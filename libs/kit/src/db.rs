@@ -66,8 +66,24 @@ async fn create_and_run(
     migrator.run_direct(None, conn, false).await
 }
 
+/// Whether the database refused a value the caller supplied: SQLSTATE class 22 (data
+/// exception: a NUL or an invalid byte sequence in text, a number out of range, a string
+/// too long for its column...) or 54 (program limit exceeded, e.g. an index row too big).
+/// Retrying such a request cannot succeed; it is the caller's error, not the service's.
+pub fn is_data_error(e: &sqlx::Error) -> bool {
+    sqlx_sqlstate(e).is_some_and(|c| c.starts_with("22") || c.starts_with("54"))
+}
+
+fn sqlx_sqlstate(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
 /// The API status of a database error: `unavailable` when the database cannot be reached
-/// (safe to retry), `internal` otherwise. Details go to the log, never to the caller.
+/// (safe to retry), `invalid_argument` when it refused a value the caller supplied
+/// ([`is_data_error`]), `internal` otherwise. Details go to the log, never to the caller.
 pub fn status(e: &sqlx::Error) -> tonic::Status {
     let unreachable = matches!(
         e,
@@ -79,6 +95,12 @@ pub fn status(e: &sqlx::Error) -> tonic::Status {
     if unreachable {
         tracing::warn!(error = %e, "database unavailable");
         crate::ErrorCode::Unavailable.status("database unavailable")
+    } else if is_data_error(e) {
+        let code = sqlx_sqlstate(e).unwrap_or_default();
+        tracing::info!(error = %e, sqlstate = %code, "the database refused a value");
+        crate::ErrorCode::InvalidArgument.status(format!(
+            "a value in the request cannot be stored (SQLSTATE {code})"
+        ))
     } else {
         tracing::error!(error = %e, "database error");
         crate::ErrorCode::Internal.status("internal error")

@@ -81,7 +81,8 @@ impl ClientMsgId {
     }
 }
 
-/// A message body: non-empty UTF-8 of at most `limit` bytes.
+/// A message body: non-empty UTF-8 of at most `limit` bytes, without control characters
+/// other than tab, line feed and carriage return.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageBody(String);
 
@@ -97,11 +98,29 @@ impl MessageBody {
                 message: format!("body is {} bytes; the limit is {limit}", s.len()),
             });
         }
+        check_text("body", s)?;
         Ok(Self(s.to_owned()))
     }
     /// The body text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Refuses text a client may not store: the C0 control characters (U+0000-U+001F, NUL
+/// included, which Postgres cannot store in `text` at all) except tab, line feed and
+/// carriage return. `field` names the field in the error.
+pub fn check_text(field: &str, s: &str) -> Result<(), Invalid> {
+    match s
+        .char_indices()
+        .find(|&(_, c)| c < ' ' && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        None => Ok(()),
+        Some((at, c)) => Err(Invalid::arg(format!(
+            "{field} contains the control character U+{:04X} at byte {at}; \
+             only tab, line feed and carriage return are allowed",
+            c as u32
+        ))),
     }
 }
 
@@ -149,5 +168,17 @@ mod tests {
         );
         assert!(MessageBody::parse("héllo", 6).is_ok());
         assert!(MessageBody::parse("héllo", 5).is_err());
+        assert!(MessageBody::parse("tab\tline\ncr\r", 20).is_ok());
+        for bad in ["a\u{0}b", "bell\u{7}", "esc\u{1b}[31m", "\u{1f}"] {
+            let e = MessageBody::parse(bad, 20).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidArgument, "{bad:?}");
+            assert!(e.message.contains("control character"), "{}", e.message);
+        }
+        assert!(
+            MessageBody::parse("a\u{0}b", 20)
+                .unwrap_err()
+                .message
+                .contains("U+0000 at byte 1")
+        );
     }
 }

@@ -885,6 +885,29 @@ impl Ws {
         }
     }
 
+    /// The text frames that arrive until the server closes the connection, and the close
+    /// code of its close frame (`None` when it ended without one); errors when the
+    /// connection is still open after `within`.
+    pub async fn until_closed(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<(Vec<Value>, Option<u16>)> {
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + within;
+        let mut frames = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => anyhow::bail!("still open after {within:?}"),
+                Ok(None | Some(Err(_))) => return Ok((frames, None)),
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    return Ok((frames, f.map(|f| u16::from(f.code))));
+                }
+                Ok(Some(Ok(Message::Text(t)))) => frames.push(serde_json::from_str(t.as_str())?),
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
     /// Closes the socket.
     pub async fn close(mut self) {
         let _ = self.stream.close(None).await;

@@ -14,6 +14,7 @@ mod receipts;
 mod sender;
 mod view;
 mod ws;
+mod ws_sends;
 
 use std::{sync::Arc, time::Duration};
 
@@ -124,6 +125,12 @@ pub struct WsConfig {
     pub max_pending_sends: usize,
     pub pending_send_budget_ms: u64,
     pub write_batch_frames: usize,
+    pub max_send_channels: usize,
+    pub max_typing_in_flight: usize,
+    pub frames_per_sec: u32,
+    pub frames_burst: u32,
+    pub flood_close_after: u32,
+    pub write_timeout_ms: u64,
 }
 
 impl Config {
@@ -163,9 +170,15 @@ impl Config {
         if self.ws.max_pending_sends == 0
             || self.ws.write_batch_frames == 0
             || self.ws.pending_send_budget_ms == 0
+            || self.ws.max_send_channels == 0
+            || self.ws.max_typing_in_flight == 0
+            || self.ws.frames_per_sec == 0
+            || self.ws.frames_burst == 0
+            || self.ws.flood_close_after == 0
+            || self.ws.write_timeout_ms == 0
         {
             return Err(
-                "ws: max_pending_sends, pending_send_budget_ms and write_batch_frames must be positive"
+                "ws: max_pending_sends, pending_send_budget_ms, write_batch_frames, max_send_channels, max_typing_in_flight, frames_per_sec, frames_burst, flood_close_after and write_timeout_ms must be positive"
                     .into(),
             );
         }

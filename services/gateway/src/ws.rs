@@ -25,7 +25,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use futures::{FutureExt as _, SinkExt as _};
-use parley_kit::{ErrorCode, domain::UserId};
+use parley_kit::{
+    ErrorCode,
+    domain::{ClientMsgId, MessageBody, UserId},
+};
 use parley_proto::{events::v1 as ev, messaging::v1 as pb};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -36,6 +39,7 @@ use crate::{
     http::grpc,
     hub::{ConnSink, Delivery, Payload as HubPayload},
     view,
+    ws_sends::{SendQueues, SendResult, rate_limited},
 };
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -95,11 +99,6 @@ struct Cursor {
     sent_from: Option<u64>,
 }
 
-type SendResult = (Option<Value>, Result<pb::SendMessageResponse, ApiError>);
-
-/// A queued `send` frame: its `ref`, `client_msg_id`, body and when it was queued.
-type SendJob = (Option<Value>, String, String, std::time::Instant);
-
 struct Conn {
     app: Arc<App>,
     user: UserId,
@@ -109,11 +108,12 @@ struct Conn {
     topics: HashSet<String>,
     cursors: HashMap<String, Cursor>,
     recent_events: VecDeque<String>,
-    sends_tx: mpsc::Sender<SendResult>,
-    /// One queue per channel this connection sends to: its sends reach messaging one at a
-    /// time, in the order of the frames, so a client that pipelines sends gets seqs in
-    /// that order. Channels proceed independently. The workers end with the connection.
-    send_queues: HashMap<String, mpsc::Sender<SendJob>>,
+    /// One queue per channel this connection sends to (bounded; see `ws_sends`).
+    sends: SendQueues,
+    /// Client frames allowed now (`ws.frames_per_sec`, `ws.frames_burst`).
+    frames: FrameBucket,
+    /// Typing calls on their way to presence (at most `ws.max_typing_in_flight`).
+    typing: Arc<tokio::sync::Semaphore>,
     last_inbound: Instant,
     /// The WebSocket `session_id`, also the connection id towards presence.
     session_id: String,
@@ -131,6 +131,85 @@ struct Conn {
     unflushed: usize,
     /// A write failed: the connection ends at the next flush.
     write_failed: bool,
+    /// `clean_up` ran (or is running).
+    cleaned_up: bool,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.cleaned_up {
+            return;
+        }
+        tracing::error!(user = %self.user, conn = self.id, "websocket task ended abnormally; cleaning up");
+        let clean_up = self.clean_up();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(clean_up);
+        }
+    }
+}
+
+/// WebSocket close code for a connection closed for breaking a documented limit
+/// (RFC 6455 1008, policy violation).
+const CLOSE_POLICY: u16 = 1008;
+
+/// How many refused frames within `FLOOD_WINDOW` close the connection is `ws.flood_close_after`.
+const FLOOD_WINDOW: Duration = Duration::from_secs(10);
+
+/// Why a client frame was not taken.
+enum Flood {
+    /// Over the frame rate: answered `rate_limited` (retry after this many seconds).
+    Refused(u64),
+    /// Over the rate again and again: the connection is closed.
+    Close,
+}
+
+/// A connection's frame rate: a token bucket of `ws.frames_burst` refilled at
+/// `ws.frames_per_sec`; more than `ws.flood_close_after` refusals within ten seconds close
+/// the connection.
+struct FrameBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+    refused: u32,
+    refused_since: Instant,
+    close_after: u32,
+}
+
+impl FrameBucket {
+    fn new(cfg: &crate::WsConfig) -> Self {
+        let now = Instant::now();
+        let burst = f64::from(cfg.frames_burst.max(1));
+        Self {
+            rate: f64::from(cfg.frames_per_sec.max(1)),
+            burst,
+            tokens: burst,
+            at: now,
+            refused: 0,
+            refused_since: now,
+            close_after: cfg.flood_close_after.max(1),
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> Result<(), Flood> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        if now.saturating_duration_since(self.refused_since) > FLOOD_WINDOW {
+            self.refused = 0;
+            self.refused_since = now;
+        }
+        self.refused += 1;
+        if self.refused > self.close_after {
+            return Err(Flood::Close);
+        }
+        let wait = ((1.0 - self.tokens) / self.rate).ceil().max(1.0);
+        Err(Flood::Refused(wait as u64))
+    }
 }
 
 /// Why a connection ended.
@@ -144,6 +223,11 @@ impl Conn {
     async fn run(app: Arc<App>, user: UserId, socket: WebSocket) {
         let (tx, mut rx) = mpsc::channel(app.config.ws.queue_len);
         let (sends_tx, mut sends_rx) = mpsc::channel(64);
+        let sends = SendQueues::new(app.clone(), user.clone(), sends_tx);
+        let frames = FrameBucket::new(&app.config.ws);
+        let typing = Arc::new(tokio::sync::Semaphore::new(
+            app.config.ws.max_typing_in_flight.max(1),
+        ));
         let sink = ConnSink {
             tx,
             lagged: Arc::new(AtomicBool::new(false)),
@@ -158,8 +242,9 @@ impl Conn {
             topics: HashSet::new(),
             cursors: HashMap::new(),
             recent_events: VecDeque::new(),
-            sends_tx,
-            send_queues: HashMap::new(),
+            sends,
+            frames,
+            typing,
             last_inbound: Instant::now(),
             session_id: uuid::Uuid::now_v7().to_string(),
             watched: HashMap::new(),
@@ -167,25 +252,46 @@ impl Conn {
             maybe_gaps: false,
             unflushed: 0,
             write_failed: false,
+            cleaned_up: false,
         };
         metrics::gauge!("gateway_ws_connections").increment(1.0);
         if let Some(p) = &conn.app.presence {
             p.connected(conn.user.as_str(), &conn.session_id).await;
         }
         let end = conn.serve(&mut rx, &mut sends_rx).await;
-        if let Some(p) = &conn.app.presence {
-            p.disconnected(conn.user.as_str(), &conn.session_id).await;
-        }
-        for t in std::mem::take(&mut conn.topics) {
-            conn.app.hub.unsubscribe(conn.id, &t).await;
-        }
-        metrics::gauge!("gateway_ws_connections").decrement(1.0);
+        conn.clean_up().await;
         let reason = match end {
             End::Closed => "closed",
             End::Draining => "draining",
             End::Error => "error",
         };
         tracing::debug!(user = %conn.user, conn = conn.id, reason, "websocket ended");
+    }
+
+    /// Leaves no trace of the connection on this node or in presence. Runs once: at the
+    /// end of `run`, or from `Drop` when the connection's task ended without reaching it
+    /// (a panic), so no presence entry or hub route outlives the socket.
+    fn clean_up(&mut self) -> impl Future<Output = ()> + Send + 'static {
+        let first = !std::mem::replace(&mut self.cleaned_up, true);
+        let (app, user, session, id) = (
+            self.app.clone(),
+            self.user.clone(),
+            self.session_id.clone(),
+            self.id,
+        );
+        let topics = std::mem::take(&mut self.topics);
+        async move {
+            if !first {
+                return;
+            }
+            if let Some(p) = &app.presence {
+                p.disconnected(user.as_str(), &session).await;
+            }
+            for t in topics {
+                app.hub.unsubscribe(id, &t).await;
+            }
+            metrics::gauge!("gateway_ws_connections").decrement(1.0);
+        }
     }
 
     async fn serve(
@@ -212,7 +318,7 @@ impl Conn {
             let step = tokio::select! {
                 _ = draining.cancelled() => {
                     let _ = self.frame(json!({"type": "reconnect", "reason": "server draining"})).await;
-                    let _ = self.socket.send(WsMessage::Close(None)).await;
+                    let _ = self.close_with(None).await;
                     return End::Draining;
                 }
                 inbound = self.socket.recv() => match inbound {
@@ -234,11 +340,10 @@ impl Conn {
                 _ = ping.tick() => {
                     if self.last_inbound.elapsed() > heartbeat * 2 {
                         tracing::info!(user = %self.user, "websocket heartbeat timeout");
-                        let _ = self.socket.send(WsMessage::Close(None)).await;
+                        let _ = self.close_with(None).await;
                         return End::Closed;
                     }
-                    self.unflushed += 1;
-                    self.socket.feed(WsMessage::Ping(Vec::new().into())).await.map_err(|_| End::Error)
+                    self.feed(WsMessage::Ping(Vec::new().into())).await
                 }
             };
             if let Err(end) = step {
@@ -284,7 +389,7 @@ impl Conn {
             Ok(p) => p,
             Err(e) => {
                 let _ = self.error(None, &e).await;
-                let _ = self.socket.send(WsMessage::Close(None)).await;
+                let _ = self.close_with(None).await;
                 return Err(End::Error);
             }
         };
@@ -399,14 +504,56 @@ impl Conn {
             .ok_or_else(|| ApiError::invalid("`seq` must be a non-negative integer"))
     }
 
+    /// `send`: every field is validated, and the channel must be one of the user's, before
+    /// anything is queued or allocated for it (a flood of made-up channel ids costs an error
+    /// frame each, nothing more).
+    async fn send(&mut self, r: Option<Value>, v: &Value) -> Result<(), ApiError> {
+        let field = |name: &str| -> Result<String, ApiError> {
+            v.get(name)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| ApiError::invalid(format!("`{name}` must be a string")))
+        };
+        let (raw, cid, body) = (
+            field("channel_id")?,
+            field("client_msg_id")?,
+            field("body")?,
+        );
+        let channel = parley_kit::domain::parse_uuid("channel_id", &raw)?.to_string();
+        ClientMsgId::parse(&cid)?;
+        MessageBody::parse(&body, self.app.config.limits.max_message_bytes)?;
+        if !self.cursors.contains_key(&channel) {
+            // Not among the channels this connection knows: messaging says why (unknown
+            // channel, not a member), or that the user was just added (the `member_joined`
+            // event is on its way) and the send may go.
+            let req = grpc(
+                &self.user,
+                pb::GetChannelRequest {
+                    channel_id: channel.clone(),
+                },
+            )?;
+            self.app.messaging.clone().get_channel(req).await?;
+        }
+        self.sends.push(&channel, r, cid, body)
+    }
+
     /// `typing`: membership is checked here (the connection knows the user's channels).
     async fn typing(&mut self, v: &Value) -> Result<(), ApiError> {
         let channel = self.member_channel(v)?;
         let presence = self.app.presence.clone().ok_or_else(presence_off)?;
         let user = self.user.clone();
+        let Ok(permit) = self.typing.clone().try_acquire_owned() else {
+            metrics::counter!("gateway_ws_refused_total", "reason" => "typing_in_flight")
+                .increment(1);
+            return Err(rate_limited(format!(
+                "more than {} typing frames of this connection are on their way",
+                self.app.config.ws.max_typing_in_flight.max(1)
+            )));
+        };
         // Fire and forget: the event comes back through pub/sub to the other members.
         tokio::spawn(async move {
             let _ = presence.typing(user.as_str(), &channel).await;
+            drop(permit);
         });
         Ok(())
     }
@@ -504,19 +651,56 @@ impl Conn {
             return Ok(());
         }
         metrics::histogram!("gateway_ws_write_batch_size").record(frames as f64);
-        self.socket.flush().await.map_err(|_| {
-            self.write_failed = true;
-            End::Error
-        })
+        let timeout = Duration::from_millis(self.app.config.ws.write_timeout_ms.max(1));
+        match tokio::time::timeout(timeout, self.socket.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => {
+                self.write_failed = true;
+                Err(End::Error)
+            }
+            Err(_) => Err(self.slow()),
+        }
+    }
+
+    /// The client took nothing for `ws.write_timeout_ms`: the connection is dropped (a close
+    /// frame could not reach it either); the client reconnects and resumes.
+    fn slow(&mut self) -> End {
+        self.write_failed = true;
+        metrics::counter!("gateway_ws_closed_total", "reason" => "slow_consumer").increment(1);
+        tracing::info!(user = %self.user, conn = self.id, "websocket dropped: the client stopped reading");
+        End::Error
+    }
+
+    /// Sends a close frame with `code` and `reason` (best effort, bounded by the write
+    /// timeout) and ends the connection.
+    async fn close(&mut self, code: u16, reason: &'static str) -> End {
+        self.close_with(Some(axum::extract::ws::CloseFrame {
+            code,
+            reason: reason.into(),
+        }))
+        .await
+    }
+
+    async fn close_with(&mut self, frame: Option<axum::extract::ws::CloseFrame>) -> End {
+        let frame = WsMessage::Close(frame);
+        let timeout = Duration::from_millis(self.app.config.ws.write_timeout_ms.max(1));
+        let _ = tokio::time::timeout(timeout, self.socket.send(frame)).await;
+        End::Closed
     }
 
     /// Queues a frame; the serve loop writes queued frames out before it waits again.
     async fn frame(&mut self, v: Value) -> Result<(), End> {
+        self.feed(WsMessage::Text(v.to_string().into())).await
+    }
+
+    /// Queues a message for the next write, bounded by `ws.write_timeout_ms`.
+    async fn feed(&mut self, m: WsMessage) -> Result<(), End> {
         self.unflushed += 1;
-        self.socket
-            .feed(WsMessage::Text(v.to_string().into()))
-            .await
-            .map_err(|_| End::Error)
+        let timeout = Duration::from_millis(self.app.config.ws.write_timeout_ms.max(1));
+        match tokio::time::timeout(timeout, self.socket.feed(m)).await {
+            Ok(r) => r.map_err(|_| End::Error),
+            Err(_) => Err(self.slow()),
+        }
     }
 
     async fn error(&mut self, r: Option<Value>, e: &ApiError) -> Result<(), End> {
@@ -532,6 +716,26 @@ impl Conn {
 
     async fn on_inbound(&mut self, m: WsMessage) -> Result<(), End> {
         self.last_inbound = Instant::now();
+        if !matches!(m, WsMessage::Close(_) | WsMessage::Pong(_)) {
+            match self.frames.take(Instant::now()) {
+                Ok(()) => {}
+                Err(Flood::Refused(wait)) => {
+                    metrics::counter!("gateway_ws_refused_total", "reason" => "frame_rate")
+                        .increment(1);
+                    let mut e = rate_limited(format!(
+                        "more than {} frames a second on this connection",
+                        self.app.config.ws.frames_per_sec
+                    ));
+                    e.retry_after = Some(wait);
+                    return self.error(None, &e).await;
+                }
+                Err(Flood::Close) => {
+                    metrics::counter!("gateway_ws_closed_total", "reason" => "flood").increment(1);
+                    tracing::info!(user = %self.user, conn = self.id, "websocket closed: frame flood");
+                    return Err(self.close(CLOSE_POLICY, "frame rate exceeded").await);
+                }
+            }
+        }
         match m {
             WsMessage::Text(t) => self.on_frame(t.as_str()).await,
             WsMessage::Binary(_) => {
@@ -570,12 +774,6 @@ impl Conn {
             // These wait on another service: what is queued goes out first.
             self.flush().await?;
         }
-        let str_field = |name: &str| -> Result<String, ApiError> {
-            v.get(name)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| ApiError::invalid(format!("`{name}` must be a string")))
-        };
         let result: Result<(), ApiError> = match kind {
             "ping" => {
                 let mut f = json!({"type": "pong"});
@@ -584,78 +782,7 @@ impl Conn {
                 }
                 return self.frame(f).await;
             }
-            "send" => (|| {
-                Ok((
-                    str_field("channel_id")?,
-                    str_field("client_msg_id")?,
-                    str_field("body")?,
-                ))
-            })()
-            .and_then(|(channel, cid, body)| {
-                let pending = self.app.config.ws.max_pending_sends.max(1);
-                let queue = self.send_queues.entry(channel.clone()).or_insert_with(|| {
-                    let (queue, mut jobs) = mpsc::channel::<SendJob>(pending);
-                    let (app, user, tx) =
-                        (self.app.clone(), self.user.clone(), self.sends_tx.clone());
-                    let budget = std::time::Duration::from_millis(
-                        app.config.ws.pending_send_budget_ms.max(1),
-                    );
-                    let group_max = app.config.send.max_batch.max(1);
-                    tokio::spawn(async move {
-                        let mut waiting = Vec::new();
-                        // Everything waiting goes together, as one ordered group in one call
-                        // (messaging writes a call's items in order), then the next group.
-                        while jobs.recv_many(&mut waiting, group_max).await > 0 {
-                            let mut results = Vec::with_capacity(waiting.len());
-                            let mut group = Vec::new();
-                            for (r, cid, body, queued_at) in waiting.drain(..) {
-                                // Waited too long behind this connection's earlier sends to
-                                // the channel (`ws.pending_send_budget_ms`): refused unsent.
-                                let prepared = if queued_at.elapsed() > budget {
-                                    Err(crate::sender::refused("pending"))
-                                } else {
-                                    crate::http::prepare_send(&app, &user, &channel, &cid, &body)
-                                        .await
-                                };
-                                match prepared {
-                                    Ok(req) => {
-                                        group.push(req);
-                                        results.push((r, None));
-                                    }
-                                    Err(e) => results.push((r, Some(Err(e)))),
-                                }
-                            }
-                            let mut answers = if group.is_empty() {
-                                Vec::new()
-                            } else {
-                                app.sender.send_group(&user, group).await
-                            }
-                            .into_iter();
-                            for (r, result) in results {
-                                let result = result.unwrap_or_else(|| {
-                                    answers.next().unwrap_or_else(|| {
-                                        Err(ApiError::new(ErrorCode::Internal, "internal error"))
-                                    })
-                                });
-                                if tx.send((r, result)).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    });
-                    queue
-                });
-                queue.try_send((r.clone(), cid, body, std::time::Instant::now())).map_err(|_| {
-                    let mut e = ApiError::new(
-                        ErrorCode::RateLimited,
-                        format!(
-                            "more than {pending} sends to this channel waiting on this connection"
-                        ),
-                    );
-                    e.retry_after = Some(1);
-                    e
-                })
-            }),
+            "send" => self.send(r.clone(), &v).await,
             "resume" => match v.get("positions").and_then(Value::as_object) {
                 Some(p) => {
                     let parsed: Result<Vec<(String, u64)>, ApiError> = p
@@ -1062,7 +1189,9 @@ impl Conn {
             let (start, recovered) = match sent {
                 // This connection already sent first..=delivered: never send those twice.
                 // A gap before `first` can no longer be replayed in order: page it over REST.
-                Some((first, delivered)) => (delivered.max(pos.min(last)), pos + 1 >= first),
+                Some((first, delivered)) => {
+                    (delivered.max(pos.min(last)), pos.saturating_add(1) >= first)
+                }
                 None if last.saturating_sub(pos) > limit => (last - limit, false),
                 None => (pos.min(last), true),
             };
@@ -1078,7 +1207,7 @@ impl Conn {
             let to = self.cursors.get(&ch).map_or(start, |c| c.delivered);
             report.insert(
                 ch,
-                json!({"from": start + 1, "to": to, "recovered": recovered}),
+                json!({"from": start.saturating_add(1), "to": to, "recovered": recovered}),
             );
         }
         // Channels not named in the resume: what was held goes out now.

@@ -219,11 +219,13 @@ async fn lane(mut rx: mpsc::Receiver<Request>, writer: Arc<Writer>, max: usize, 
         }
         // Callers that gave up (deadline, cancelled call) are not written either.
         let fresh: Vec<Request> = fresh.into_iter().filter(|r| !r.reply.is_closed()).collect();
-        if !fresh.is_empty()
-            && let Some(c) = writer.commit(fresh).await
-            && committed.send(c).await.is_err()
-        {
-            return;
+        if fresh.is_empty() {
+            continue;
+        }
+        for c in writer.commit(fresh).await {
+            if committed.send(c).await.is_err() {
+                return;
+            }
         }
     }
     drop(committed);
@@ -370,9 +372,33 @@ impl Writer {
         }
     }
 
-    /// Writes the batch; on success returns it for publishing, having answered nobody yet.
-    /// A failed batch is answered here.
-    async fn commit(&self, batch: Vec<Request>) -> Option<Committed> {
+    /// Writes the batch; what committed is returned for publishing (in commit order),
+    /// having answered nobody yet. A failed batch is answered here. A batch the database
+    /// refused for a value in it (`is_data_error`: one caller's bad input) is written again
+    /// send by send, so only that caller's send fails.
+    async fn commit(&self, batch: Vec<Request>) -> Vec<Committed> {
+        match self.commit_together(batch).await {
+            Ok(c) => c.into_iter().collect(),
+            Err(batch) => {
+                metrics::counter!("messaging_send_batches_split_total").increment(1);
+                let mut committed = Vec::with_capacity(batch.len());
+                for r in batch {
+                    // One send alone is never split again: it is answered with its error.
+                    if let Ok(Some(c)) = self.commit_together(vec![r]).await {
+                        committed.push(c);
+                    }
+                }
+                committed
+            }
+        }
+    }
+
+    /// Writes the batch in one transaction. `Err` gives back a batch of more than one send
+    /// that failed on a data error, unanswered, for `commit` to split.
+    async fn commit_together(
+        &self,
+        batch: Vec<Request>,
+    ) -> Result<Option<Committed>, Vec<Request>> {
         let n = batch.len();
         metrics::histogram!("messaging_send_batch_size").record(n as f64);
         let db_spans: Vec<tracing::Span> = batch
@@ -399,12 +425,16 @@ impl Writer {
         match result {
             Ok((outcomes, rows, pending)) => {
                 metrics::counter!("messaging_messages_sent_total").increment(rows.len() as u64);
-                Some(Committed {
+                Ok(Some(Committed {
                     batch,
                     outcomes,
                     rows,
                     pending,
-                })
+                }))
+            }
+            Err(Error::Db(e)) if n > 1 && parley_kit::db::is_data_error(&e) => {
+                tracing::info!(error = %e, size = n, "send batch refused a value; writing its sends one by one");
+                Err(batch)
             }
             Err(e) => {
                 let status = Status::from(e);
@@ -412,7 +442,7 @@ impl Writer {
                 for r in batch {
                     let _ = r.reply.send(Err(status.clone()));
                 }
-                None
+                Ok(None)
             }
         }
     }

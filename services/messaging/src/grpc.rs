@@ -156,6 +156,7 @@ impl MessagingService for Messaging {
         let (channel, created, pending) = match pb::ChannelKind::try_from(kind) {
             Ok(pb::ChannelKind::Group) => {
                 let name = name.trim();
+                parley_kit::domain::check_text("name", name)?;
                 let chars = name.chars().count();
                 if chars == 0 || chars > self.config.limits.max_name_chars {
                     return Err(invalid(format!(

@@ -95,6 +95,8 @@ impl NotificationService for Notification {
         if token.is_empty() || token.len() > MAX_TOKEN {
             return Err(Error::BadArgument(format!("token must be 1-{MAX_TOKEN} bytes")).into());
         }
+        parley_kit::domain::check_text("token", &token)
+            .map_err(|e| Error::BadArgument(e.message))?;
         match platform {
             pb::Platform::Webhook => {
                 self.allow.check(&token).await.map_err(Error::BadArgument)?;

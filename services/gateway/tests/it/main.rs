@@ -1,6 +1,7 @@
 //! Gateway integration tests: real messaging + gateway over real gRPC, real Postgres and
 //! Redis, driven through the public HTTP and WebSocket API.
 
+mod abuse;
 mod authz;
 mod chat;
 mod direct;

@@ -51,21 +51,27 @@ pub fn spawn_send(svc: &Svc, user: &str, channel: &str, cid: &str, body: &str) -
     tokio::spawn(async move { send(&mut svc, &user, &channel, &cid, &body).await })
 }
 
+/// A stack whose messaging writes with one lane and never refuses a send for waiting (the
+/// tests hold a channel lock for a while), and a client to it.
+pub async fn one_patient_lane() -> anyhow::Result<(Stack, Svc)> {
+    let mut stack = Stack::empty().await?;
+    let addr = stack
+        .add_messaging(&[
+            ("PARLEY__SEND__CONCURRENCY", "1"),
+            ("PARLEY__SEND__QUEUE_BUDGET_MS", "60000"),
+        ])
+        .await?;
+    let svc = client(addr).await?;
+    Ok((stack, svc))
+}
+
 fn msg(r: &pb::SendMessageResponse) -> &pb::Message {
     r.message.as_ref().expect("a message")
 }
 
 #[tokio::test]
 async fn queued_sends_share_one_transaction_and_keep_their_own_outcomes() -> anyhow::Result<()> {
-    let mut stack = Stack::empty().await?;
-    let addr = stack
-        .add_messaging(&[
-            ("PARLEY__SEND__CONCURRENCY", "1"),
-            // The lock is held for a while: no send may be refused for waiting.
-            ("PARLEY__SEND__QUEUE_BUDGET_MS", "60000"),
-        ])
-        .await?;
-    let mut svc = client(addr).await?;
+    let (stack, mut svc) = one_patient_lane().await?;
     let a = group(&mut svc, "alice", &["bob"]).await?;
     let b = group(&mut svc, "alice", &["bob"]).await?;
     let c = group(&mut svc, "carol", &[]).await?;

@@ -158,3 +158,73 @@ async fn sends_beyond_the_queue_or_the_budget_are_refused_unwritten() -> anyhow:
     }
     Ok(())
 }
+
+/// Makes the database refuse (SQLSTATE 22021, as it does a NUL in text) any message whose
+/// body is `poison`: a value that passes the service's validation and fails in the
+/// statement, the way one caller's bad input would inside a group-commit batch.
+async fn poison_bodies(stack: &Stack) -> anyhow::Result<()> {
+    let db = stack.db().await?;
+    sqlx::raw_sql(
+        "CREATE FUNCTION messaging.test_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.body = 'poison' THEN
+             RAISE EXCEPTION 'poisoned body' USING ERRCODE = '22021';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER test_poison BEFORE INSERT ON messaging.messages
+           FOR EACH ROW EXECUTE FUNCTION messaging.test_poison();",
+    )
+    .execute(&db)
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_callers_bad_value_fails_only_that_send_of_a_batch() -> anyhow::Result<()> {
+    let (stack, mut svc) = crate::batch::one_patient_lane().await?;
+    let a = group(&mut svc, "alice", &["bob", "carol"]).await?;
+    let b = group(&mut svc, "alice", &["bob"]).await?;
+    poison_bodies(&stack).await?;
+    let splits_before = metric("messaging_send_batches_split_total");
+
+    // Hold the lane on channel b, so the sends below queue up and go as one batch.
+    let lock = block_channel(&stack, &b).await?;
+    let blocker = spawn_send(&svc, "alice", &b, "first", "taken, waits for the lock");
+    wait_blocked(&stack).await?;
+    let good_1 = spawn_send(&svc, "alice", &a, "g1", "good from alice");
+    let bad = spawn_send(&svc, "carol", &a, "p1", "poison");
+    let good_2 = spawn_send(&svc, "bob", &a, "g2", "good from bob");
+    crate::batch::queued(3.0).await?;
+    lock.commit().await?;
+    assert_eq!(blocker.await??.message.expect("message").seq, 1);
+
+    let err = bad.await?.expect_err("the database refuses the value");
+    assert_code(&err, ErrorCode::InvalidArgument);
+    assert!(err.message().contains("22021"), "{err:?}");
+    let mut seqs = Vec::new();
+    for good in [good_1, good_2] {
+        let sent = good.await??;
+        assert!(sent.created);
+        seqs.push(sent.message.expect("message").seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, [1, 2], "the good sends commit with gapless seqs");
+    assert_eq!(
+        metric("messaging_send_batches_split_total") - splits_before,
+        1.0,
+        "the batch was written again send by send"
+    );
+    let history = all_messages(&mut svc, "alice", &a).await?;
+    let bodies: Vec<&str> = history.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(history.len(), 2, "{bodies:?}");
+    assert!(!bodies.contains(&"poison"));
+
+    // The refused caller's retry is refused the same way; nothing was written for it.
+    let again = send(&mut svc, "carol", &a, "p1", "poison").await;
+    assert_code(
+        &again.expect_err("still refused"),
+        ErrorCode::InvalidArgument,
+    );
+    Ok(())
+}

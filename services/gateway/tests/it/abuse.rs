@@ -1,0 +1,197 @@
+//! The edge under hostile input from one ordinary account: bad values are that caller's
+//! error alone, client-supplied numbers cannot overflow, and a connection's state and frame
+//! rate are bounded.
+
+use std::time::Duration;
+
+use parley_testkit::{Client, Stack, Ws};
+use serde_json::json;
+
+use crate::{T, assert_error, assert_error_frame, metrics, ping, sample};
+
+#[tokio::test]
+async fn control_characters_are_invalid_and_change_nothing() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let ch = alice.group("g", &["bob"]).await?;
+    let first = alice.send(&ch, "ok-1", "first").await?;
+    let msgs = format!("/v1/channels/{ch}/messages");
+
+    for (i, body) in ["a\u{0}b", "bell\u{7}", "esc\u{1b}[31m", "\u{1f}"]
+        .into_iter()
+        .enumerate()
+    {
+        let reply = alice.post_message(&ch, &format!("bad-{i}"), body).await?;
+        assert_error(&reply, 400, "invalid_argument");
+        assert!(
+            reply.1["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("control character")),
+            "{}",
+            reply.1
+        );
+        let edit = alice
+            .req("PATCH", &format!("{msgs}/1"), Some(json!({"body": body})))
+            .await?;
+        assert_error(&edit, 400, "invalid_argument");
+    }
+    // A group name with NUL, and a device token with one.
+    let group = alice
+        .req(
+            "POST",
+            "/v1/channels",
+            Some(json!({"kind": "group", "name": "nul\u{0}name", "members": []})),
+        )
+        .await?;
+    assert_error(&group, 400, "invalid_argument");
+
+    // Over WebSocket: an error frame for that send alone.
+    let mut ws = Ws::connect(&stack.url(0), "alice").await?;
+    ws.send(json!({"type": "send", "ref": "n", "channel_id": ch, "client_msg_id": "w-bad", "body": "x\u{0}y"}))
+        .await?;
+    assert_error_frame(
+        &ws.expect("error", T).await?,
+        "invalid_argument",
+        Some(&json!("n")),
+    );
+
+    // Nothing changed; tab, line feed and carriage return are fine.
+    let c = alice.channel(&ch).await?;
+    assert_eq!(c["last_seq"], 1, "{c}");
+    let page = alice.history(&ch, "").await?;
+    assert_eq!(page["messages"][0], first);
+    let ok = alice.send(&ch, "ok-2", "tab\there\r\nnext line").await?;
+    assert_eq!(ok["seq"], 2);
+    assert_eq!(ok["body"], "tab\there\r\nnext line");
+    Ok(())
+}
+
+#[tokio::test]
+async fn resume_from_the_largest_position_is_answered_and_cleans_up() -> anyhow::Result<()> {
+    let mut stack = Stack::empty().await?;
+    stack.add_messaging(&[]).await?;
+    stack.add_presence(&[]).await?;
+    stack.add_gateway(&[]).await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let ch = alice.group("g", &["bob"]).await?;
+    alice.send(&ch, "m-1", "one").await?;
+    let mut bob = Ws::connect(&stack.url(0), "bob").await?;
+    // Live first, so the connection has sent something (the position check that overflowed).
+    alice.send(&ch, "m-2", "two").await?;
+    bob.send(json!({"type": "resume", "positions": { &ch: 1 }}))
+        .await?;
+    bob.until(T, |f| f["type"] == "resumed").await?;
+    bob.send(json!({"type": "resume", "positions": { &ch: u64::MAX }}))
+        .await?;
+    let resumed = bob.expect("resumed", T).await?;
+    assert_eq!(resumed["channels"][&ch]["to"], 2, "{resumed}");
+    assert!(ping(&mut bob, "still-here").await?.is_empty());
+
+    let online = || async {
+        let (_, b, _) = alice.req("GET", "/v1/presence?user_ids=bob", None).await?;
+        anyhow::Ok(b["presence"][0]["status"] == "online")
+    };
+    assert!(online().await?);
+    bob.close().await;
+    crate::eventually(T, || async { Ok((!online().await?).then_some(())) }).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sends_to_made_up_channels_allocate_nothing() -> anyhow::Result<()> {
+    let mut stack = Stack::empty().await?;
+    stack.add_messaging(&[]).await?;
+    stack
+        .add_gateway(&[
+            ("PARLEY__WS__FRAMES_PER_SEC", "100000"),
+            ("PARLEY__WS__FRAMES_BURST", "100000"),
+        ])
+        .await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let ch = alice.group("g", &["bob"]).await?;
+    let stranger = Client::new(&stack.url(0), "mallory")
+        .group("theirs", &[])
+        .await?;
+    let mut ws = Ws::connect(&stack.url(0), "alice").await?;
+    const N: usize = 300;
+    for i in 0..N {
+        let bogus = uuid::Uuid::new_v4();
+        ws.send(json!({"type": "send", "ref": i, "channel_id": bogus, "client_msg_id": "k", "body": "x"}))
+            .await?;
+    }
+    ws.send(json!({"type": "send", "ref": "s", "channel_id": stranger, "client_msg_id": "k", "body": "x"}))
+        .await?;
+    let frames = ws
+        .until(Duration::from_secs(60), |f| f["ref"] == "s")
+        .await?;
+    assert_eq!(frames.len(), N + 1);
+    for f in &frames[..N] {
+        assert_eq!(f["code"], "not_found", "{f}");
+    }
+    assert_eq!(frames[N]["code"], "permission_denied");
+    let queues = |text: &str| sample(text, "gateway_ws_send_queues").unwrap_or(0.0);
+    assert_eq!(queues(&metrics(&alice).await?), 0.0, "no queue was made");
+
+    // A real send still goes, through one queue.
+    ws.send(
+        json!({"type": "send", "ref": "ok", "channel_id": ch, "client_msg_id": "k", "body": "x"}),
+    )
+    .await?;
+    assert_eq!(ws.expect("sent", T).await?["message"]["seq"], 1);
+    assert_eq!(queues(&metrics(&alice).await?), 1.0);
+    ws.close().await;
+    crate::eventually(T, || async {
+        Ok((queues(&metrics(&alice).await?) == 0.0).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_flooding_connection_is_refused_then_closed() -> anyhow::Result<()> {
+    let mut stack = Stack::empty().await?;
+    stack.add_messaging(&[]).await?;
+    stack
+        .add_gateway(&[
+            ("PARLEY__WS__FRAMES_PER_SEC", "2"),
+            ("PARLEY__WS__FRAMES_BURST", "5"),
+            ("PARLEY__WS__FLOOD_CLOSE_AFTER", "20"),
+        ])
+        .await?;
+    let mut ws = Ws::connect(&stack.url(0), "mallory").await?;
+    let mut calm = Ws::connect(&stack.url(0), "alice").await?;
+    for i in 0..10 {
+        ws.send(json!({"type": "ping", "ref": i})).await?;
+    }
+    let frames = ws.frames_for(Duration::from_millis(500)).await?;
+    let pongs = frames.iter().filter(|f| f["type"] == "pong").count();
+    let refused: Vec<_> = frames.iter().filter(|f| f["type"] == "error").collect();
+    assert!((5..=6).contains(&pongs), "{frames:?}");
+    assert_eq!(pongs + refused.len(), 10, "{frames:?}");
+    for e in &refused {
+        assert_error_frame(e, "rate_limited", None);
+        assert!(e["retry_after"].as_u64().is_some_and(|s| s >= 1), "{e}");
+    }
+    // Another connection is not affected.
+    assert!(ping(&mut calm, "calm").await?.is_empty());
+
+    // Keeps flooding: closed with 1008 (policy violation).
+    for i in 0..40 {
+        if ws
+            .send(json!({"type": "ping", "ref": 100 + i}))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (_, code) = ws.until_closed(T).await?;
+    assert_eq!(code, Some(1008));
+    let text = metrics(&Client::new(&stack.url(0), "alice")).await?;
+    assert!(
+        sample(&text, "gateway_ws_closed_total{reason=\"flood\"}").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(ping(&mut calm, "calm-2").await?.is_empty());
+    Ok(())
+}
