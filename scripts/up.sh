@@ -17,7 +17,7 @@ set -euo pipefail
 #   environment: KEY=VALUE words (no spaces in values); ${VAR} is expanded at start. Available:
 #   PARLEY_DB_URL (database `parley`), PARLEY_PG_URL (admin), PARLEY_REDIS_URL.
 #   Extra words for one service: PARLEY_UP_ENV_<name>, e.g.
-#   PARLEY_UP_ENV_gateway='PARLEY__LIMITS__SEND_BURST=100000' (used by scripts/bench.sh).
+#   PARLEY_UP_ENV_gateway='PARLEY__RATE__MESSAGES__N=0' (scripts/bench.sh sets such limits).
 # shellcheck disable=SC2016 # expanded later by expand_vars
 SERVICES='
 messaging     parley-messaging     tcp:127.0.0.1:5051           PARLEY__GRPC__ADDR=127.0.0.1:5051 PARLEY__DATABASE__URL=${PARLEY_DB_URL} PARLEY__REDIS__URL=${PARLEY_REDIS_URL}

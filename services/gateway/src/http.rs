@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tonic::Request as GrpcRequest;
 use tracing::Instrument as _;
 
-use crate::{ApiError, App, view};
+use crate::{ApiError, App, ratelimit::Kind, view};
 
 type AppState = State<Arc<App>>;
 
@@ -306,12 +306,21 @@ async fn create_channel(
         name: b.name,
         members: b.members,
     };
+    let req = grpc(&user, req)?;
+    let create = async {
+        let resp = app
+            .messaging
+            .clone()
+            .create_channel(req)
+            .await?
+            .into_inner();
+        let created = resp.created;
+        Ok((resp, created))
+    };
     let resp = app
-        .messaging
-        .clone()
-        .create_channel(grpc(&user, req)?)
-        .await?
-        .into_inner();
+        .limiter
+        .counted(Kind::ChannelCreations, user.as_str(), create)
+        .await?;
     let channel = resp
         .channel
         .as_ref()
@@ -389,9 +398,12 @@ const MAX_PRESENCE_QUERY: usize = 500;
 
 async fn get_presence(
     State(app): AppState,
-    Caller(_user): Caller,
+    Caller(user): Caller,
     Q(q): Q<PresenceQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    app.limiter
+        .check(Kind::PresenceQueries, user.as_str())
+        .await?;
     let raw = q.user_ids.unwrap_or_default();
     let mut ids = Vec::new();
     for part in raw.split(',').filter(|p| !p.is_empty()) {
@@ -435,6 +447,7 @@ async fn mark_read(
     JsonBody(b): JsonBody<ReadBody>,
 ) -> Result<StatusCode, ApiError> {
     let channel_id = channel_path(&id)?;
+    app.limiter.check(Kind::ReadMarks, user.as_str()).await?;
     receipts(&app)?.read(&user, channel_id, b.seq).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -513,12 +526,13 @@ async fn add_member(
         channel_id: channel_path(&id)?,
         user_id: target.to_string(),
     };
-    let resp = app
-        .messaging
-        .clone()
-        .add_member(grpc(&user, req)?)
-        .await?
-        .into_inner();
+    let req = grpc(&user, req)?;
+    let add = async {
+        let resp = app.messaging.clone().add_member(req).await?.into_inner();
+        let created = resp.created;
+        Ok((resp, created))
+    };
+    let resp = app.limiter.counted(Kind::Joins, user.as_str(), add).await?;
     let body = resp
         .member
         .as_ref()
@@ -573,13 +587,7 @@ pub(crate) async fn prepare_send(
     let channel_id = channel_path(channel_id)?;
     let cid = ClientMsgId::parse(client_msg_id)?;
     let body = MessageBody::parse(body, app.config.limits.max_message_bytes)?;
-    if let Err(wait) = app.limiter.check(user.as_str()).await {
-        return Err(ApiError {
-            code: ErrorCode::RateLimited,
-            message: format!("send rate limit reached; retry in {wait} s"),
-            retry_after: Some(wait),
-        });
-    }
+    app.limiter.check(Kind::Messages, user.as_str()).await?;
     Ok(pb::SendMessageRequest {
         channel_id,
         client_msg_id: cid.as_str().to_owned(),
@@ -657,6 +665,7 @@ async fn edit_message(
     let channel_id = channel_path(&id)?;
     let seq = seq_path(&seq)?;
     let body = MessageBody::parse(&b.body, app.config.limits.max_message_bytes)?;
+    app.limiter.check(Kind::Edits, user.as_str()).await?;
     let req = pb::EditMessageRequest {
         channel_id,
         seq,
@@ -685,6 +694,7 @@ async fn delete_message(
         channel_id: channel_path(&id)?,
         seq: seq_path(&seq)?,
     };
+    app.limiter.check(Kind::Edits, user.as_str()).await?;
     app.messaging
         .clone()
         .delete_message(grpc(&user, req)?)

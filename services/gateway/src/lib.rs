@@ -9,7 +9,7 @@ mod http;
 mod hub;
 mod notification;
 mod presence;
-mod ratelimit;
+pub mod ratelimit;
 mod receipts;
 mod sender;
 mod view;
@@ -43,6 +43,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub auth: AuthConfig,
     pub limits: Limits,
+    pub rate: ratelimit::RateConfig,
     pub ws: WsConfig,
     pub send: SendConfig,
 }
@@ -106,8 +107,6 @@ impl std::fmt::Debug for AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Limits {
     pub max_message_bytes: usize,
-    pub send_burst: u32,
-    pub send_refill_per_sec: f64,
     pub default_page: u32,
     pub max_page: u32,
 }
@@ -146,9 +145,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         let l = &self.limits;
-        if l.send_burst == 0 || l.send_refill_per_sec.is_nan() || l.send_refill_per_sec <= 0.0 {
-            return Err("limits: send_burst and send_refill_per_sec must be positive".into());
-        }
+        self.rate.validate()?;
         if l.default_page == 0 || l.default_page > l.max_page {
             return Err("limits: need 0 < default_page <= max_page".into());
         }
@@ -282,12 +279,7 @@ pub async fn serve(
     )
     .await?;
     parley_kit::health::spawn("gateway", None, Some(redis.clone()), shutdown.clone());
-    let limiter = ratelimit::Limiter::new(
-        redis.clone(),
-        &config.redis.prefix,
-        config.limits.send_burst,
-        config.limits.send_refill_per_sec,
-    );
+    let limiter = ratelimit::Limiter::new(redis.clone(), &config.redis.prefix, config.rate.clone());
     // Live fan-out runs until the server is done (not merely stopping): connections keep
     // receiving events during the drain delay, until they are told to reconnect.
     let hub_stop = CancellationToken::new();
@@ -375,8 +367,16 @@ mod tests {
     fn defaults_load_and_validate() {
         let c = Config::load(&Sources::from_vars(Vec::<(String, String)>::new()))
             .expect("defaults load");
-        assert_eq!(c.limits.max_message_bytes, 4096);
-        assert_eq!(c.limits.send_burst, 60);
+        assert_eq!(c.limits.max_message_bytes, 2048);
+        assert_eq!((c.rate.messages.n, c.rate.messages.window_secs), (60, 60));
+        assert_eq!(
+            (
+                c.rate.channel_creations.n,
+                c.rate.channel_creations.window_secs
+            ),
+            (5, 3600)
+        );
+        assert_eq!((c.rate.joins.n, c.rate.joins.window_secs), (20, 3600));
         assert!(!c.auth.dev_tokens, "dev tokens are off unless asked for");
         assert!(!c.presence.url.is_empty() && !c.receipts.url.is_empty());
     }
@@ -385,18 +385,24 @@ mod tests {
     fn environment_overrides_and_empty_urls_disable() {
         let c = Config::load(&Sources::from_vars([
             ("PARLEY__PRESENCE__URL", ""),
-            ("PARLEY__LIMITS__SEND_BURST", "5"),
+            ("PARLEY__RATE__MESSAGES__N", "5"),
             ("PARLEY__AUTH__DEV_TOKENS", "true"),
         ]))
         .expect("loads");
         assert!(c.presence.url.is_empty());
-        assert_eq!(c.limits.send_burst, 5);
+        assert_eq!(c.rate.messages.n, 5);
         assert!(c.auth.dev_tokens);
     }
 
     #[test]
     fn invalid_limits_are_refused() {
-        assert!(Config::load(&Sources::from_vars([("PARLEY__LIMITS__SEND_BURST", "0")])).is_err());
+        assert!(
+            Config::load(&Sources::from_vars([(
+                "PARLEY__RATE__JOINS__WINDOW_SECS",
+                "0"
+            )]))
+            .is_err()
+        );
         assert!(
             Config::load(&Sources::from_vars([(
                 "PARLEY__LIMITS__DEFAULT_PAGE",

@@ -64,6 +64,9 @@ pub async fn register(
     Caller(user): Caller,
     JsonBody(b): JsonBody<DeviceBody>,
 ) -> Result<Response, ApiError> {
+    app.limiter
+        .check(crate::ratelimit::Kind::DeviceRegistrations, user.as_str())
+        .await?;
     let platform = match b.platform.as_str() {
         "fcm" => pb::Platform::Fcm,
         "apns" => pb::Platform::Apns,

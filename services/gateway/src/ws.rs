@@ -38,6 +38,7 @@ use crate::{
     ApiError, App,
     http::grpc,
     hub::{ConnSink, Delivery, Payload as HubPayload},
+    ratelimit::Kind,
     view,
     ws_sends::{SendQueues, SendResult, rate_limited},
 };
@@ -550,9 +551,13 @@ impl Conn {
                 self.app.config.ws.max_typing_in_flight.max(1)
             )));
         };
-        // Fire and forget: the event comes back through pub/sub to the other members.
+        let app = self.app.clone();
+        // Fire and forget: the event comes back through pub/sub to the other members. Over
+        // the user's typing limit it is dropped (counted in gateway_rate_limited_total).
         tokio::spawn(async move {
-            let _ = presence.typing(user.as_str(), &channel).await;
+            if app.limiter.check(Kind::Typing, user.as_str()).await.is_ok() {
+                let _ = presence.typing(user.as_str(), &channel).await;
+            }
             drop(permit);
         });
         Ok(())
@@ -563,6 +568,9 @@ impl Conn {
         let channel = self.member_channel(v)?;
         let seq = Self::seq_field(v)?;
         let app = self.app.clone();
+        app.limiter
+            .check(Kind::ReadMarks, self.user.as_str())
+            .await?;
         let user = self.user.clone();
         let receipts = app.receipts.as_ref().ok_or_else(receipts_off)?;
         if read {
@@ -579,6 +587,14 @@ impl Conn {
         let Some(presence) = self.app.presence.clone() else {
             return self.error(r, &presence_off()).await;
         };
+        if let Err(e) = self
+            .app
+            .limiter
+            .check(Kind::PresenceQueries, self.user.as_str())
+            .await
+        {
+            return self.error(r, &e).await;
+        }
         let ids = match v.get("user_ids").and_then(Value::as_array) {
             Some(a) => a
                 .iter()

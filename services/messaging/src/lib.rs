@@ -233,8 +233,8 @@ mod tests {
     fn defaults_load_and_validate() {
         let c = Config::load(&Sources::from_vars(Vec::<(String, String)>::new()))
             .expect("defaults load");
-        assert_eq!(c.limits.max_members, 1000);
-        assert_eq!(c.limits.max_body_bytes, 4096);
+        assert_eq!(c.limits.max_members, 100);
+        assert_eq!(c.limits.max_body_bytes, 2048);
         assert!(c.outbox.publish_inline && c.outbox.sweep_enabled);
     }
 

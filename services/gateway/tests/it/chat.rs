@@ -61,7 +61,7 @@ async fn frames_larger_than_the_read_buffer_arrive_whole() -> anyhow::Result<()>
     let ch = alice.group("general", &["bob"]).await?;
     let mut a = Ws::connect(&stack.url(0), "alice").await?;
     let mut b = Ws::connect(&stack.url(0), "bob").await?;
-    let body: String = (0..4000)
+    let body: String = (0..2000)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
     a.send(

@@ -429,21 +429,21 @@ async fn oversized_bodies_are_too_large() -> anyhow::Result<()> {
         "too_large",
     );
 
-    // A message body over 4096 bytes (in a request within the limit); bytes, not characters.
+    // A message body over 2048 bytes (in a request within the limit); bytes, not characters.
     assert_error(
-        &alice.post_message(&ch, "m1", &"x".repeat(4097)).await?,
+        &alice.post_message(&ch, "m1", &"x".repeat(2049)).await?,
         413,
         "too_large",
     );
     assert_error(
-        &alice.post_message(&ch, "m2", &"é".repeat(2049)).await?,
+        &alice.post_message(&ch, "m2", &"é".repeat(1025)).await?,
         413,
         "too_large",
     );
-    let (s, at_limit, _) = alice.post_message(&ch, "m3", &"é".repeat(2048)).await?;
-    assert_eq!(s, 201, "exactly 4096 bytes is allowed");
+    let (s, at_limit, _) = alice.post_message(&ch, "m3", &"é".repeat(1024)).await?;
+    assert_eq!(s, 201, "exactly 2048 bytes is allowed");
     assert_eq!(at_limit["seq"], 1);
-    let (s, _, _) = alice.post_message(&ch, "m4", &"x".repeat(4096)).await?;
+    let (s, _, _) = alice.post_message(&ch, "m4", &"x".repeat(2048)).await?;
     assert_eq!(s, 201);
     // Edits obey the same limit and leave the message unchanged.
     assert_error(
@@ -451,7 +451,7 @@ async fn oversized_bodies_are_too_large() -> anyhow::Result<()> {
             .req(
                 "PATCH",
                 &format!("/v1/channels/{ch}/messages/1"),
-                Some(json!({"body": "y".repeat(4097)})),
+                Some(json!({"body": "y".repeat(2049)})),
             )
             .await?,
         413,
@@ -469,7 +469,7 @@ async fn oversized_bodies_are_too_large() -> anyhow::Result<()> {
         "invalid_argument",
     );
     let page = alice.history(&ch, "").await?;
-    assert_eq!(page["messages"][1]["body"], "é".repeat(2048));
+    assert_eq!(page["messages"][1]["body"], "é".repeat(1024));
     assert_eq!(page["messages"][1]["edited_at"], Value::Null);
     assert_eq!(alice.channel(&ch).await?["last_seq"], 2);
     Ok(())
@@ -544,8 +544,8 @@ async fn sends_over_the_rate_limit_are_rate_limited() -> anyhow::Result<()> {
     stack.add_messaging(&[]).await?;
     stack
         .add_gateway(&[
-            ("PARLEY__LIMITS__SEND_BURST", "3"),
-            ("PARLEY__LIMITS__SEND_REFILL_PER_SEC", "0.01"),
+            ("PARLEY__RATE__MESSAGES__N", "3"),
+            ("PARLEY__RATE__MESSAGES__WINDOW_SECS", "3600"),
         ])
         .await?;
     let alice = Client::new(&stack.url(0), "alice");
@@ -703,7 +703,7 @@ async fn bad_websocket_frames_get_error_frames_and_the_socket_stays_open() -> an
         (json!({"type": "send", "ref": 7, "channel_id": "nope", "client_msg_id": "k", "body": "x"}).to_string(), "invalid_argument", Some(json!(7))),
         (json!({"type": "send", "ref": 8, "channel_id": ch, "client_msg_id": "", "body": "x"}).to_string(), "invalid_argument", Some(json!(8))),
         (json!({"type": "send", "ref": 9, "channel_id": ch, "client_msg_id": "k", "body": ""}).to_string(), "invalid_argument", Some(json!(9))),
-        (json!({"type": "send", "ref": 10, "channel_id": ch, "client_msg_id": "k", "body": "x".repeat(4097)}).to_string(), "too_large", Some(json!(10))),
+        (json!({"type": "send", "ref": 10, "channel_id": ch, "client_msg_id": "k", "body": "x".repeat(2049)}).to_string(), "too_large", Some(json!(10))),
         (json!({"type": "resume", "ref": 11}).to_string(), "invalid_argument", Some(json!(11))),
         (json!({"type": "resume", "ref": 12, "positions": {"nope": 1}}).to_string(), "invalid_argument", Some(json!(12))),
         (json!({"type": "resume", "ref": 13, "positions": { &ch: -1 }}).to_string(), "invalid_argument", Some(json!(13))),

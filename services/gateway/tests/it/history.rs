@@ -18,7 +18,7 @@ async fn big_burst_stack() -> anyhow::Result<Stack> {
     let mut stack = Stack::empty().await?;
     stack.add_messaging(&[]).await?;
     stack
-        .add_gateway(&[("PARLEY__LIMITS__SEND_BURST", "100000")])
+        .add_gateway(&[("PARLEY__RATE__MESSAGES__N", "0")])
         .await?;
     Ok(stack)
 }

@@ -11,6 +11,7 @@ mod errors;
 mod heartbeat;
 mod history;
 mod idempotency;
+mod limits;
 mod membership;
 mod notification;
 mod ordering;

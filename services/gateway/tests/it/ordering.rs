@@ -18,7 +18,7 @@ async fn concurrent_sends_arrive_in_order_without_gaps() -> anyhow::Result<()> {
     let mut stack = Stack::empty().await?;
     stack.add_messaging(&[]).await?;
     stack
-        .add_gateway(&[("PARLEY__LIMITS__SEND_BURST", "100000")])
+        .add_gateway(&[("PARLEY__RATE__MESSAGES__N", "0")])
         .await?;
     let alice = Client::new(&stack.url(0), "alice");
     let ch = alice.group("firehose", &SENDERS).await?;
@@ -122,7 +122,7 @@ async fn websocket_sends_from_many_connections_arrive_in_order() -> anyhow::Resu
     let mut stack = Stack::empty().await?;
     stack.add_messaging(&[]).await?;
     stack
-        .add_gateway(&[("PARLEY__LIMITS__SEND_BURST", "100000")])
+        .add_gateway(&[("PARLEY__RATE__MESSAGES__N", "0")])
         .await?;
     let alice = Client::new(&stack.url(0), "alice");
     let ch = alice.group("ws-firehose", &["bob", "carol"]).await?;
@@ -225,7 +225,7 @@ async fn an_overflowing_connection_catches_up_in_order() -> anyhow::Result<()> {
     stack.add_messaging(&[]).await?;
     stack
         .add_gateway(&[
-            ("PARLEY__LIMITS__SEND_BURST", "100000"),
+            ("PARLEY__RATE__MESSAGES__N", "0"),
             ("PARLEY__WS__QUEUE_LEN", "1"),
         ])
         .await?;

@@ -78,8 +78,8 @@ async fn messages_cross_replicas_both_ways() -> anyhow::Result<()> {
 #[tokio::test]
 async fn rate_limit_is_shared_by_replicas() -> anyhow::Result<()> {
     let stack = two_gateways(&[
-        ("PARLEY__LIMITS__SEND_BURST", "3"),
-        ("PARLEY__LIMITS__SEND_REFILL_PER_SEC", "0.01"),
+        ("PARLEY__RATE__MESSAGES__N", "3"),
+        ("PARLEY__RATE__MESSAGES__WINDOW_SECS", "3600"),
     ])
     .await?;
     let on0 = Client::new(&stack.url(0), "alice");

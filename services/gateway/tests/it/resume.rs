@@ -70,7 +70,7 @@ async fn resume_while_messages_keep_coming_has_no_gap_or_duplicate() -> anyhow::
     let mut stack = Stack::empty().await?;
     stack.add_messaging(&[]).await?;
     stack
-        .add_gateway(&[("PARLEY__LIMITS__SEND_BURST", "100000")])
+        .add_gateway(&[("PARLEY__RATE__MESSAGES__N", "0")])
         .await?;
     let alice = Client::new(&stack.url(0), "alice");
     let ch = alice.group("resume-live", &["bob"]).await?;

@@ -189,7 +189,7 @@ async fn rolling_restart_of_gateway_messaging_and_redis_loses_nothing() -> anyho
     let both = format!("http://{m0},http://{m1}");
     let gw = [
         ("PARLEY__MESSAGING__URL", both.as_str()),
-        ("PARLEY__LIMITS__SEND_BURST", "100000"),
+        ("PARLEY__RATE__MESSAGES__N", "0"),
         ("PARLEY__HTTP__DRAIN_DELAY_MS", "200"),
     ];
     stack.add_gateway(&gw).await?;

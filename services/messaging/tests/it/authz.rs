@@ -216,7 +216,7 @@ async fn bad_input_is_rejected_by_the_service() -> anyhow::Result<()> {
     );
     // The service enforces its own body limit, whatever the gateway lets through.
     assert_code(
-        &send(&mut svc, "alice", &ch, "k", &"x".repeat(4097))
+        &send(&mut svc, "alice", &ch, "k", &"x".repeat(2049))
             .await
             .expect_err("big body"),
         ErrorCode::TooLarge,
