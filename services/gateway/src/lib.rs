@@ -3,6 +3,7 @@
 //! gRPC and fans live events out to its WebSocket connections from Redis pub/sub (one
 //! subscription per channel per node, reference-counted over local connections).
 
+mod admission;
 mod auth;
 mod error;
 mod http;
@@ -130,6 +131,8 @@ pub struct WsConfig {
     pub frames_burst: u32,
     pub flood_close_after: u32,
     pub write_timeout_ms: u64,
+    pub max_connections_per_user: usize,
+    pub max_connections: usize,
 }
 
 impl Config {
@@ -173,9 +176,11 @@ impl Config {
             || self.ws.frames_burst == 0
             || self.ws.flood_close_after == 0
             || self.ws.write_timeout_ms == 0
+            || self.ws.max_connections_per_user == 0
+            || self.ws.max_connections == 0
         {
             return Err(
-                "ws: max_pending_sends, pending_send_budget_ms, write_batch_frames, max_send_channels, max_typing_in_flight, frames_per_sec, frames_burst, flood_close_after and write_timeout_ms must be positive"
+                "ws: max_pending_sends, pending_send_budget_ms, write_batch_frames, max_send_channels, max_typing_in_flight, frames_per_sec, frames_burst, flood_close_after, write_timeout_ms, max_connections_per_user and max_connections must be positive"
                     .into(),
             );
         }
@@ -202,6 +207,7 @@ pub(crate) struct App {
     notification: Option<(notification::Client, Channel)>,
     redis: redis::aio::ConnectionManager,
     limiter: ratelimit::Limiter,
+    admission: admission::Admission,
     hub: hub::Hub,
     /// Cancelled as soon as shutdown begins: /readyz answers 503 from then on.
     stopping: CancellationToken,
@@ -280,6 +286,7 @@ pub async fn serve(
     .await?;
     parley_kit::health::spawn("gateway", None, Some(redis.clone()), shutdown.clone());
     let limiter = ratelimit::Limiter::new(redis.clone(), &config.redis.prefix, config.rate.clone());
+    let admission = admission::Admission::new(redis.clone(), &config.redis.prefix, &config.ws);
     // Live fan-out runs until the server is done (not merely stopping): connections keep
     // receiving events during the drain delay, until they are told to reconnect.
     let hub_stop = CancellationToken::new();
@@ -309,6 +316,7 @@ pub async fn serve(
         notification,
         redis,
         limiter,
+        admission,
         hub,
         stopping: shutdown.clone(),
         draining: CancellationToken::new(),

@@ -76,12 +76,17 @@ pub async fn upgrade(
         )
         .into_response();
     }
+    let session = uuid::Uuid::now_v7().to_string();
+    let ticket = match app.admission.admit(user.as_str(), &session).await {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
     let tracker = app.connections.clone();
     ws.max_message_size(app.config.ws.max_frame_bytes)
         .max_frame_size(app.config.ws.max_frame_bytes)
         .read_buffer_size(app.config.ws.read_buffer_bytes)
         .on_upgrade(move |socket| {
-            tracker.track_future(async move { Conn::run(app, user, socket).await })
+            tracker.track_future(async move { Conn::run(app, user, socket, session, ticket).await })
         })
 }
 
@@ -118,6 +123,8 @@ struct Conn {
     last_inbound: Instant,
     /// The WebSocket `session_id`, also the connection id towards presence.
     session_id: String,
+    /// This connection's place under the connection caps (given back when it drops).
+    ticket: crate::admission::Ticket,
     /// Users this connection watches, with the newest presence version sent for each.
     watched: HashMap<String, u64>,
     /// Right after `hello`, messages are held (not sent) until the client's first frame or
@@ -221,7 +228,13 @@ enum End {
 }
 
 impl Conn {
-    async fn run(app: Arc<App>, user: UserId, socket: WebSocket) {
+    async fn run(
+        app: Arc<App>,
+        user: UserId,
+        socket: WebSocket,
+        session_id: String,
+        ticket: crate::admission::Ticket,
+    ) {
         let (tx, mut rx) = mpsc::channel(app.config.ws.queue_len);
         let (sends_tx, mut sends_rx) = mpsc::channel(64);
         let sends = SendQueues::new(app.clone(), user.clone(), sends_tx);
@@ -247,7 +260,8 @@ impl Conn {
             frames,
             typing,
             last_inbound: Instant::now(),
-            session_id: uuid::Uuid::now_v7().to_string(),
+            session_id,
+            ticket,
             watched: HashMap::new(),
             hold_until: None,
             maybe_gaps: false,
@@ -344,6 +358,7 @@ impl Conn {
                         let _ = self.close_with(None).await;
                         return End::Closed;
                     }
+                    self.ticket.renew();
                     self.feed(WsMessage::Ping(Vec::new().into())).await
                 }
             };

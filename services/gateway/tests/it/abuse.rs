@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use parley_testkit::{Client, Stack, Ws};
+use parley_testkit::{Client, Stack, Ws, token};
 use serde_json::json;
 
 use crate::{T, assert_error, assert_error_frame, metrics, ping, sample};
@@ -193,5 +193,45 @@ async fn a_flooding_connection_is_refused_then_closed() -> anyhow::Result<()> {
         "{text}"
     );
     assert!(ping(&mut calm, "calm-2").await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn connections_are_capped_per_user_across_replicas_and_per_node() -> anyhow::Result<()> {
+    let mut stack = Stack::empty().await?;
+    stack.add_messaging(&[]).await?;
+    let per_user = ("PARLEY__WS__MAX_CONNECTIONS_PER_USER", "2");
+    stack
+        .add_gateway(&[per_user, ("PARLEY__WS__MAX_CONNECTIONS", "3")])
+        .await?;
+    stack.add_gateway(&[per_user]).await?;
+    let refused = |r: Result<Ws, (u16, serde_json::Value)>| match r {
+        Ok(_) => panic!("connected over the cap"),
+        Err((status, body)) => {
+            assert_eq!(status, 429, "{body}");
+            assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+        }
+    };
+
+    // Per user, counted across both replicas.
+    let _a1 = Ws::connect(&stack.url(0), "alice").await?;
+    let a2 = Ws::connect(&stack.url(1), "alice").await?;
+    refused(Ws::try_connect(&stack.url(0), &token("alice", 3600)).await?);
+    refused(Ws::try_connect(&stack.url(1), &token("alice", 3600)).await?);
+    // Another user is not affected; a closed connection gives its place back.
+    let _b1 = Ws::connect(&stack.url(0), "bob").await?;
+    a2.close().await;
+    let a3 = crate::eventually(T, || async {
+        Ok(Ws::try_connect(&stack.url(1), &token("alice", 3600))
+            .await?
+            .ok())
+    })
+    .await?;
+
+    // Per node: replica 0 holds 3 (alice, bob, carol); dave goes to replica 1.
+    let _c1 = Ws::connect(&stack.url(0), "carol").await?;
+    refused(Ws::try_connect(&stack.url(0), &token("dave", 3600)).await?);
+    let _d1 = Ws::connect(&stack.url(1), "dave").await?;
+    drop(a3);
     Ok(())
 }
