@@ -420,10 +420,24 @@ async fn get_presence(
             "presence is not configured on this gateway",
         )
     })?;
-    let list = presence.get(ids).await?;
-    Ok(Json(
-        json!({"presence": list.iter().map(crate::presence::view).collect::<Vec<_>>()}),
-    ))
+    let (visible, hidden) = crate::presence::visible(&app, &user, ids.clone()).await?;
+    let mut found: std::collections::HashMap<String, Value> = if visible.is_empty() {
+        Default::default()
+    } else {
+        presence.get(visible).await?
+    }
+    .iter()
+    .chain(
+        hidden
+            .into_iter()
+            .map(crate::presence::hidden)
+            .collect::<Vec<_>>()
+            .iter(),
+    )
+    .map(|p| (p.user_id.clone(), crate::presence::view(p)))
+    .collect();
+    let list: Vec<Value> = ids.iter().filter_map(|u| found.remove(u)).collect();
+    Ok(Json(json!({"presence": list})))
 }
 
 fn receipts(app: &App) -> Result<&crate::receipts::Receipts, ApiError> {

@@ -183,6 +183,43 @@ impl Presence {
 }
 
 /// JSON of a user's presence (the `presence` frame and `GET /v1/presence` entries).
+/// Presence privacy: splits `ids` into those `user` may see (they share a channel, or it
+/// is the user themselves; messaging decides) and the others, who read as never seen.
+pub async fn visible(
+    app: &crate::App,
+    user: &parley_kit::domain::UserId,
+    ids: Vec<String>,
+) -> Result<(Vec<String>, Vec<String>), ApiError> {
+    use parley_proto::messaging::v1::FilterContactsRequest;
+    let req = crate::http::grpc(
+        user,
+        FilterContactsRequest {
+            user_ids: ids.clone(),
+        },
+    )?;
+    let contacts: std::collections::HashSet<String> = app
+        .messaging
+        .clone()
+        .filter_contacts(req)
+        .await?
+        .into_inner()
+        .user_ids
+        .into_iter()
+        .collect();
+    Ok(ids.into_iter().partition(|u| contacts.contains(u)))
+}
+
+/// How a user whose presence the caller may not see reads: offline and never seen, exactly
+/// like a user who never connected, so the answer tells nothing about them.
+pub fn hidden(user_id: String) -> pb::UserPresence {
+    pb::UserPresence {
+        user_id,
+        status: pb::Status::Offline as i32,
+        last_seen_at: None,
+        version: 0,
+    }
+}
+
 pub fn view(p: &pb::UserPresence) -> serde_json::Value {
     let pb::UserPresence {
         user_id,

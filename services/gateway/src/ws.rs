@@ -639,6 +639,20 @@ impl Conn {
         if new.is_empty() {
             return Ok(());
         }
+        // Presence privacy: users who share no channel with this one read as never seen, once,
+        // and are not watched (watch again once you share a channel).
+        let (new, hidden) = match crate::presence::visible(&self.app, &self.user, new).await {
+            Ok(split) => split,
+            Err(e) => return self.error(r, &e).await,
+        };
+        for u in hidden {
+            let mut f = crate::presence::view(&crate::presence::hidden(u));
+            f["type"] = json!("presence");
+            self.frame(f).await?;
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
         for u in &new {
             self.watched.insert(u.clone(), 0);
             let topic = self.app.hub.watch_topic(u);

@@ -63,6 +63,9 @@ impl Messaging {
     }
 }
 
+/// Most user ids one FilterContacts call may ask about.
+const MAX_CONTACT_QUERY: usize = 500;
+
 fn invalid(message: impl Into<String>) -> Status {
     parley_kit::ErrorCode::InvalidArgument.status(message)
 }
@@ -247,6 +250,26 @@ impl MessagingService for Messaging {
                 })
                 .collect(),
         }))
+    }
+
+    #[tracing::instrument(skip_all, fields(n = req.get_ref().user_ids.len()))]
+    async fn filter_contacts(
+        &self,
+        req: Request<pb::FilterContactsRequest>,
+    ) -> Result<Response<pb::FilterContactsResponse>, Status> {
+        let caller = user(&req)?;
+        let ids = &req.get_ref().user_ids;
+        if ids.len() > MAX_CONTACT_QUERY {
+            return Err(invalid(format!(
+                "at most {MAX_CONTACT_QUERY} user ids a call"
+            )));
+        }
+        let ids = ids
+            .iter()
+            .map(|u| UserId::parse(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let user_ids = store::contacts(&mut *self.conn().await?, &caller, &ids).await?;
+        Ok(Response::new(pb::FilterContactsResponse { user_ids }))
     }
 
     #[tracing::instrument(skip_all, fields(channel = %req.get_ref().channel_id))]

@@ -422,6 +422,26 @@ pub async fn channel_positions(
     .await?)
 }
 
+/// The ids of `users` who share at least one channel with `caller` (and `caller` itself).
+pub async fn contacts(
+    conn: &mut PgConnection,
+    caller: &UserId,
+    users: &[UserId],
+) -> Result<Vec<String>, Error> {
+    let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT u FROM unnest($2::text[]) AS u
+         WHERE u = $1 OR EXISTS (
+           SELECT 1 FROM members mine
+           JOIN members theirs ON theirs.channel_id = mine.channel_id AND theirs.user_id = u
+           WHERE mine.user_id = $1)",
+    )
+    .bind(caller.as_str())
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
 /// The members of `channel` and its membership version, read in one snapshot (one
 /// statement).
 pub async fn list_members(

@@ -52,6 +52,7 @@ async fn wait_status(
 async fn online_while_any_connection_lives_then_offline_with_last_seen() -> anyhow::Result<()> {
     let stack = stack().await?;
     let carol = Client::new(&stack.url(0), "carol");
+    carol.group("friends", &["bob"]).await?;
     let p = status(&carol, "bob").await?;
     assert_eq!(p[0]["status"], "offline");
     assert_eq!(p[0]["last_seen_at"], Value::Null, "never seen");
@@ -76,6 +77,7 @@ async fn killed_replica_users_go_offline_and_watchers_are_told() -> anyhow::Resu
     let mut watcher = Ws::connect(&stack.url(1), "carol").await?;
     let _bob = Ws::connect(&stack.url(0), "bob").await?;
     let carol = Client::new(&stack.url(1), "carol");
+    carol.group("friends", &["bob"]).await?;
     wait_status(&carol, "bob", "online", T).await?;
     watcher
         .send(json!({"type": "watch_presence", "user_ids": ["bob"]}))
@@ -140,6 +142,14 @@ async fn batch_query_of_500_users() -> anyhow::Result<()> {
         live.push(Ws::connect(&stack.url(i % 2), &format!("u{i}")).await?);
     }
     let c = Client::new(&stack.url(0), "asker");
+    // Presence is visible between users who share a channel: the asker shares one with
+    // u0-u9 (u5-u9 never connect); u10-u499 read as never seen either way.
+    let shared: Vec<String> = (0..10).map(|i| format!("u{i}")).collect();
+    c.group(
+        "all",
+        &shared.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await?;
     wait_status(&c, "u4", "online", T).await?;
     let ids: Vec<String> = (0..500).map(|i| format!("u{i}")).collect();
     let p = status(&c, &ids.join(",")).await?;
@@ -195,5 +205,46 @@ async fn presence_down_chat_still_works() -> anyhow::Result<()> {
     let (s, r, _) = alice.raw("GET", "/readyz", None, None).await?;
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["presence"], false);
+    Ok(())
+}
+
+#[tokio::test]
+async fn presence_is_visible_only_to_users_who_share_a_channel() -> anyhow::Result<()> {
+    let stack = stack().await?;
+    let carol = Client::new(&stack.url(0), "carol");
+    carol.group("friends", &["bob"]).await?;
+    let mallory = Client::new(&stack.url(1), "mallory");
+    let bob = Ws::connect(&stack.url(0), "bob").await?;
+    let _m = Ws::connect(&stack.url(1), "mallory").await?;
+    wait_status(&carol, "bob", "online", T).await?;
+
+    // A stranger reads bob as never seen; her own presence she sees.
+    let p = status(&mallory, "bob,mallory").await?;
+    assert_eq!(
+        p[0],
+        json!({"user_id": "bob", "status": "offline", "last_seen_at": null})
+    );
+    assert_eq!(p[1]["status"], "online", "{}", p[1]);
+
+    // Watching: carol gets bob's state and changes, mallory one never-seen frame, nothing more.
+    let mut cw = Ws::connect(&stack.url(1), "carol").await?;
+    let mut mw = Ws::connect(&stack.url(0), "mallory").await?;
+    for w in [&mut cw, &mut mw] {
+        w.send(json!({"type": "watch_presence", "user_ids": ["bob"]}))
+            .await?;
+    }
+    assert_eq!(cw.expect("presence", T).await?["status"], "online");
+    let f = mw.expect("presence", T).await?;
+    assert_eq!(f["status"], "offline");
+    assert_eq!(f["last_seen_at"], Value::Null);
+    bob.close().await;
+    let f = cw.expect("presence", T).await?;
+    assert_eq!(f["status"], "offline");
+    assert!(f["last_seen_at"].is_string());
+    for f in mw.frames_for(QUIET).await? {
+        assert_ne!(f["type"], "presence", "a stranger saw a change: {f}");
+    }
+    let p = status(&mallory, "bob").await?;
+    assert_eq!(p[0]["last_seen_at"], Value::Null, "{}", p[0]);
     Ok(())
 }

@@ -67,6 +67,7 @@ forward! {
     list_channels(ListChannelsRequest) -> ListChannelsResponse;
     list_channel_positions(ListChannelPositionsRequest) -> ListChannelPositionsResponse;
     list_members(ListMembersRequest) -> ListMembersResponse;
+    filter_contacts(FilterContactsRequest) -> FilterContactsResponse;
     add_member(AddMemberRequest) -> AddMemberResponse;
     remove_member(RemoveMemberRequest) -> RemoveMemberResponse;
     send_message(SendMessageRequest) -> SendMessageResponse;
