@@ -316,6 +316,8 @@ impl Stack {
             ("PARLEY__DATABASE__URL".into(), self.db_url.clone()),
             ("PARLEY__REDIS__URL".into(), self.redis_url.clone()),
             ("PARLEY__REDIS__PREFIX".into(), self.prefix.clone()),
+            // Webhook receivers in tests listen on loopback (development opt-in).
+            ("PARLEY__WEBHOOK__ALLOW_INTERNAL".into(), "true".into()),
             (
                 "PARLEY__MESSAGING__URL".into(),
                 format!("http://{messaging}"),

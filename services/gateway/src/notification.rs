@@ -64,9 +64,6 @@ pub async fn register(
     Caller(user): Caller,
     JsonBody(b): JsonBody<DeviceBody>,
 ) -> Result<Response, ApiError> {
-    app.limiter
-        .check(crate::ratelimit::Kind::DeviceRegistrations, user.as_str())
-        .await?;
     let platform = match b.platform.as_str() {
         "fcm" => pb::Platform::Fcm,
         "apns" => pb::Platform::Apns,
@@ -81,6 +78,9 @@ pub async fn register(
     if b.token.is_empty() || b.token.len() > 4096 {
         return Err(ApiError::invalid("token must be 1-4096 bytes"));
     }
+    app.limiter
+        .check(crate::ratelimit::Kind::DeviceRegistrations, user.as_str())
+        .await?;
     let req = grpc(
         &user,
         pb::RegisterDeviceRequest {
@@ -94,7 +94,11 @@ pub async fn register(
         .map_err(|e| count_error("register", e))?
         .into_inner();
     let d = resp.device.unwrap_or_default();
-    let body = json!({"id": d.id, "platform": platform_name(d.platform), "created_at": crate::view::time(d.created_at.as_ref())});
+    let mut body = json!({"id": d.id, "platform": platform_name(d.platform), "created_at": crate::view::time(d.created_at.as_ref())});
+    if !resp.webhook_secret.is_empty() {
+        // Only to the owner, on registration: how to check this device's payloads.
+        body["secret"] = json!(resp.webhook_secret);
+    }
     Ok(created_or_existing(resp.created, body))
 }
 

@@ -1,9 +1,48 @@
-//! Where webhook deliveries may go: a URL's host must be a listed name or an IP literal in
-//! a listed network, and every address it resolves to must lie in a listed network (so a
-//! listed name cannot be re-pointed at an internal address). Checked at RegisterDevice and
-//! again before every delivery, whose connection then goes to exactly the checked addresses.
+//! Where webhook deliveries may go: a URL's host must be a listed name (or any name, `*`)
+//! or an IP literal in a listed network, and every address it resolves to must lie in a
+//! listed network AND outside the built-in block list of special ranges (loopback,
+//! link-local with the cloud metadata address, private, carrier-grade NAT, unique-local,
+//! multicast, reserved, and the IPv6 prefixes that embed an IPv4 address), so no name can
+//! be pointed at an internal address. Only `webhook.allow_internal` (development) lifts the
+//! block list. Checked at RegisterDevice and again before every delivery, whose connection
+//! then goes to exactly the checked addresses. A lookup slower than `dns_timeout` fails.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+/// Special-purpose ranges no webhook may reach unless `webhook.allow_internal` is set
+/// (IANA special-purpose registries; IPv4-mapped IPv6 addresses are checked as IPv4).
+const BLOCKED: &[&str] = &[
+    "0.0.0.0/8",       // "this network"
+    "10.0.0.0/8",      // private
+    "100.64.0.0/10",   // carrier-grade NAT
+    "127.0.0.0/8",     // loopback
+    "169.254.0.0/16",  // link-local, including 169.254.169.254 (cloud metadata)
+    "172.16.0.0/12",   // private
+    "192.0.0.0/24",    // IETF protocol assignments
+    "192.0.2.0/24",    // documentation
+    "192.88.99.0/24",  // 6to4 relay anycast
+    "192.168.0.0/16",  // private
+    "198.18.0.0/15",   // benchmarking
+    "198.51.100.0/24", // documentation
+    "203.0.113.0/24",  // documentation
+    "224.0.0.0/4",     // multicast
+    "240.0.0.0/4",     // reserved, and 255.255.255.255
+    "::/128",          // unspecified
+    "::1/128",         // loopback
+    "64:ff9b::/96",    // NAT64: embeds an IPv4 address
+    "64:ff9b:1::/48",  // local-use NAT64
+    "100::/64",        // discard-only
+    "2001::/32",       // Teredo: embeds an IPv4 address
+    "2001:db8::/32",   // documentation
+    "2002::/16",       // 6to4: embeds an IPv4 address
+    "fc00::/7",        // unique-local
+    "fe80::/10",       // link-local
+    "fec0::/10",       // site-local (deprecated)
+    "ff00::/8",        // multicast
+];
 
 /// A parsed CIDR block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +98,9 @@ impl Network {
 pub struct Allowlist {
     hosts: Vec<String>,
     networks: Vec<Network>,
+    /// The built-in block list, empty when `webhook.allow_internal` is set.
+    blocked: Vec<Network>,
+    dns_timeout: Duration,
 }
 
 /// A webhook URL that passed the check, with the addresses to connect to.
@@ -70,21 +112,33 @@ pub struct Checked {
 }
 
 impl Allowlist {
-    pub fn new(hosts: &[String], networks: &[String]) -> Result<Self, String> {
+    pub fn new(cfg: &crate::WebhookConfig) -> Result<Self, String> {
+        let blocked = if cfg.allow_internal {
+            Vec::new()
+        } else {
+            BLOCKED
+                .iter()
+                .map(|n| Network::parse(n))
+                .collect::<Result<_, _>>()?
+        };
         Ok(Self {
-            hosts: hosts
+            hosts: cfg
+                .allowed_hosts
                 .iter()
                 .map(|h| h.trim().to_ascii_lowercase())
                 .collect(),
-            networks: networks
+            networks: cfg
+                .allowed_networks
                 .iter()
                 .map(|n| Network::parse(n))
                 .collect::<Result<_, _>>()?,
+            blocked,
+            dns_timeout: Duration::from_millis(cfg.dns_timeout_ms.max(1)),
         })
     }
 
     fn ip_allowed(&self, ip: IpAddr) -> bool {
-        self.networks.iter().any(|n| n.contains(ip))
+        self.networks.iter().any(|n| n.contains(ip)) && !self.blocked.iter().any(|n| n.contains(ip))
     }
 
     /// Checks the URL's form and its host name / literal (no DNS).
@@ -103,13 +157,15 @@ impl Allowlist {
         let host = match literal.parse::<IpAddr>() {
             Ok(ip) => {
                 if !self.ip_allowed(ip) {
-                    return Err(format!("webhook host {ip} is not on the allow-list"));
+                    return Err(format!(
+                        "webhook host {ip} is not an allowed public address"
+                    ));
                 }
                 raw_host.to_owned()
             }
             Err(_) => {
                 let d = raw_host.to_ascii_lowercase();
-                if !self.hosts.contains(&d) {
+                if !self.hosts.iter().any(|h| h == "*" || *h == d) {
                     return Err(format!("webhook host {d:?} is not on the allow-list"));
                 }
                 d
@@ -126,16 +182,20 @@ impl Allowlist {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((lookup_host.as_str(), port))
-            .await
-            .map_err(|e| format!("cannot resolve webhook host {host:?}: {e}"))?
-            .collect();
+        let addrs: Vec<SocketAddr> = tokio::time::timeout(
+            self.dns_timeout,
+            tokio::net::lookup_host((lookup_host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| format!("resolving webhook host {host:?} timed out"))?
+        .map_err(|e| format!("cannot resolve webhook host {host:?}: {e}"))?
+        .collect();
         if addrs.is_empty() {
             return Err(format!("webhook host {host:?} resolves to nothing"));
         }
         if let Some(bad) = addrs.iter().find(|a| !self.ip_allowed(a.ip())) {
             return Err(format!(
-                "webhook host {host:?} resolves to {} which is not on the allow-list",
+                "webhook host {host:?} resolves to {}, which is not an allowed public address",
                 bad.ip()
             ));
         }
@@ -147,12 +207,19 @@ impl Allowlist {
 mod tests {
     use super::*;
 
-    fn default_list() -> Allowlist {
-        Allowlist::new(
-            &["localhost".into()],
-            &["127.0.0.0/8".into(), "::1/128".into()],
-        )
+    fn list(hosts: &[&str], networks: &[&str], allow_internal: bool) -> Allowlist {
+        Allowlist::new(&crate::WebhookConfig {
+            secret: secrecy::SecretString::from("s"),
+            allowed_hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            allowed_networks: networks.iter().map(|n| (*n).to_owned()).collect(),
+            allow_internal,
+            dns_timeout_ms: 2000,
+        })
         .expect("valid")
+    }
+
+    fn defaults() -> Allowlist {
+        list(&["*"], &["0.0.0.0/0", "::/0"], false)
     }
 
     #[test]
@@ -168,20 +235,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn loopback_only_by_default() {
-        let a = default_list();
-        assert!(a.check("http://127.0.0.1:9/x").await.is_ok());
-        assert!(a.check("http://localhost:9/x").await.is_ok());
-        assert!(a.check("http://[::1]:9/x").await.is_ok());
+    async fn internal_addresses_are_refused_by_default() {
+        let a = defaults();
         for bad in [
+            "http://127.0.0.1:9/x",
+            "http://localhost:9/x",
+            "http://[::1]:9/x",
             "http://10.0.0.1/x",
-            "http://example.com/x",
-            "ftp://127.0.0.1/x",
-            "http://user:pw@127.0.0.1/x",
+            "http://172.16.5.4/x",
+            "http://192.168.1.1/x",
+            "http://100.64.0.1/x",
+            "http://169.254.169.254/latest/meta-data",
+            "http://0.0.0.0/x",
+            "http://224.0.0.1/x",
+            "http://[fc00::1]/x",
+            "http://[fe80::1]/x",
+            "http://[::ffff:127.0.0.1]/x",
+            "http://[64:ff9b::7f00:1]/x",
+            "http://[2002:7f00:1::]/x",
+            "ftp://8.8.8.8/x",
+            "http://user:pw@8.8.8.8/x",
             "not a url",
-            "http://169.254.169.254/latest",
         ] {
             assert!(a.check(bad).await.is_err(), "{bad} must be refused");
         }
+        // A public address literal passes (no DNS needed).
+        assert!(a.check("https://8.8.8.8/hook").await.is_ok());
+        assert!(a.check("https://[2606:4700::1111]/hook").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn only_the_development_opt_in_reaches_loopback() {
+        let a = list(&["localhost"], &["127.0.0.0/8", "::1/128"], true);
+        assert!(a.check("http://127.0.0.1:9/x").await.is_ok());
+        assert!(a.check("http://localhost:9/x").await.is_ok());
+        assert!(a.check("http://[::1]:9/x").await.is_ok());
+        // The allow-list still restricts.
+        assert!(a.check("http://10.0.0.1/x").await.is_err());
+        assert!(a.check("http://example.com/x").await.is_err());
     }
 }

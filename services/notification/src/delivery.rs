@@ -1,14 +1,19 @@
 //! Delivery workers: send due rows of the delivery log, several workers and replicas at
 //! once.
 //!
-//! A round locks up to `delivery.batch` pending rows with `FOR UPDATE SKIP LOCKED` (no two
-//! workers ever hold the same row), taking for each due (device, channel) ALL its pending
-//! rows, also those still inside their coalescing window: they go out as ONE push ("N new
-//! messages in #channel") and share its fate. The transaction stays open while the
-//! providers are called and commits the outcome, so a crash before the commit leaves the
-//! rows pending for any worker (no loss) and a row marked `sent` is never sent again.
-//! The remaining window (provider answered 2xx, crash before the commit) resends the push
-//! with the same `X-Parley-Delivery-Id` so the receiver can drop the duplicate.
+//! A worker claims up to `delivery.batch` pending rows (`FOR UPDATE SKIP LOCKED`, so no two
+//! workers claim the same row), taking for each due (device, channel) ALL its pending rows,
+//! also those still inside their coalescing window: they go out as ONE push ("N new
+//! messages in #channel") and share its fate. The claim is a lease: it moves the rows'
+//! `next_attempt_at` past the longest an attempt can take (`lease`) and commits at once.
+//! Each group is then sent on its own, outside any transaction, and settled in a short
+//! transaction of its own as soon as its provider answers: one slow endpoint delays only
+//! its own push, never the others of the batch, and holds no database connection. A worker
+//! keeps at most `delivery.max_in_flight` groups on their way. A crash before the settle
+//! leaves the rows pending (due again when the lease ends; no loss) and a row marked `sent`
+//! is never sent again. The remaining window (provider answered 2xx, crash before the
+//! settle) resends the push with the same `X-Parley-Delivery-Id`, so the receiver can drop
+//! the duplicate.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -43,11 +48,13 @@ struct Row {
     trace_context: serde_json::Value,
     platform: Option<i16>,
     token: Option<String>,
+    secret: Option<String>,
 }
 
 const CLAIM: &str = "
 SELECT d.message_id, d.device_id, d.delivery_id, d.user_id, d.channel_id, d.channel_name,
-       d.seq, d.sender_id, d.preview, d.attempts, d.trace_context, v.platform, v.token
+       d.seq, d.sender_id, d.preview, d.attempts, d.trace_context, v.platform, v.token,
+       v.secret
 FROM deliveries d
 LEFT JOIN devices v ON v.id = d.device_id
 WHERE d.status = 'pending'
@@ -60,6 +67,11 @@ ORDER BY d.device_id, d.channel_id, d.seq
 LIMIT $1
 FOR UPDATE OF d SKIP LOCKED";
 
+/// Extends the claimed rows' lease: they are not due again until `$3` ms from now.
+const LEASE: &str = "
+UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $3::float8 / 1000.0)
+WHERE (message_id, device_id) IN (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]))";
+
 /// Delay before attempt `attempt + 1` after `attempt` failures: base·2^(attempt-1),
 /// capped at `max`, with jitter in [50 %, 100 %] so that a failing endpoint's retries
 /// spread out.
@@ -69,6 +81,9 @@ pub fn backoff(attempt: i32, base_ms: u64, max_ms: u64) -> Duration {
     let ms = rand::rng().random_range(ceiling / 2..=ceiling);
     Duration::from_millis(ms)
 }
+
+/// Added to the longest attempt (request timeout + DNS timeout) to make a claim's lease.
+const LEASE_MARGIN_MS: u64 = 30_000;
 
 /// The delivery id a push carries: the row's own, or for a coalesced push a UUID derived
 /// from its rows' ids (the same set of rows always gets the same id).
@@ -93,54 +108,95 @@ pub struct Worker {
     pool: PgPool,
     providers: Arc<Providers>,
     config: Arc<Config>,
+    /// How long a claim keeps its rows from other workers: longer than any attempt.
+    lease: Duration,
 }
 
 impl Worker {
     pub fn new(index: usize, pool: PgPool, providers: Arc<Providers>, config: Arc<Config>) -> Self {
+        let lease = Duration::from_millis(
+            config.delivery.request_timeout_ms + config.webhook.dns_timeout_ms + LEASE_MARGIN_MS,
+        );
         Self {
             index,
             pool,
             providers,
             config,
+            lease,
         }
     }
 
-    /// Sends until `shutdown`. A round in flight finishes (its requests are bounded by
+    /// Sends until `shutdown`. Groups on their way finish (their requests are bounded by
     /// `request_timeout_ms`) so that what was sent is recorded.
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(worker = self.index, "delivery worker started");
         let idle = Duration::from_millis(self.config.delivery.poll_interval_ms);
+        let max = self.config.delivery.max_in_flight.max(1);
+        let worker = Arc::new(self);
+        let room = Arc::new(tokio::sync::Semaphore::new(max));
+        let mut groups = tokio::task::JoinSet::new();
         while !shutdown.is_cancelled() {
-            match self.round().await {
-                Ok(0) => {
+            while groups.try_join_next().is_some() {}
+            let free = room.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = groups.join_next() => continue,
+                }
+            }
+            match worker
+                .claim(free.min(worker.config.delivery.batch as usize))
+                .await
+            {
+                Ok(claimed) if claimed.is_empty() => {
                     if pause(&shutdown, idle).await {
-                        return;
+                        break;
                     }
                 }
-                Ok(_) => {}
+                Ok(claimed) => {
+                    for group in claimed {
+                        let Ok(permit) = room.clone().acquire_owned().await else {
+                            break;
+                        };
+                        let w = worker.clone();
+                        groups.spawn(async move {
+                            w.deliver(group).await;
+                            drop(permit);
+                        });
+                    }
+                }
                 Err(e) => {
                     metrics::counter!("notification_delivery_errors_total").increment(1);
-                    tracing::warn!(error = %e, worker = self.index, "delivery round failed");
+                    tracing::warn!(error = %e, worker = worker.index, "delivery claim failed");
                     if pause(&shutdown, idle).await {
-                        return;
+                        break;
                     }
                 }
             }
         }
+        while groups.join_next().await.is_some() {}
     }
 
-    /// One round; returns how many rows it settled.
-    async fn round(&self) -> Result<usize, Error> {
+    /// Claims up to `limit` rows as (device, channel) groups, leased for `self.lease`.
+    async fn claim(&self, limit: usize) -> Result<Vec<Vec<Row>>, Error> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<Row> = sqlx::query_as(CLAIM)
-            .bind(self.config.delivery.batch)
+            .bind(limit as i64)
             .fetch_all(&mut *tx)
             .await?;
         if rows.is_empty() {
             tx.commit().await?;
-            return Ok(0);
+            return Ok(Vec::new());
         }
-        let n = rows.len();
+        let messages: Vec<Uuid> = rows.iter().map(|r| r.message_id).collect();
+        let devices: Vec<Uuid> = rows.iter().map(|r| r.device_id).collect();
+        sqlx::query(LEASE)
+            .bind(&messages)
+            .bind(&devices)
+            .bind(self.lease.as_millis() as f64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         let mut groups: Vec<Vec<Row>> = Vec::new();
         for row in rows {
             match groups.last_mut() {
@@ -150,12 +206,23 @@ impl Worker {
                 _ => groups.push(vec![row]),
             }
         }
-        let outcomes = futures::future::join_all(groups.iter().map(|g| self.send_group(g))).await;
-        for (group, outcome) in groups.iter().zip(outcomes) {
-            self.settle(&mut tx, group, outcome).await?;
+        Ok(groups)
+    }
+
+    /// Sends one group and records its outcome in a transaction of its own. If recording
+    /// fails the rows stay leased and are sent again when the lease ends.
+    async fn deliver(&self, group: Vec<Row>) {
+        let outcome = self.send_group(&group).await;
+        let settled = async {
+            let mut tx = self.pool.begin().await?;
+            self.settle(&mut tx, &group, outcome).await?;
+            tx.commit().await?;
+            Ok::<_, Error>(())
+        };
+        if let Err(e) = settled.await {
+            metrics::counter!("notification_delivery_errors_total").increment(1);
+            tracing::warn!(error = %e, worker = self.index, "recording a push's outcome failed; it is sent again after its lease");
         }
-        tx.commit().await?;
-        Ok(n)
     }
 
     /// Sends one (device, channel) group as one push, in a span that continues the trace
@@ -193,6 +260,7 @@ impl Worker {
             preview: newest.preview.clone(),
             message_ids: group.iter().map(|r| r.message_id).collect(),
             token,
+            secret: newest.secret.clone(),
         };
         let started = std::time::Instant::now();
         let outcome = provider.send(&push).instrument(span.clone()).await;

@@ -112,6 +112,7 @@ impl NotificationService for Notification {
         Ok(Response::new(pb::RegisterDeviceResponse {
             device: Some(device(&d)),
             created,
+            webhook_secret: d.secret.clone().unwrap_or_default(),
         }))
     }
 

@@ -104,6 +104,7 @@ pub struct FanoutConfig {
 pub struct DeliveryConfig {
     pub enabled: bool,
     pub workers: usize,
+    pub max_in_flight: usize,
     pub batch: i64,
     pub poll_interval_ms: u64,
     pub coalesce_window_ms: u64,
@@ -119,6 +120,8 @@ pub struct WebhookConfig {
     pub secret: Secret,
     pub allowed_hosts: Vec<String>,
     pub allowed_networks: Vec<String>,
+    pub allow_internal: bool,
+    pub dns_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,6 +197,9 @@ impl Config {
             return Err("fanout.member_cache_channels must be at most 1000000".into());
         }
         let d = &self.delivery;
+        if d.max_in_flight == 0 {
+            return Err("delivery.max_in_flight must be positive".into());
+        }
         if d.workers == 0 || d.workers > 64 {
             return Err("delivery.workers must be 1-64".into());
         }
@@ -214,7 +220,7 @@ impl Config {
                 "delivery: request_timeout_ms and poll_interval_ms must be positive".into(),
             );
         }
-        allowlist::Allowlist::new(&self.webhook.allowed_hosts, &self.webhook.allowed_networks)?;
+        allowlist::Allowlist::new(&self.webhook)?;
         Ok(())
     }
 }
@@ -263,13 +269,7 @@ pub async fn serve(
         shutdown.clone(),
     );
     let config = Arc::new(config);
-    let allow = Arc::new(
-        allowlist::Allowlist::new(
-            &config.webhook.allowed_hosts,
-            &config.webhook.allowed_networks,
-        )
-        .map_err(anyhow::Error::msg)?,
-    );
+    let allow = Arc::new(allowlist::Allowlist::new(&config.webhook).map_err(anyhow::Error::msg)?);
     let messaging = upstream::Messaging::new(&config.messaging)?;
     let presence = upstream::Presence::new(&config.presence)?;
 

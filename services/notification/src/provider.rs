@@ -17,6 +17,10 @@ use crate::{Config, WebPushConfig, allowlist::Allowlist};
 
 /// Header carrying the webhook body's HMAC-SHA256.
 pub const SIGNATURE_HEADER: &str = "x-parley-signature";
+/// Unix seconds when a webhook payload was signed.
+pub const TIMESTAMP_HEADER: &str = "x-parley-timestamp";
+/// `sha256=<hex HMAC-SHA256 of "<timestamp>.<body>" under the device's secret>`.
+pub const DEVICE_SIGNATURE_HEADER: &str = "x-parley-device-signature";
 /// Header carrying the stable delivery id (same on every retry).
 pub const DELIVERY_ID_HEADER: &str = "x-parley-delivery-id";
 
@@ -37,6 +41,8 @@ pub struct Push {
     pub message_ids: Vec<Uuid>,
     /// Device token (or URL / subscription JSON).
     pub token: String,
+    /// Webhook devices: the device's signing secret.
+    pub secret: Option<String>,
 }
 
 impl Push {
@@ -150,8 +156,10 @@ impl Provider for Webhook {
                 Ok(c) => c,
                 Err(e) => return Outcome::Retry(e),
             };
+            // No proxy from the environment: the connection goes to the checked addresses.
             let mut builder = reqwest::Client::builder()
                 .redirect(Policy::none())
+                .no_proxy()
                 .timeout(self.timeout);
             if checked.host.parse::<std::net::IpAddr>().is_err() && !checked.host.starts_with('[') {
                 builder = builder.resolve_to_addrs(&checked.host, &checked.addrs);
@@ -168,8 +176,21 @@ impl Provider for Webhook {
             let mut request = client
                 .post(checked.url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header(SIGNATURE_HEADER, format!("sha256={sig}"))
-                .header(DELIVERY_ID_HEADER, push.delivery_id.to_string());
+                .header(SIGNATURE_HEADER, format!("sha256={sig}"));
+            // The device's own signature over the time and the body: a receiver that checks
+            // it (and refuses old timestamps) cannot be fed a replayed or forged payload.
+            if let Some(secret) = &push.secret {
+                let t = chrono::Utc::now().timestamp().to_string();
+                let mut signed = Vec::with_capacity(t.len() + 1 + body.len());
+                signed.extend_from_slice(t.as_bytes());
+                signed.push(b'.');
+                signed.extend_from_slice(&body);
+                request = request.header(TIMESTAMP_HEADER, &t).header(
+                    DEVICE_SIGNATURE_HEADER,
+                    format!("sha256={}", sign(secret.as_bytes(), &signed)),
+                );
+            }
+            let mut request = request.header(DELIVERY_ID_HEADER, push.delivery_id.to_string());
             // W3C trace context of the push span (part of the message's trace), so a
             // receiver that traces can join it.
             for (name, value) in parley_kit::propagation::inject_map() {

@@ -18,6 +18,8 @@ pub struct Device {
     pub user_id: String,
     pub platform: i16,
     pub created_at: DateTime<Utc>,
+    /// Webhook devices: the payload signing secret (hex), shown to the owner.
+    pub secret: Option<String>,
 }
 
 /// Registers `(platform, token)` for `user`; returns the device and whether it is new.
@@ -37,7 +39,7 @@ pub async fn register_device(
         let mut tx = pool.begin().await?;
         let existing: Option<Device> = if platform == WEBHOOK {
             sqlx::query_as(
-                "SELECT id, user_id, platform, token, created_at FROM devices
+                "SELECT id, user_id, platform, token, created_at, secret FROM devices
                  WHERE platform = $1 AND token = $2 AND user_id = $3 FOR UPDATE",
             )
             .bind(platform)
@@ -47,7 +49,7 @@ pub async fn register_device(
             .await?
         } else {
             sqlx::query_as(
-                "SELECT id, user_id, platform, token, created_at FROM devices
+                "SELECT id, user_id, platform, token, created_at, secret FROM devices
                  WHERE platform = $1 AND token = $2 AND platform <> 4 FOR UPDATE",
             )
             .bind(platform)
@@ -67,14 +69,15 @@ pub async fn register_device(
                 .await?;
         }
         let inserted: Option<Device> = sqlx::query_as(
-            "INSERT INTO devices (id, user_id, platform, token) VALUES ($1, $2, $3, $4)
+            "INSERT INTO devices (id, user_id, platform, token, secret) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT DO NOTHING
-             RETURNING id, user_id, platform, token, created_at",
+             RETURNING id, user_id, platform, token, created_at, secret",
         )
         .bind(Uuid::now_v7())
         .bind(user)
         .bind(platform)
         .bind(token)
+        .bind((platform == WEBHOOK).then(new_secret))
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -85,6 +88,13 @@ pub async fn register_device(
     Err(Error::Upstream(
         "device registration raced too often; retry".into(),
     ))
+}
+
+/// 32 random bytes (the thread's CSPRNG, seeded by the operating system), hex.
+fn new_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::Rng::fill(&mut rand::rng(), &mut bytes);
+    hex::encode(bytes)
 }
 
 /// Removes one of `user`'s devices; false when there is no such device of theirs.
@@ -109,7 +119,7 @@ pub async fn remove_device(conn: &mut PgConnection, id: Uuid) -> Result<(), Erro
 /// `user`'s devices, oldest first.
 pub async fn list_devices(pool: &PgPool, user: &str) -> Result<Vec<Device>, Error> {
     Ok(sqlx::query_as(
-        "SELECT id, user_id, platform, token, created_at FROM devices
+        "SELECT id, user_id, platform, token, created_at, secret FROM devices
          WHERE user_id = $1 ORDER BY created_at, id",
     )
     .bind(user)
@@ -120,7 +130,7 @@ pub async fn list_devices(pool: &PgPool, user: &str) -> Result<Vec<Device>, Erro
 /// Devices of any of `users`.
 pub async fn devices_of(pool: &PgPool, users: &[String]) -> Result<Vec<Device>, Error> {
     Ok(sqlx::query_as(
-        "SELECT id, user_id, platform, token, created_at FROM devices
+        "SELECT id, user_id, platform, token, created_at, secret FROM devices
          WHERE user_id = ANY($1) ORDER BY user_id, created_at, id",
     )
     .bind(users)

@@ -34,10 +34,15 @@ pub async fn receiver() -> anyhow::Result<(String, Seen)> {
 }
 
 async fn stack() -> anyhow::Result<Stack> {
+    stack_with(&[]).await
+}
+
+/// The same, with extra notification settings.
+async fn stack_with(notification: &[(&str, &str)]) -> anyhow::Result<Stack> {
     let mut s = Stack::empty().await?;
     s.add_messaging(&[]).await?;
     s.add_presence(&[]).await?;
-    s.add_notification(&[]).await?;
+    s.add_notification(notification).await?;
     s.add_gateway(&[]).await?;
     Ok(s)
 }
@@ -154,12 +159,17 @@ async fn offline_member_with_a_device_is_pushed_once() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn bad_devices_and_levels_are_refused() -> anyhow::Result<()> {
-    let stack = stack().await?;
+    // Production settings: webhooks cannot target internal addresses.
+    let stack = stack_with(&[("PARLEY__WEBHOOK__ALLOW_INTERNAL", "false")]).await?;
     let alice = Client::new(&stack.url(0), "alice");
     let ch = alice.group("x", &[]).await?;
     let bad = [
         json!({"platform": "webhook", "token": "http://169.254.169.254/latest"}),
-        json!({"platform": "webhook", "token": "http://example.com/hook"}),
+        json!({"platform": "webhook", "token": "http://127.0.0.1:9/hook"}),
+        json!({"platform": "webhook", "token": "http://localhost:9/hook"}),
+        json!({"platform": "webhook", "token": "http://10.0.0.7/hook"}),
+        json!({"platform": "webhook", "token": "http://example.invalid/hook"}),
+        json!({"platform": "webhook", "token": "http://x/\u{0}"}),
         json!({"platform": "pager", "token": "x"}),
         json!({"platform": "fcm", "token": ""}),
     ];

@@ -6,12 +6,18 @@ use crate::{UA_AUTH, UA_P256DH, as_user, spawn};
 
 #[tokio::test]
 async fn webhook_hosts_off_the_allow_list_are_refused() -> anyhow::Result<()> {
-    let env = spawn(&[]).await?;
+    // Production settings: the built-in block list applies.
+    let env = spawn(&[("PARLEY__WEBHOOK__ALLOW_INTERNAL", "false")]).await?;
     for url in [
-        "http://example.com/hook",
+        "http://example.invalid/hook",
         "http://10.1.2.3/hook",
         "http://169.254.169.254/latest/meta-data",
-        "ftp://127.0.0.1/hook",
+        "http://127.0.0.1:9/hook",
+        "http://localhost:9/hook",
+        "http://[::1]:9/hook",
+        "http://100.64.0.1/hook",
+        "http://[fd00::1]/hook",
+        "ftp://8.8.8.8/hook",
         "not a url",
     ] {
         let err = env

@@ -13,9 +13,29 @@ use crate::{SECRET, as_user, pushed_messages, spawn};
 async fn offline_member_is_pushed_once_online_member_and_sender_never() -> anyhow::Result<()> {
     let env = spawn(&[]).await?;
     let ch = env.group("alice", &["bob", "carol"]).await?;
-    for u in ["alice", "bob", "carol"] {
+    for u in ["alice", "carol"] {
         env.webhook(u, &format!("/hook/{u}")).await?;
     }
+    let registered = env
+        .register("bob", pb::Platform::Webhook, &env.receiver.url("/hook/bob"))
+        .await?;
+    let device_secret = registered.webhook_secret;
+    assert_eq!(device_secret.len(), 64, "32 bytes, hex");
+    // Registering again gives the owner the same secret; another device gets its own.
+    let again = env
+        .register("bob", pb::Platform::Webhook, &env.receiver.url("/hook/bob"))
+        .await?;
+    assert_eq!(again.webhook_secret, device_secret);
+    let other = env
+        .register(
+            "bob",
+            pb::Platform::Webhook,
+            &env.receiver.url("/hook/other"),
+        )
+        .await?;
+    assert_ne!(other.webhook_secret, device_secret);
+    env.unregister("bob", &other.device.expect("device").id)
+        .await?;
     env.online("carol").await?;
     let msg = env.send("alice", &ch, "hello there").await?;
     env.wait_settled().await?;
@@ -46,6 +66,16 @@ async fn offline_member_is_pushed_once_online_member_and_sender_never() -> anyho
     mac.update(&push.body);
     let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
     assert_eq!(push.header("x-parley-signature"), want);
+    // The device's own signature covers the timestamp and the body, so a receiver can
+    // refuse a replay; the timestamp is the send time.
+    let t = push.header("x-parley-timestamp");
+    let sent_at: i64 = t.parse()?;
+    assert!((chrono::Utc::now().timestamp() - sent_at).abs() < 60, "{t}");
+    let mut mac = Hmac::<Sha256>::new_from_slice(device_secret.as_bytes())?;
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(&push.body);
+    let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(push.header("x-parley-device-signature"), want);
     let delivery_id = push.header("x-parley-delivery-id");
     assert_eq!(
         env.count(&format!(
@@ -359,5 +389,37 @@ async fn members_without_a_device_need_no_presence_lookup() -> anyhow::Result<()
             .await?,
         0
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_delays_only_its_own_push() -> anyhow::Result<()> {
+    // One worker, so both pushes come from one claim.
+    let env = spawn(&[("PARLEY__DELIVERY__WORKERS", "1")]).await?;
+    let ch = env.group("alice", &["bob", "carol"]).await?;
+    env.webhook("bob", "/hook/slow").await?;
+    env.webhook("carol", "/hook/fast").await?;
+    env.receiver
+        .stall("/hook/slow", std::time::Duration::from_secs(3));
+    env.send("alice", &ch, "hello both").await?;
+    let sent = |user: &str| {
+        format!(
+            "SELECT count(*) FROM notification.deliveries WHERE user_id = '{user}' AND status = 'sent'"
+        )
+    };
+    env.wait_count(&sent("carol"), 1).await?;
+    // Carol's push is recorded while bob's endpoint is still answering.
+    assert_eq!(
+        env.receiver.seen("/hook/slow").len(),
+        1,
+        "bob's push is on its way"
+    );
+    assert_eq!(
+        env.count(&sent("bob")).await?,
+        0,
+        "bob's endpoint has not answered yet"
+    );
+    env.wait_count(&sent("bob"), 1).await?;
+    assert_eq!(env.receiver.seen("/hook/slow").len(), 1, "sent once");
     Ok(())
 }

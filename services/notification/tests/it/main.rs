@@ -67,6 +67,8 @@ struct ReceiverState {
     seen: Mutex<Vec<Recorded>>,
     /// Per path: statuses to answer next (then 200).
     script: Mutex<HashMap<String, VecDeque<u16>>>,
+    /// Per path: how long to wait before answering.
+    stall: Mutex<HashMap<String, Duration>>,
 }
 
 /// A local HTTP server (HTTP/1.1 and HTTP/2 prior knowledge) that records requests.
@@ -95,6 +97,10 @@ impl Receiver {
                     headers: parts.headers,
                     body,
                 });
+                let stall = s.stall.lock().expect("lock").get(&path).copied();
+                if let Some(d) = stall {
+                    tokio::time::sleep(d).await;
+                }
                 let code = s
                     .script
                     .lock()
@@ -131,6 +137,15 @@ impl Receiver {
             .entry(path.to_owned())
             .or_default()
             .extend(statuses);
+    }
+
+    /// Answers requests to `path` only after `d` (a slow endpoint).
+    pub fn stall(&self, path: &str, d: Duration) {
+        self.state
+            .stall
+            .lock()
+            .expect("lock")
+            .insert(path.to_owned(), d);
     }
 
     /// Every request to `path` so far.
@@ -261,6 +276,7 @@ impl Env {
             ("PARLEY__DELIVERY__BACKOFF_MAX_MS", "200".into()),
             ("PARLEY__DELIVERY__REQUEST_TIMEOUT_MS", "5000".into()),
             ("PARLEY__WEBHOOK__SECRET", SECRET.into()),
+            ("PARLEY__WEBHOOK__ALLOW_INTERNAL", "true".into()),
             ("PARLEY__FCM__ENDPOINT", format!("{recv}/fcm")),
             ("PARLEY__FCM__PROJECT_ID", "parley-test".into()),
             ("PARLEY__FCM__ACCESS_TOKEN", "fcm-access-token".into()),
@@ -433,6 +449,19 @@ impl Env {
             .register(user, pb::Platform::Webhook, &self.receiver.url(path))
             .await?;
         Ok(r.device.context("device")?.id)
+    }
+
+    pub async fn unregister(&self, user: &str, id: &str) -> anyhow::Result<()> {
+        self.client()
+            .await?
+            .unregister_device(as_user(
+                pb::UnregisterDeviceRequest {
+                    device_id: id.into(),
+                },
+                user,
+            ))
+            .await?;
+        Ok(())
     }
 
     pub async fn devices(&self, user: &str) -> anyhow::Result<Vec<pb::Device>> {
