@@ -133,6 +133,7 @@ pub struct WsConfig {
     pub write_timeout_ms: u64,
     pub max_connections_per_user: usize,
     pub max_connections: usize,
+    pub max_held: usize,
 }
 
 impl Config {
@@ -178,9 +179,10 @@ impl Config {
             || self.ws.write_timeout_ms == 0
             || self.ws.max_connections_per_user == 0
             || self.ws.max_connections == 0
+            || self.ws.max_held == 0
         {
             return Err(
-                "ws: max_pending_sends, pending_send_budget_ms, write_batch_frames, max_send_channels, max_typing_in_flight, frames_per_sec, frames_burst, flood_close_after, write_timeout_ms, max_connections_per_user and max_connections must be positive"
+                "ws: max_pending_sends, pending_send_budget_ms, write_batch_frames, max_send_channels, max_typing_in_flight, frames_per_sec, frames_burst, flood_close_after, write_timeout_ms, max_connections_per_user, max_connections and max_held must be positive"
                     .into(),
             );
         }

@@ -90,6 +90,19 @@ pub async fn upgrade(
         })
 }
 
+impl Cursor {
+    /// Holds a message that came ahead of its turn, unless `cap` are held already: then it
+    /// is let go (its seq stays the target) and fetched from history when its turn comes,
+    /// so a connection never holds more than `ws.max_held` messages per channel.
+    fn hold(&mut self, m: pb::Message, cap: usize) {
+        if self.held.len() < cap || self.held.contains_key(&m.seq) {
+            self.held.insert(m.seq, m);
+        } else {
+            metrics::counter!("gateway_ws_held_dropped_total").increment(1);
+        }
+    }
+}
+
 /// Ordering state of one channel on one connection.
 #[derive(Debug, Default)]
 struct Cursor {
@@ -990,8 +1003,9 @@ impl Conn {
             return Ok(());
         }
         c.target = c.target.max(m.seq);
+        let cap = self.app.config.ws.max_held.max(1);
         if self.hold_until.is_some() {
-            c.held.insert(m.seq, m);
+            c.hold(m, cap);
             return Ok(());
         }
         if m.seq == c.delivered + 1 {
@@ -999,7 +1013,7 @@ impl Conn {
             self.deliver(m, live).await?;
             self.flush_held(&channel).await
         } else {
-            c.held.insert(m.seq, m);
+            c.hold(m, cap);
             c.gap_since.get_or_insert_with(Instant::now);
             self.maybe_gaps = true;
             Ok(())

@@ -4,8 +4,8 @@
 //! A worker claims up to `delivery.batch` pending rows (`FOR UPDATE SKIP LOCKED`, so no two
 //! workers claim the same row), taking for each due (device, channel) ALL its pending rows,
 //! also those still inside their coalescing window: they go out as ONE push ("N new
-//! messages in #channel") and share its fate. The claim is a lease: it moves the rows'
-//! `next_attempt_at` past the longest an attempt can take (`lease`) and commits at once.
+//! messages in #channel") and share its fate. The claim is a lease: it sets the rows'
+//! `lease_until` past the longest an attempt can take (`lease`) and commits at once.
 //! Each group is then sent on its own, outside any transaction, and settled in a short
 //! transaction of its own as soon as its provider answers: one slow endpoint delays only
 //! its own push, never the others of the batch, and holds no database connection. A worker
@@ -58,18 +58,22 @@ SELECT d.message_id, d.device_id, d.delivery_id, d.user_id, d.channel_id, d.chan
 FROM deliveries d
 LEFT JOIN devices v ON v.id = d.device_id
 WHERE d.status = 'pending'
+  AND (d.lease_until IS NULL OR d.lease_until <= now())
   AND (d.device_id, d.channel_id) IN (
       SELECT device_id, channel_id FROM deliveries
       WHERE status = 'pending' AND next_attempt_at <= now()
+        AND (lease_until IS NULL OR lease_until <= now())
       ORDER BY next_attempt_at
       LIMIT $1)
 ORDER BY d.device_id, d.channel_id, d.seq
 LIMIT $1
 FOR UPDATE OF d SKIP LOCKED";
 
-/// Extends the claimed rows' lease: they are not due again until `$3` ms from now.
+/// Leases the claimed rows for `$3` ms: no other claim takes them meanwhile (the lease is
+/// part of the claim's row condition, so a claim that waited for these rows' lock and
+/// re-checks them skips them too).
 const LEASE: &str = "
-UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $3::float8 / 1000.0)
+UPDATE deliveries SET lease_until = now() + make_interval(secs => $3::float8 / 1000.0)
 WHERE (message_id, device_id) IN (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]))";
 
 /// Delay before attempt `attempt + 1` after `attempt` failures: base·2^(attempt-1),
@@ -303,7 +307,7 @@ impl Worker {
             Outcome::Delivered => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE deliveries SET status = 'sent', attempts = attempts + 1,
-                         finished_at = now(), last_error = NULL WHERE {KEYS}"
+                         finished_at = now(), last_error = NULL, lease_until = NULL WHERE {KEYS}"
                 )))
                 .bind(&messages)
                 .bind(&devices)
@@ -316,7 +320,7 @@ impl Worker {
                 store::remove_device(tx, group[0].device_id).await?;
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE deliveries SET status = 'gone', attempts = attempts + 1,
-                         finished_at = now(), last_error = $3 WHERE {KEYS}"
+                         finished_at = now(), last_error = $3, lease_until = NULL WHERE {KEYS}"
                 )))
                 .bind(&messages)
                 .bind(&devices)
@@ -332,7 +336,7 @@ impl Worker {
                 let d = &self.config.delivery;
                 let delay = backoff(attempts, d.backoff_base_ms, d.backoff_max_ms);
                 let dead: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                    "UPDATE deliveries SET attempts = attempts + 1, last_error = $3,
+                    "UPDATE deliveries SET attempts = attempts + 1, last_error = $3, lease_until = NULL,
                          status = CASE WHEN attempts + 1 >= $4 THEN 'dead' ELSE 'pending' END,
                          finished_at = CASE WHEN attempts + 1 >= $4 THEN now() END,
                          next_attempt_at = now() + make_interval(secs => $5::float8 / 1000.0)
@@ -355,7 +359,7 @@ impl Worker {
             Outcome::Refused(reason) => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE deliveries SET status = 'dead', attempts = attempts + 1,
-                         finished_at = now(), last_error = $3 WHERE {KEYS}"
+                         finished_at = now(), last_error = $3, lease_until = NULL WHERE {KEYS}"
                 )))
                 .bind(&messages)
                 .bind(&devices)

@@ -235,3 +235,96 @@ async fn connections_are_capped_per_user_across_replicas_and_per_node() -> anyho
     drop(a3);
     Ok(())
 }
+
+#[tokio::test]
+async fn held_messages_are_capped_and_the_rest_comes_from_history() -> anyhow::Result<()> {
+    let mut stack = Stack::empty().await?;
+    stack.add_messaging(&[]).await?;
+    stack
+        .add_gateway(&[
+            ("PARLEY__WS__MAX_HELD", "3"),
+            // A long post-hello hold: everything sent meanwhile is held, then released.
+            ("PARLEY__WS__RESUME_WINDOW_MS", "60000"),
+        ])
+        .await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let ch = alice.group("g", &["bob"]).await?;
+    let mut bob = Ws::connect(&stack.url(0), "bob").await?;
+    let before = sample(&metrics(&alice).await?, "gateway_ws_held_dropped_total").unwrap_or(0.0);
+    for i in 1..=10 {
+        alice.send(&ch, &format!("m{i}"), "hi").await?;
+    }
+    // Wait until the live events reached the connection (held: 3, let go: 7).
+    crate::eventually(T, || async {
+        let n = sample(&metrics(&alice).await?, "gateway_ws_held_dropped_total").unwrap_or(0.0);
+        Ok((n - before >= 7.0).then_some(()))
+    })
+    .await?;
+    // The client's first frame ends the hold: all ten, in order, none twice.
+    bob.send(json!({"type": "ping", "ref": "go"})).await?;
+    let got = bob.messages(10, T).await?;
+    let seqs: Vec<u64> = got.iter().filter_map(|m| m["seq"].as_u64()).collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    assert!(
+        bob.messages(1, crate::QUIET).await?.is_empty(),
+        "nothing twice"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped() -> anyhow::Result<()> {
+    let mut stack = Stack::empty().await?;
+    stack.add_messaging(&[]).await?;
+    stack
+        .add_gateway(&[
+            ("PARLEY__WS__WRITE_TIMEOUT_MS", "1000"),
+            ("PARLEY__RATE__MESSAGES__N", "0"),
+        ])
+        .await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let ch = alice.group("g", &["bob", "carol"]).await?;
+    // Bob connects with a tiny receive buffer and then never reads.
+    let addr = stack.url(0).trim_start_matches("http://").to_owned();
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let tcp = socket.connect(addr.parse()?).await?;
+    let url = format!("ws://{addr}/v1/ws?token={}", token("bob", 3600));
+    let (stalled, _) = tokio_tungstenite::client_async(url, tcp).await?;
+    let mut carol = Ws::connect(&stack.url(0), "carol").await?;
+    // Carol reads all along.
+    let carol = tokio::spawn(async move { carol.messages(2000, crate::LONG).await });
+
+    // Enough traffic to fill both socket buffers several times over.
+    let body = "x".repeat(2000);
+    let mut senders = Vec::new();
+    for t in 0..8 {
+        let (alice, ch, body) = (alice.clone(), ch.clone(), body.clone());
+        senders.push(tokio::spawn(async move {
+            for i in 0..250 {
+                let (s, b, _) = alice.post_message(&ch, &format!("t{t}-{i}"), &body).await?;
+                anyhow::ensure!(s == 201, "{s} {b}");
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let dropped = |text: &str| {
+        sample(text, "gateway_ws_closed_total{reason=\"slow_consumer\"}").unwrap_or(0.0)
+    };
+    crate::eventually(crate::LONG, || async {
+        Ok((dropped(&metrics(&alice).await?) >= 1.0).then_some(()))
+    })
+    .await?;
+    for s in senders {
+        s.await??;
+    }
+    // A client that reads got everything, in order.
+    let got = carol.await??;
+    assert_eq!(got.len(), 2000);
+    assert!(
+        got.windows(2)
+            .all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64())
+    );
+    drop(stalled);
+    Ok(())
+}
