@@ -11,6 +11,10 @@
 #   5 history   before= pages at random positions of a BENCH_HISTORY_ROWS channel, keyset vs OFFSET
 #   6 ceiling   pgbench running the SQL of one send transaction at scenario 1's concurrency
 #   7 hot       one channel whose BENCH_HOT_MEMBERS members all send and all receive (ramp)
+#   8 abuse     one hostile account: gateway RSS while one connection sends to BENCH_ABUSE_BOGUS
+#               made-up channel ids, and a calm client's ping p99 beside a frame flood; run
+#               against the bench gateway (per-connection limits raised: the worst case) and
+#               against a second gateway with the production defaults (port 8090)
 # Postgres runs with its durable settings (fsync, synchronous_commit, full_page_writes on:
 # scripts/deps.sh). With BENCH_REFERENCE="1 6" (the default) those scenarios run again with
 # fsync, synchronous_commit and full_page_writes off (a CPU-bound reference, each against
@@ -28,7 +32,7 @@ BIN="$CARGO_TARGET_DIR/release"
 LOADGEN="$BIN/parley-loadgen"
 
 # ---- sizes (defaults fit a 2-core machine in ~10 minutes)
-: "${BENCH_ONLY:=1 2 3 4 5 6 7}"
+: "${BENCH_ONLY:=1 2 3 4 5 6 7 8}"
 : "${BENCH_CLIENTS:=200}"            # scenario 1/2: clients (one WebSocket each)
 : "${BENCH_CHANNELS:=100}"           # … channels
 : "${BENCH_MEMBERS:=2}"              # … members per channel (all send, all receive)
@@ -54,7 +58,9 @@ BENCH_GATEWAY_ENV="PARLEY__RATE__MESSAGES__N=1000000000 PARLEY__RATE__MESSAGES__
 : "${BENCH_HOT_MEMBERS:=16}"         # scenario 7: members of the one channel (all send)
 : "${BENCH_HOT_RATES:=1000,2000,3000,4000,5000,6000}"
 : "${BENCH_REFERENCE=1 6}"           # scenarios repeated with fsync off ("" = none)
-export BENCH_HOT_MEMBERS BENCH_HOT_RATES BENCH_REFERENCE
+: "${BENCH_ABUSE_BOGUS:=20000}"      # scenario 8
+: "${BENCH_ABUSE_SECS:=10}"
+export BENCH_HOT_MEMBERS BENCH_HOT_RATES BENCH_REFERENCE BENCH_ABUSE_BOGUS BENCH_ABUSE_SECS
 export BENCH_ONLY BENCH_CLIENTS BENCH_CHANNELS BENCH_MEMBERS BENCH_RATES BENCH_STEP_SECS \
 	BENCH_P99_MS BENCH_FIXED_RATE BENCH_FIXED_SECS BENCH_FANOUT_MEMBERS BENCH_FANOUT_RATE \
 	BENCH_FANOUT_MESSAGES BENCH_IDLE BENCH_IDLE_USERS BENCH_HISTORY_ROWS \
@@ -110,6 +116,9 @@ cleanup() {
 	if [[ $DURABILITY_OFF == yes ]]; then
 		say "restoring Postgres's durable settings"
 		durable_again || say "WARNING: could not restore fsync/synchronous_commit/full_page_writes (ALTER SYSTEM RESET them)"
+	fi
+	if [[ -n ${EDGE_PID:-} ]]; then
+		kill "$EDGE_PID" 2>/dev/null || true
 	fi
 	if [[ $STARTED == yes ]]; then
 		say "stopping the services"
@@ -182,7 +191,7 @@ say "warm-up"
 # ---- 1: max sustained throughput ($1: file prefix, "" or "ref-")
 scenario_ramp() {
 	local tag="$1"
-	say "1/7 ${tag}ramp: max sustained throughput with p99 < ${BENCH_P99_MS} ms (load $(load))"
+	say "1/8 ${tag}ramp: max sustained throughput with p99 < ${BENCH_P99_MS} ms (load $(load))"
 	echo "$(load)" >"$RAW/${tag}load-1.txt"
 	cpu_snapshot >"$RAW/${tag}cpu-1-before.txt"
 	# Background work in Postgres during the ramp (to line up with each step's ack p99 by
@@ -208,7 +217,7 @@ want 1 && scenario_ramp ""
 
 # ---- 2: fixed rate
 if want 2; then
-	say "2/7 fixed rate ${BENCH_FIXED_RATE} msg/s for ${BENCH_FIXED_SECS}s (load $(load))"
+	say "2/8 fixed rate ${BENCH_FIXED_RATE} msg/s for ${BENCH_FIXED_SECS}s (load $(load))"
 	echo "$(load)" >"$RAW/load-2.txt"
 	lg --json "$RAW/fixed.json" traffic --clients "$BENCH_CLIENTS" --channels "$BENCH_CHANNELS" \
 		--members "$BENCH_MEMBERS" --rate "$BENCH_FIXED_RATE" --duration "$BENCH_FIXED_SECS"
@@ -217,7 +226,7 @@ fi
 
 # ---- 3: fan-out
 if want 3; then
-	say "3/7 fan-out: 1 channel, ${BENCH_FANOUT_MEMBERS} connected members (load $(load))"
+	say "3/8 fan-out: 1 channel, ${BENCH_FANOUT_MEMBERS} connected members (load $(load))"
 	echo "$(load)" >"$RAW/load-3.txt"
 	lg --json "$RAW/fanout.json" traffic --clients "$BENCH_FANOUT_MEMBERS" --channels 1 \
 		--members "$BENCH_FANOUT_MEMBERS" --senders 1 --rate "$BENCH_FANOUT_RATE" \
@@ -230,7 +239,7 @@ fi
 pgbench_db_url="$(pg_url_db "$PARLEY_PG_URL" parley_pgbench)"
 scenario_ceiling() { # $1: file prefix, "" or "ref-"
 	local tag="$1" script
-	say "6/7 ${tag}ceiling: pgbench, one send transaction, ${PG_CLIENTS} clients, ${BENCH_CHANNELS} channels (load $(load))"
+	say "6/8 ${tag}ceiling: pgbench, one send transaction, ${PG_CLIENTS} clients, ${BENCH_CHANNELS} channels (load $(load))"
 	"$PSQL" -q "$PARLEY_PG_URL" -c 'DROP DATABASE IF EXISTS parley_pgbench' -c 'CREATE DATABASE parley_pgbench'
 	{
 		echo 'CREATE SCHEMA messaging; SET search_path = messaging;'
@@ -295,7 +304,7 @@ want 6 && scenario_ceiling ""
 
 # ---- 7: one hot channel, every member sending and receiving
 if want 7; then
-	say "7/7 hot channel: ${BENCH_HOT_MEMBERS} members all sending (load $(load))"
+	say "7/8 hot channel: ${BENCH_HOT_MEMBERS} members all sending (load $(load))"
 	echo "$(load)" >"$RAW/load-7.txt"
 	lg --json "$RAW/hot.json" ramp --clients "$BENCH_HOT_MEMBERS" --channels 1 \
 		--members "$BENCH_HOT_MEMBERS" --duration "$BENCH_STEP_SECS" --drain 5 \
@@ -317,7 +326,7 @@ fi
 
 # ---- 4: idle connections
 if want 4; then
-	say "4/7 idle: ${BENCH_IDLE} WebSocket connections (ulimit -n $(ulimit -n), load $(load))"
+	say "4/8 idle: ${BENCH_IDLE} WebSocket connections (ulimit -n $(ulimit -n), load $(load))"
 	echo "$(load)" >"$RAW/load-4.txt"
 	lg --json "$RAW/idle.json" idle --connections "$BENCH_IDLE" --users "$BENCH_IDLE_USERS" \
 		--hold 10 --gateway-pid "$GATEWAY_PID" || say "idle scenario reported failures (see above)"
@@ -326,7 +335,7 @@ fi
 
 # ---- 5: history
 if want 5; then
-	say "5/7 history: channel of ${BENCH_HISTORY_ROWS} messages (load $(load))"
+	say "5/8 history: channel of ${BENCH_HISTORY_ROWS} messages (load $(load))"
 	HUSER=bench-history
 	HNAME="bench-history-$BENCH_HISTORY_ROWS"
 	ch="$("$PSQL" -At "$PG_DB_URL" -c "SELECT id FROM messaging.channels WHERE name = '$HNAME' AND created_by = '$HUSER' AND last_seq = $BENCH_HISTORY_ROWS LIMIT 1")"
@@ -365,6 +374,33 @@ if want 5; then
 	"$PSQL" -At "$PG_DB_URL" -c "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT $cols FROM messaging.messages WHERE channel_id = '$ch' AND seq < $((BENCH_HISTORY_ROWS / 2)) ORDER BY seq DESC LIMIT 51" >"$RAW/explain-keyset.txt"
 	"$PSQL" -At "$PG_DB_URL" -c "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT $cols FROM messaging.messages WHERE channel_id = '$ch' ORDER BY seq DESC OFFSET $((BENCH_HISTORY_ROWS / 2)) LIMIT 51" >"$RAW/explain-offset.txt"
 	echo "$(load)" >>"$RAW/load-5.txt"
+fi
+
+# ---- 8: abuse
+if want 8; then
+	say "8/8 abuse: ${BENCH_ABUSE_BOGUS} made-up channel ids, a frame flood beside a calm client (load $(load))"
+	echo "$(load)" >"$RAW/load-8.txt"
+	lg --json "$RAW/abuse-open.json" abuse --bogus "$BENCH_ABUSE_BOGUS" --calm-secs "$BENCH_ABUSE_SECS" \
+		--gateway-pid "$GATEWAY_PID" --prefix abuse-open || say "abuse scenario (limits raised) failed"
+	# A second gateway as production runs it: default per-connection and per-user limits
+	# (dev tokens on, for the load generator's users).
+	EDGE_ENV=(PARLEY__HTTP__ADDR=127.0.0.1:8090 PARLEY__MESSAGING__URL=http://127.0.0.1:5051
+		"PARLEY__REDIS__URL=$PARLEY_REDIS_URL" PARLEY__AUTH__DEV_TOKENS=true
+		PARLEY__PRESENCE__URL=http://127.0.0.1:5052 PARLEY__RECEIPTS__URL=http://127.0.0.1:5053
+		PARLEY__NOTIFICATION__URL=http://127.0.0.1:5054 PARLEY__NODE__ID=bench-edge)
+	env "${EDGE_ENV[@]}" "$BIN/parley-gateway" >"$RAW/edge-gateway.log" 2>&1 &
+	EDGE_PID=$!
+	for _ in $(seq 1 60); do
+		curl -sf http://127.0.0.1:8090/readyz >/dev/null && break
+		sleep 0.5
+	done
+	lg --url http://127.0.0.1:8090 --json "$RAW/abuse-defaults.json" abuse --bogus "$BENCH_ABUSE_BOGUS" \
+		--calm-secs "$BENCH_ABUSE_SECS" --gateway-pid "$EDGE_PID" --prefix abuse-def ||
+		say "abuse scenario (defaults) failed"
+	kill "$EDGE_PID" 2>/dev/null || true
+	wait "$EDGE_PID" 2>/dev/null || true
+	EDGE_PID=
+	echo "$(load)" >>"$RAW/load-8.txt"
 fi
 
 # ---- report

@@ -116,6 +116,7 @@ pg_key, pg_off = pgbench("keyset"), pgbench("offset")
 pg_runs = [r for r in (pg_batch1, pg_simple) if r]
 pg_send = max(pg_runs, key=lambda r: r["tps"]) if pg_runs else None
 hot = load_json("hot.json")
+abuse_open, abuse_def = load_json("abuse-open.json"), load_json("abuse-defaults.json")
 ref_ramp = load_json("ref-ramp.json")
 ref_pg_runs = [r for r in (pgbench("send", "ref-"), pgbench("send-simple", "ref-")) if r]
 ref_pg = max(ref_pg_runs, key=lambda r: r["tps"]) if ref_pg_runs else None
@@ -279,6 +280,16 @@ if hot:
               + (f"**{hb['report']['throughput_msgs_per_sec']:.0f} msg/s** (step {hb['rate']:.0f}; steady ack p99 "
                  f"{hb['report']['steady_ack']['p99_ms']:.1f} ms, e2e p99 {hb['report']['steady_e2e']['p99_ms']:.1f} ms)"
                  if hb else "**no step passed**") + " |")
+if abuse_open or abuse_def:
+    parts = []
+    for name, a in [("defaults", abuse_def), ("limits raised", abuse_open)]:
+        if a:
+            g = a["bogus"].get("rss_growth_kib")
+            parts.append(f"{name}: RSS growth after {a['bogus']['frames_sent']} made-up channel ids "
+                         f"**{'%d KiB' % g if g is not None else '-'}**, calm client p99 beside a flood "
+                         f"**×{a['flood']['p99_ratio']:.2f}** ({a['flood']['quiet']['p99_ms']:.2f} → "
+                         f"{a['flood']['beside_flood']['p99_ms']:.2f} ms)")
+    md.append("| 8 one hostile account (targets: < 1 MB, < ×2) | " + "; ".join(parts) + " |")
 if ref_ramp or ref_pg:
     rb = best_step(ref_ramp["steps"]) if ref_ramp else None
     parts = []
@@ -525,6 +536,48 @@ if hot:
               f"Load: {loadavg(7)}.")
     md.append("")
     steps_table(hot["steps"])
+
+# ---- 8
+def abuse_section(name, a, intro):
+    b, f = a["bogus"], a["flood"]
+    kib = lambda v: f"{v / 1024:.1f} MiB" if v is not None else "-"
+    md.append(f"### {name}")
+    md.append("")
+    md.append(intro)
+    md.append("")
+    md.append(f"- **Made-up channel ids:** one connection sent {b['frames_sent']} `send` frames, each to a "
+              f"new random channel id; {b['answered']} answered in {b['secs']:.1f} s, by code {b['codes']}"
+              + (f"; the connection was closed ({b['closed']})" if b.get("closed") else "")
+              + f". Gateway RSS {kib(b['rss_before_kib'])} before (after a warm-up connection of 100 such "
+              f"sends), {kib(b['rss_after_kib'])} after, the flooding connection still open: "
+              f"**{b['rss_growth_kib'] if b.get('rss_growth_kib') is not None else '-'} KiB** (target < 1 MB).")
+    md.append(f"- **A calm client beside a flood:** one ping at a time, {a['config']['calm_rate']:.0f}/s for "
+              f"{a['config']['calm_secs']:.0f} s quiet, then as long again while another user's connection "
+              f"writes `ping` frames as fast as its socket takes them (reading every answer, reconnecting "
+              f"when closed). Calm p99 **{f['quiet']['p99_ms']:.2f} ms quiet → {f['beside_flood']['p99_ms']:.2f} ms "
+              f"beside the flood: ×{f['p99_ratio']:.2f}** (target < ×2); p50 {f['quiet']['p50_ms']:.2f} → "
+              f"{f['beside_flood']['p50_ms']:.2f} ms. The flooder wrote {f['flood_frames_sent']} frames "
+              f"({f['flood_frames_per_sec']:.0f}/s) over {f['flood_connections']} connections "
+              f"({f['flood_refused_connects']} upgrades refused); answers {f['flood_answers']}; its connections "
+              f"ended {f['flood_closes']}.")
+    md.append("")
+
+
+if abuse_open or abuse_def:
+    md.append("## 8. One hostile account")
+    md.append("")
+    md.append(f"Load: {loadavg(8)}.")
+    md.append("")
+    if abuse_def:
+        abuse_section("Production defaults (a second gateway, port 8090)", abuse_def,
+                      "Default `ws.*` and `rate.*` limits: 100 frames/s per connection with bursts of 200, "
+                      "close (1008) after 200 refusals in 10 s, then the user's upgrades refused for "
+                      "`ws.flood_ban_secs`.")
+    if abuse_open:
+        abuse_section("Limits raised (the bench gateway)", abuse_open,
+                      "The per-connection frame rate is raised to 1,000,000/s for the load generator: nothing "
+                      "throttles the flooder. Every made-up id goes through the full `send` validation (a "
+                      "`GetChannel` to messaging each); the flood shows what the frame limit protects against.")
 
 # ---- reference
 if ref_ramp or ref_pg:

@@ -46,6 +46,8 @@ struct Inner {
     per_user: usize,
     per_node: usize,
     ttl: Duration,
+    /// How long a flooder's new connections are refused (zero: never).
+    ban: Duration,
     node: AtomicUsize,
     local: Mutex<HashMap<String, usize>>,
     admit: redis::Script,
@@ -75,6 +77,7 @@ impl Admission {
                 per_node: cfg.max_connections.max(1),
                 // Renewed every heartbeat: three missed renewals and the entry is gone.
                 ttl: Duration::from_millis(cfg.heartbeat_ms.saturating_mul(3).max(1000)),
+                ban: Duration::from_secs(cfg.flood_ban_secs),
                 node: AtomicUsize::new(0),
                 local: Mutex::new(HashMap::new()),
                 admit: redis::Script::new(ADMIT),
@@ -86,6 +89,16 @@ impl Admission {
     /// Admits a connection of `user` (`session` is its id), or the `429` answer.
     pub async fn admit(&self, user: &str, session: &str) -> Result<Ticket, ApiError> {
         let i = &self.inner;
+        if let Some(secs) = self.banned(user).await {
+            let mut e = refused(
+                "flood_ban",
+                format!(
+                    "this user's connection was closed for flooding; connect again in {secs} s"
+                ),
+            );
+            e.retry_after = Some(secs);
+            return Err(e);
+        }
         if i.node.fetch_add(1, Ordering::AcqRel) >= i.per_node {
             i.node.fetch_sub(1, Ordering::AcqRel);
             return Err(refused(
@@ -136,6 +149,53 @@ impl Admission {
                 ),
             ))
         }
+    }
+}
+
+impl Admission {
+    fn ban_key(&self, user: &str) -> String {
+        format!("{}gateway:flood:{user}", self.inner.prefix)
+    }
+
+    /// Seconds left of `user`'s flood ban, if any (none when Redis cannot say).
+    async fn banned(&self, user: &str) -> Option<u64> {
+        if self.inner.ban.is_zero() {
+            return None;
+        }
+        let mut conn = self.inner.redis.clone();
+        let ttl: redis::RedisResult<i64> = redis::cmd("TTL")
+            .arg(self.ban_key(user))
+            .query_async(&mut conn)
+            .await;
+        match ttl {
+            Ok(t) if t > 0 => Some(t as u64),
+            _ => None,
+        }
+    }
+
+    /// `user` kept flooding: their new connections are refused for `ws.flood_ban_secs`, on
+    /// every replica (so a flooder cannot just reconnect and flood again).
+    pub fn ban(&self, user: &str) {
+        if self.inner.ban.is_zero() {
+            return;
+        }
+        let (key, secs, mut conn) = (
+            self.ban_key(user),
+            self.inner.ban.as_secs(),
+            self.inner.redis.clone(),
+        );
+        tokio::spawn(async move {
+            let set: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("EX")
+                .arg(secs)
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = set {
+                tracing::warn!(error = %e, "admission: could not record a flood ban");
+            }
+        });
     }
 }
 
@@ -192,6 +252,7 @@ impl Drop for Ticket {
 fn refused(reason: &'static str, message: String) -> ApiError {
     metrics::counter!("gateway_ws_refused_total", "reason" => match reason {
         "node" => "node_connections",
+        "flood_ban" => "flood_ban",
         _ => "user_connections",
     })
     .increment(1);

@@ -134,6 +134,7 @@ pub struct WsConfig {
     pub max_connections_per_user: usize,
     pub max_connections: usize,
     pub max_held: usize,
+    pub flood_ban_secs: u64,
 }
 
 impl Config {

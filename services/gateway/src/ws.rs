@@ -790,6 +790,7 @@ impl Conn {
                 Err(Flood::Close) => {
                     metrics::counter!("gateway_ws_closed_total", "reason" => "flood").increment(1);
                     tracing::info!(user = %self.user, conn = self.id, "websocket closed: frame flood");
+                    self.app.admission.ban(self.user.as_str());
                     return Err(self.close(CLOSE_POLICY, "frame rate exceeded").await);
                 }
             }

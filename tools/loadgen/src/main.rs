@@ -2,10 +2,12 @@
 //!
 //! Subcommands: `traffic` (one run at a fixed rate), `ramp` (increasing rates until the
 //! latency target breaks: the max sustained throughput), `idle` (many idle connections,
-//! gateway RSS per connection), `history` (keyset history pages). Every run is bounded in
+//! gateway RSS per connection), `history` (keyset history pages), `abuse` (one hostile
+//! account: gateway RSS under made-up channel ids, a calm client's p99 beside a flood). Every run is bounded in
 //! count and time and targets loopback unless `--allow-remote`. A human table goes to
 //! stdout, JSON to `--json`; the exit status is 1 when delivery verification fails.
 
+mod abuse;
 mod api;
 mod history;
 mod idle;
@@ -54,6 +56,9 @@ enum Cmd {
     Idle(idle::IdleArgs),
     /// Random `before=` history pages through the gateway.
     History(history::HistoryArgs),
+    /// One hostile account: made-up channel ids (gateway RSS), a frame flood beside a calm
+    /// client (its ping p99).
+    Abuse(abuse::AbuseArgs),
 }
 
 #[derive(clap::Args, Clone, Serialize)]
@@ -250,6 +255,12 @@ async fn run(cli: Cli) -> Result<bool> {
             print!("{}", rep.table());
             write_json(&cli.json, &rep)?;
             Ok(rep.failed == 0)
+        }
+        Cmd::Abuse(a) => {
+            let rep = abuse::run(&api, a).await?;
+            print!("{}", rep.table());
+            write_json(&cli.json, &rep)?;
+            Ok(true)
         }
         Cmd::History(a) => {
             let rep = history::run(&api, a).await?;

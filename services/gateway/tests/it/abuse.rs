@@ -187,6 +187,14 @@ async fn a_flooding_connection_is_refused_then_closed() -> anyhow::Result<()> {
     }
     let (_, code) = ws.until_closed(T).await?;
     assert_eq!(code, Some(1008));
+    // Reconnecting at once is refused (on this replica and every other) for a while.
+    match Ws::try_connect(&stack.url(0), &token("mallory", 3600)).await? {
+        Ok(_) => panic!("a flooder reconnected at once"),
+        Err((status, body)) => {
+            assert_eq!(status, 429, "{body}");
+            assert_eq!(body["error"]["code"], "rate_limited");
+        }
+    }
     let text = metrics(&Client::new(&stack.url(0), "alice")).await?;
     assert!(
         sample(&text, "gateway_ws_closed_total{reason=\"flood\"}").is_some_and(|n| n >= 1.0),
