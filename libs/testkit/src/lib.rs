@@ -352,6 +352,21 @@ impl Stack {
         Ok(sqlx::PgPool::connect(&self.db_url).await?)
     }
 
+    /// Locks a channel's row (`FOR UPDATE`) in a transaction of its own and keeps it until
+    /// the transaction is committed or dropped: that channel's sends wait meanwhile.
+    pub async fn lock_channel(
+        &self,
+        channel: &str,
+    ) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let db = self.db().await?;
+        let mut lock = db.begin().await?;
+        sqlx::query("SELECT 1 FROM messaging.channels WHERE id = $1::uuid FOR UPDATE")
+            .bind(channel)
+            .execute(&mut *lock)
+            .await?;
+        Ok(lock)
+    }
+
     /// Runs `sql` (one row, one integer column, e.g. `SELECT count(*) FROM messaging.outbox`)
     /// on the test database.
     pub async fn query_i64(&self, sql: &str) -> anyhow::Result<i64> {

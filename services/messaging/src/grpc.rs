@@ -173,6 +173,7 @@ impl MessagingService for Messaging {
                     name,
                     &members,
                     self.config.limits.max_members,
+                    self.config.limits.max_channels_per_user,
                 )
                 .await?;
                 (c, true, p)
@@ -184,7 +185,13 @@ impl MessagingService for Messaging {
                 if *other == caller {
                     return Err(invalid("a direct channel needs another user"));
                 }
-                store::create_direct(self.tx().await?, &caller, other).await?
+                store::create_direct(
+                    self.tx().await?,
+                    &caller,
+                    other,
+                    self.config.limits.max_channels_per_user,
+                )
+                .await?
             }
             _ => return Err(invalid("kind must be group or direct")),
         };
@@ -305,6 +312,7 @@ impl MessagingService for Messaging {
             id,
             &target,
             self.config.limits.max_members,
+            self.config.limits.max_channels_per_user,
         )
         .await?;
         self.publish(pending).await;

@@ -73,6 +73,7 @@ pub struct RedisConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Limits {
     pub max_members: u32,
+    pub max_channels_per_user: u32,
     pub max_body_bytes: usize,
     pub default_page: u32,
     pub max_page: u32,
@@ -104,6 +105,9 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         if self.limits.max_members < 2 {
             return Err("limits.max_members must be at least 2".into());
+        }
+        if self.limits.max_channels_per_user == 0 {
+            return Err("limits.max_channels_per_user must be positive".into());
         }
         if self.limits.max_page == 0
             || self.limits.default_page == 0

@@ -283,6 +283,37 @@ async fn insert_member(
     Ok((row, pending))
 }
 
+/// Refuses (CONFLICT) when one of `users` is already in `max` channels. Takes a
+/// transaction-level lock per user first (in id order), so concurrent joins of one user
+/// are counted one after another and never pass the limit together.
+async fn check_channels_of(tx: &mut Tx, users: &[&str], max: u32) -> Result<(), Error> {
+    let mut users = users.to_vec();
+    users.sort_unstable();
+    users.dedup();
+    for u in &users {
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('parley:channels-of:' || $1, 0))",
+        )
+        .bind(*u)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let full: Option<String> = sqlx::query_scalar(
+        "SELECT user_id FROM members WHERE user_id = ANY($1)
+         GROUP BY user_id HAVING count(*) >= $2 ORDER BY user_id LIMIT 1",
+    )
+    .bind(&users)
+    .bind(i64::from(max))
+    .fetch_optional(&mut **tx)
+    .await?;
+    match full {
+        Some(u) => Err(Error::Conflict(format!(
+            "{u} is already in {max} channels, the most one user may be in"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Creates a group channel with the caller as owner and `others` as members.
 pub async fn create_group(
     mut tx: Tx,
@@ -290,6 +321,7 @@ pub async fn create_group(
     name: &str,
     others: &[UserId],
     max_members: u32,
+    max_channels: u32,
 ) -> Result<(ChannelRow, Vec<Pending>), Error> {
     let mut members: Vec<&str> = others
         .iter()
@@ -303,6 +335,9 @@ pub async fn create_group(
             "a channel holds at most {max_members} members"
         )));
     }
+    let mut everyone = members.clone();
+    everyone.push(caller.as_str());
+    check_channels_of(&mut tx, &everyone, max_channels).await?;
     let id = Uuid::now_v7();
     let mut channel = sqlx::query_as::<_, ChannelRow>(sqlx::AssertSqlSafe(format!(
         "INSERT INTO channels (id, kind, name, created_by, member_count) VALUES ($1, 'group', $2, $3, $4)
@@ -337,6 +372,7 @@ pub async fn create_direct(
     mut tx: Tx,
     caller: &UserId,
     other: &UserId,
+    max_channels: u32,
 ) -> Result<(ChannelRow, bool, Vec<Pending>), Error> {
     let (a, b) = if caller < other {
         (caller, other)
@@ -364,6 +400,7 @@ pub async fn create_direct(
         tx.commit().await?;
         return Ok((existing, false, Vec::new()));
     };
+    check_channels_of(&mut tx, &[caller.as_str(), other.as_str()], max_channels).await?;
     let p1 = insert_member(&mut tx, &channel, caller.as_str(), "owner", caller.as_str())
         .await?
         .1;
@@ -478,6 +515,7 @@ pub async fn add_member(
     channel: Uuid,
     user: &UserId,
     max_members: u32,
+    max_channels: u32,
 ) -> Result<(MemberRow, bool, Vec<Pending>), Error> {
     let role = require_member(&mut tx, channel, caller).await?;
     if role == "member" {
@@ -509,6 +547,7 @@ pub async fn add_member(
             "channel is full ({max_members} members)"
         )));
     }
+    check_channels_of(&mut tx, &[user.as_str()], max_channels).await?;
     let (row, pending) =
         insert_member(&mut tx, &ch, user.as_str(), "member", caller.as_str()).await?;
     sqlx::query("UPDATE channels SET member_count = member_count + 1, members_version = members_version + 1 WHERE id = $1")

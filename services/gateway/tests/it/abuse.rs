@@ -336,3 +336,58 @@ async fn a_client_that_stops_reading_is_dropped() -> anyhow::Result<()> {
     drop(stalled);
     Ok(())
 }
+
+#[tokio::test]
+async fn sends_in_flight_to_too_many_channels_are_refused() -> anyhow::Result<()> {
+    let mut stack = Stack::empty().await?;
+    stack
+        .add_messaging(&[
+            ("PARLEY__SEND__CONCURRENCY", "1"),
+            ("PARLEY__SEND__QUEUE_BUDGET_MS", "60000"),
+        ])
+        .await?;
+    stack
+        .add_gateway(&[
+            ("PARLEY__WS__MAX_SEND_CHANNELS", "2"),
+            ("PARLEY__MESSAGING__TIMEOUT_MS", "30000"),
+        ])
+        .await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let (a, b, c) = (
+        alice.group("a", &[]).await?,
+        alice.group("b", &[]).await?,
+        alice.group("c", &[]).await?,
+    );
+    let mut ws = Ws::connect(&stack.url(0), "alice").await?;
+    // Hold channel a's row: its send (and b's, behind it in messaging's one lane) wait.
+    let lock = stack.lock_channel(&a).await?;
+    for (r, ch) in [("a", &a), ("b", &b)] {
+        ws.send(
+            json!({"type": "send", "ref": r, "channel_id": ch, "client_msg_id": r, "body": "x"}),
+        )
+        .await?;
+    }
+    // Let both reach messaging (their queues now have a send in flight).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ws.send(
+        json!({"type": "send", "ref": "c", "channel_id": c, "client_msg_id": "c", "body": "x"}),
+    )
+    .await?;
+    let err = ws.expect("error", T).await?;
+    assert_error_frame(&err, "rate_limited", Some(&json!("c")));
+    assert!(err["retry_after"].as_u64().is_some_and(|s| s >= 1), "{err}");
+    // Once they are answered, the places are free again.
+    lock.commit().await?;
+    let mut sent = Vec::new();
+    for _ in 0..2 {
+        sent.push(ws.expect("sent", T).await?["ref"].clone());
+    }
+    sent.sort_by_key(|v| v.to_string());
+    assert_eq!(sent, [json!("a"), json!("b")]);
+    ws.send(
+        json!({"type": "send", "ref": "c2", "channel_id": c, "client_msg_id": "c", "body": "x"}),
+    )
+    .await?;
+    assert_eq!(ws.expect("sent", T).await?["ref"], "c2");
+    Ok(())
+}

@@ -65,3 +65,86 @@ async fn concurrent_adds_never_exceed_the_member_limit() -> anyhow::Result<()> {
     assert_eq!(channel.map(|c| c.member_count), Some(5));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_user_is_in_at_most_max_channels_even_when_added_concurrently() -> anyhow::Result<()> {
+    let mut stack = Stack::empty().await?;
+    let addr = stack
+        .add_messaging(&[("PARLEY__LIMITS__MAX_CHANNELS_PER_USER", "4")])
+        .await?;
+    let mut svc = client(addr).await?;
+    // Carol is in one channel; eight owners add her to theirs at the same time.
+    group(&mut svc, "carol", &[]).await?;
+    let mut channels = Vec::new();
+    for i in 0..8 {
+        channels.push((
+            format!("o{i}"),
+            group(&mut svc, &format!("o{i}"), &[]).await?,
+        ));
+    }
+    let results = join_all(channels.iter().map(|(owner, ch)| {
+        let (mut svc, owner, ch) = (svc.clone(), owner.clone(), ch.clone());
+        async move {
+            svc.add_member(as_user(
+                &owner,
+                pb::AddMemberRequest {
+                    channel_id: ch,
+                    user_id: "carol".into(),
+                },
+            ))
+            .await
+        }
+    }))
+    .await;
+    let mut added = 0;
+    for r in results {
+        match r {
+            Ok(_) => added += 1,
+            Err(s) => {
+                assert_code(&s, ErrorCode::Conflict);
+                assert!(s.message().contains("carol"), "{s:?}");
+            }
+        }
+    }
+    assert_eq!(added, 3, "1 + 3 = the limit of 4");
+    let positions = svc
+        .list_channel_positions(as_user("carol", pb::ListChannelPositionsRequest {}))
+        .await?
+        .into_inner()
+        .positions;
+    assert_eq!(positions.len(), 4);
+
+    // Creating a group with her in it, or a direct channel with her, is refused the same
+    // way, and creates nothing.
+    let err = svc
+        .create_channel(as_user(
+            "dave",
+            pb::CreateChannelRequest {
+                kind: pb::ChannelKind::Group as i32,
+                name: "more".into(),
+                members: vec!["carol".into()],
+            },
+        ))
+        .await
+        .expect_err("carol is full");
+    assert_code(&err, ErrorCode::Conflict);
+    let err = svc
+        .create_channel(as_user(
+            "dave",
+            pb::CreateChannelRequest {
+                kind: pb::ChannelKind::Direct as i32,
+                name: String::new(),
+                members: vec!["carol".into()],
+            },
+        ))
+        .await
+        .expect_err("carol is full");
+    assert_code(&err, ErrorCode::Conflict);
+    let dave = svc
+        .list_channel_positions(as_user("dave", pb::ListChannelPositionsRequest {}))
+        .await?
+        .into_inner()
+        .positions;
+    assert!(dave.is_empty(), "nothing was created: {dave:?}");
+    Ok(())
+}

@@ -14,13 +14,7 @@ pub async fn block_channel(
     stack: &Stack,
     channel: &str,
 ) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    let db = stack.db().await?;
-    let mut lock = db.begin().await?;
-    sqlx::query("SELECT 1 FROM messaging.channels WHERE id = $1::uuid FOR UPDATE")
-        .bind(channel)
-        .execute(&mut *lock)
-        .await?;
-    Ok(lock)
+    stack.lock_channel(channel).await
 }
 
 /// Waits until exactly one send transaction waits on a lock (the channel held above).
