@@ -66,12 +66,17 @@ async fn create_and_run(
     migrator.run_direct(None, conn, false).await
 }
 
-/// Whether the database refused a value the caller supplied: SQLSTATE class 22 (data
-/// exception: a NUL or an invalid byte sequence in text, a number out of range, a string
-/// too long for its column...) or 54 (program limit exceeded, e.g. an index row too big).
+/// SQLSTATEs by which the database refuses a value that came from the caller: a byte
+/// sequence it cannot store (NUL in text: 22021, 22P05), text too long for its column
+/// (22001), text that is not valid for its type (22P02), a value too big for an index row
+/// (54000). Other data exceptions (overflows in the service's own arithmetic, dates) are
+/// the service's bugs and stay `internal`.
+const CALLER_DATA_ERRORS: &[&str] = &["22021", "22P05", "22001", "22P02", "54000"];
+
+/// Whether the database refused a value the caller supplied ([`CALLER_DATA_ERRORS`]).
 /// Retrying such a request cannot succeed; it is the caller's error, not the service's.
 pub fn is_data_error(e: &sqlx::Error) -> bool {
-    sqlx_sqlstate(e).is_some_and(|c| c.starts_with("22") || c.starts_with("54"))
+    sqlx_sqlstate(e).is_some_and(|c| CALLER_DATA_ERRORS.contains(&c.as_str()))
 }
 
 fn sqlx_sqlstate(e: &sqlx::Error) -> Option<String> {
@@ -97,7 +102,9 @@ pub fn status(e: &sqlx::Error) -> tonic::Status {
         crate::ErrorCode::Unavailable.status("database unavailable")
     } else if is_data_error(e) {
         let code = sqlx_sqlstate(e).unwrap_or_default();
-        tracing::info!(error = %e, sqlstate = %code, "the database refused a value");
+        // Each one is a value the edge's validation let through: worth a look.
+        tracing::warn!(error = %e, sqlstate = %code, "the database refused a value");
+        metrics::counter!("db_values_refused_total", "sqlstate" => code.clone()).increment(1);
         crate::ErrorCode::InvalidArgument.status(format!(
             "a value in the request cannot be stored (SQLSTATE {code})"
         ))

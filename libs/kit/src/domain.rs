@@ -107,13 +107,14 @@ impl MessageBody {
     }
 }
 
-/// Refuses text a client may not store: the C0 control characters (U+0000-U+001F, NUL
-/// included, which Postgres cannot store in `text` at all) except tab, line feed and
+/// Refuses text a client may not store: control characters — C0 (U+0000-U+001F, NUL
+/// included, which Postgres cannot store in `text` at all), DEL (U+007F) and C1
+/// (U+0080-U+009F, where U+009B is a one-character ESC `[`) — except tab, line feed and
 /// carriage return. `field` names the field in the error.
 pub fn check_text(field: &str, s: &str) -> Result<(), Invalid> {
     match s
         .char_indices()
-        .find(|&(_, c)| c < ' ' && !matches!(c, '\t' | '\n' | '\r'))
+        .find(|&(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
     {
         None => Ok(()),
         Some((at, c)) => Err(Invalid::arg(format!(
@@ -169,7 +170,14 @@ mod tests {
         assert!(MessageBody::parse("héllo", 6).is_ok());
         assert!(MessageBody::parse("héllo", 5).is_err());
         assert!(MessageBody::parse("tab\tline\ncr\r", 20).is_ok());
-        for bad in ["a\u{0}b", "bell\u{7}", "esc\u{1b}[31m", "\u{1f}"] {
+        for bad in [
+            "a\u{0}b",
+            "bell\u{7}",
+            "esc\u{1b}[31m",
+            "\u{1f}",
+            "del\u{7f}",
+            "csi\u{9b}31m",
+        ] {
             let e = MessageBody::parse(bad, 20).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidArgument, "{bad:?}");
             assert!(e.message.contains("control character"), "{}", e.message);

@@ -31,11 +31,13 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1
 ";
 
-/// KEYS[1] = the user's connections; ARGV = ttl ms, session id: pushes the entry's expiry.
+/// KEYS[1] = the user's connections; ARGV = ttl ms, session id: pushes the entry's expiry
+/// (only if it is there: a renewal that runs after the connection's removal must not
+/// bring it back).
 const RENEW: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
 ";

@@ -298,9 +298,18 @@ async fn create_channel(
         "direct" => pb::ChannelKind::Direct,
         _ => return Err(ApiError::invalid("kind must be \"group\" or \"direct\"")),
     };
+    let mut added: Vec<&str> = Vec::with_capacity(b.members.len());
     for m in &b.members {
         UserId::parse(m)?;
+        if m != user.as_str() && !added.contains(&m.as_str()) {
+            added.push(m);
+        }
     }
+    // Members of a new group count as members added by its creator (`rate.joins`).
+    let joins = match kind {
+        pb::ChannelKind::Group => added.len() as u32,
+        _ => 0,
+    };
     let req = pb::CreateChannelRequest {
         kind: kind as i32,
         name: b.name,
@@ -317,9 +326,12 @@ async fn create_channel(
         let created = resp.created;
         Ok((resp, created))
     };
-    let resp = app
+    let create = app
         .limiter
-        .counted(Kind::ChannelCreations, user.as_str(), create)
+        .counted(Kind::Joins, user.as_str(), joins, create);
+    let (resp, _) = app
+        .limiter
+        .counted(Kind::ChannelCreations, user.as_str(), 1, create)
         .await?;
     let channel = resp
         .channel
@@ -546,7 +558,10 @@ async fn add_member(
         let created = resp.created;
         Ok((resp, created))
     };
-    let resp = app.limiter.counted(Kind::Joins, user.as_str(), add).await?;
+    let (resp, _) = app
+        .limiter
+        .counted(Kind::Joins, user.as_str(), 1, add)
+        .await?;
     let body = resp
         .member
         .as_ref()

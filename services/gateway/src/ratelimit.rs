@@ -122,21 +122,26 @@ const ALL: [Kind; 8] = [
 ];
 
 /// KEYS[1] = the user's log (a sorted set of timestamps); ARGV = n, window in ms, a unique
-/// member. Server clock. Returns {allowed (0/1), ms until the oldest entry leaves}.
+/// member prefix, k (actions taken at once, at most n). Server clock. Records k entries
+/// `<prefix>:1..k` when they fit; returns {allowed (0/1), ms until enough entries left}.
 const WINDOW: &str = r"
 local n = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
+local k = tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local count = redis.call('ZCARD', KEYS[1])
-if count < n then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
+if count + k <= n then
+  for i = 1, k do
+    redis.call('ZADD', KEYS[1], now, ARGV[3] .. ':' .. i)
+  end
   redis.call('PEXPIRE', KEYS[1], window)
   return {1, 0}
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, math.max(1, tonumber(oldest[2]) + window - now)}
+local idx = count + k - n - 1
+local e = redis.call('ZRANGE', KEYS[1], idx, idx, 'WITHSCORES')
+return {0, math.max(1, tonumber(e[2]) + window - now)}
 ";
 
 /// KEYS[1] = bucket; ARGV = capacity, refill per second. Server clock.
@@ -197,7 +202,7 @@ impl Limiter {
     /// Takes one `kind` action of `user`: `Err` is the `rate_limited` answer, with the
     /// seconds to wait.
     pub async fn check(&self, kind: Kind, user: &str) -> Result<(), crate::ApiError> {
-        self.take(kind, user).await.map(drop)
+        self.take(kind, user, 1).await.map(drop)
     }
 
     /// Runs `action` as one `kind` action of `user`; when it fails, or says (`false`) that
@@ -207,35 +212,53 @@ impl Limiter {
         &self,
         kind: Kind,
         user: &str,
+        k: u32,
         action: impl Future<Output = Result<(T, bool), crate::ApiError>>,
-    ) -> Result<T, crate::ApiError> {
-        let taken = self.take(kind, user).await?;
+    ) -> Result<(T, bool), crate::ApiError> {
+        let taken = self.take(kind, user, k).await?;
         let result = action.await;
         if !matches!(result, Ok((_, true)))
-            && let Some((key, member)) = taken
+            && let Some((key, prefix)) = taken
         {
             let mut conn = self.redis.clone();
-            let given_back: redis::RedisResult<i64> = redis::cmd("ZREM")
-                .arg(&key)
-                .arg(&member)
-                .query_async(&mut conn)
-                .await;
+            let mut zrem = redis::cmd("ZREM");
+            zrem.arg(&key);
+            for i in 1..=k {
+                zrem.arg(format!("{prefix}:{i}"));
+            }
+            let given_back: redis::RedisResult<i64> = zrem.query_async(&mut conn).await;
             if let Err(e) = given_back {
                 tracing::debug!(error = %e, "rate limiter: could not give back an action");
             }
         }
-        result.map(|(t, _)| t)
+        result
     }
 
-    /// Takes one action; for an exact window in Redis, returns the entry that recorded it.
+    /// Takes `k` actions at once; for an exact window in Redis, returns the key and the
+    /// prefix of the entries that recorded them.
     async fn take(
         &self,
         kind: Kind,
         user: &str,
+        k: u32,
     ) -> Result<Option<(String, String)>, crate::ApiError> {
         let rate = self.config.get(kind);
-        if rate.n == 0 {
+        if rate.n == 0 || k == 0 {
             return Ok(None);
+        }
+        if k > rate.n {
+            metrics::counter!("gateway_rate_limited_total", "kind" => kind.name()).increment(1);
+            let mut e = crate::ApiError::new(
+                parley_kit::ErrorCode::RateLimited,
+                format!(
+                    "rate limit: at most {} {} per {} s, and this asks for {k} at once",
+                    rate.n,
+                    kind.what(),
+                    rate.window_secs
+                ),
+            );
+            e.retry_after = Some(rate.window_secs);
+            return Err(e);
         }
         let window_ms = rate.window_secs.saturating_mul(1000);
         let key = format!("{}gateway:rate:{}:{user}", self.prefix, kind.name());
@@ -247,6 +270,7 @@ impl Limiter {
                 .arg(rate.n)
                 .arg(window_ms)
                 .arg(&member)
+                .arg(k)
                 .invoke_async(&mut conn)
                 .await
         } else {
@@ -263,7 +287,7 @@ impl Limiter {
             Err(e) => {
                 metrics::counter!("gateway_rate_limiter_errors_total").increment(1);
                 tracing::warn!(error = %e, "rate limiter: Redis unavailable; limiting on this node alone");
-                match check_local(&self.local, kind, user, rate) {
+                match check_local(&self.local, kind, user, rate, k) {
                     None => return Ok(None),
                     Some(wait_ms) => wait_ms,
                 }
@@ -291,6 +315,7 @@ fn check_local(
     kind: Kind,
     user: &str,
     rate: Rate,
+    k: u32,
 ) -> Option<u64> {
     let now = Instant::now();
     let window = std::time::Duration::from_secs(rate.window_secs);
@@ -319,12 +344,16 @@ fn check_local(
             while log.front().is_some_and(|t| now - *t >= window) {
                 log.pop_front();
             }
-            if log.len() < rate.n as usize {
-                log.push_back(now);
+            let k = k as usize;
+            if log.len() + k <= rate.n as usize {
+                log.extend(std::iter::repeat_n(now, k));
                 None
             } else {
-                let oldest = *log.front().expect("n > 0 entries");
-                Some((window - (now - oldest)).as_millis().max(1) as u64)
+                // Enough entries must leave: the (len + k - n)-th oldest.
+                let at = *log
+                    .get(log.len() + k - rate.n as usize - 1)
+                    .expect("k <= n, so that entry exists");
+                Some((window - (now - at)).as_millis().max(1) as u64)
             }
         }
         Local::Bucket { tokens, at } => {
@@ -387,7 +416,7 @@ mod tests {
 
     impl LocalOnly {
         fn check(&self, kind: Kind, user: &str) -> Option<u64> {
-            check_local(&self.local, kind, user, self.config.get(kind))
+            check_local(&self.local, kind, user, self.config.get(kind), 1)
         }
     }
 }

@@ -176,6 +176,13 @@ const CLOSE_POLICY: u16 = 1008;
 /// How many refused frames within `FLOOD_WINDOW` close the connection is `ws.flood_close_after`.
 const FLOOD_WINDOW: Duration = Duration::from_secs(10);
 
+/// Just the `ref` of a client frame.
+#[derive(Deserialize)]
+struct RefOnly {
+    #[serde(rename = "ref", default)]
+    r: Option<Value>,
+}
+
 /// Why a client frame was not taken.
 enum Flood {
     /// Over the frame rate: answered `rate_limited` (retry after this many seconds).
@@ -682,6 +689,34 @@ impl Conn {
         }
     }
 
+    /// Presence privacy after leaving a channel: watched users who no longer share a
+    /// channel with this user are no longer watched, and read as never seen from now on.
+    /// If messaging cannot answer, the watches are dropped (closed rather than open).
+    async fn recheck_watched(&mut self) -> Result<(), End> {
+        if self.watched.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = self.watched.keys().cloned().collect();
+        let hidden = match crate::presence::visible(&self.app, &self.user, ids.clone()).await {
+            Ok((_, hidden)) => hidden,
+            Err(e) => {
+                tracing::warn!(user = %self.user, error = %e.message, "presence re-check failed; dropping the connection's watches");
+                ids
+            }
+        };
+        for u in hidden {
+            self.watched.remove(&u);
+            let topic = self.app.hub.watch_topic(&u);
+            if self.topics.remove(&topic) {
+                self.app.hub.unsubscribe(self.id, &topic).await;
+            }
+            let mut f = crate::presence::view(&crate::presence::hidden(u));
+            f["type"] = json!("presence");
+            self.frame(f).await?;
+        }
+        Ok(())
+    }
+
     /// Sends a `presence` frame when `p` is newer than what this connection last sent.
     async fn presence_changed(
         &mut self,
@@ -785,7 +820,15 @@ impl Conn {
                         self.app.config.ws.frames_per_sec
                     ));
                     e.retry_after = Some(wait);
-                    return self.error(None, &e).await;
+                    // The refused frame's `ref` (only that field is read), so a client
+                    // that pipelines sends knows which one to retry.
+                    let r = match &m {
+                        WsMessage::Text(t) => serde_json::from_str::<RefOnly>(t.as_str())
+                            .ok()
+                            .and_then(|f| f.r),
+                        _ => None,
+                    };
+                    return self.error(r, &e).await;
                 }
                 Err(Flood::Close) => {
                     metrics::counter!("gateway_ws_closed_total", "reason" => "flood").increment(1);
@@ -987,6 +1030,10 @@ impl Conn {
                 .await?;
                 if me {
                     self.leave_channel(&l.channel_id).await;
+                    self.recheck_watched().await?;
+                } else if self.watched.contains_key(&l.user_id) {
+                    // A watched user left a channel: maybe the last one shared with them.
+                    self.recheck_watched().await?;
                 }
                 Ok(())
             }
@@ -1176,8 +1223,12 @@ impl Conn {
             .filter(|c| !current.contains(*c))
             .cloned()
             .collect();
+        let left_any = !gone.is_empty();
         for ch in gone {
             self.leave_channel(&ch).await;
+        }
+        if left_any {
+            self.recheck_watched().await?;
         }
         for (ch, last) in positions {
             if !self.cursors.contains_key(&ch) {

@@ -383,6 +383,10 @@ impl Writer {
                 metrics::counter!("messaging_send_batches_split_total").increment(1);
                 let mut committed = Vec::with_capacity(batch.len());
                 for r in batch {
+                    // A caller that gave up meanwhile is not written.
+                    if r.reply.is_closed() {
+                        continue;
+                    }
                     // One send alone is never split again: it is answered with its error.
                     if let Ok(Some(c)) = self.commit_together(vec![r]).await {
                         committed.push(c);

@@ -467,11 +467,11 @@ pub async fn contacts(
 ) -> Result<Vec<String>, Error> {
     let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
     Ok(sqlx::query_scalar(
-        "SELECT DISTINCT u FROM unnest($2::text[]) AS u
-         WHERE u = $1 OR EXISTS (
-           SELECT 1 FROM members mine
-           JOIN members theirs ON theirs.channel_id = mine.channel_id AND theirs.user_id = u
-           WHERE mine.user_id = $1)",
+        "SELECT theirs.user_id FROM members theirs
+         JOIN members mine ON mine.channel_id = theirs.channel_id AND mine.user_id = $1
+         WHERE theirs.user_id = ANY($2)
+         UNION
+         SELECT $1 WHERE $1 = ANY($2)",
     )
     .bind(caller.as_str())
     .bind(&ids)

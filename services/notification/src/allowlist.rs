@@ -30,8 +30,8 @@ const BLOCKED: &[&str] = &[
     "203.0.113.0/24",  // documentation
     "224.0.0.0/4",     // multicast
     "240.0.0.0/4",     // reserved, and 255.255.255.255
-    "::/128",          // unspecified
-    "::1/128",         // loopback
+    "::/96",           // unspecified, loopback, and IPv4-compatible (embeds IPv4)
+    "::ffff:0:0:0/96", // IPv4-translated (embeds IPv4)
     "64:ff9b::/96",    // NAT64: embeds an IPv4 address
     "64:ff9b:1::/48",  // local-use NAT64
     "100::/64",        // discard-only
@@ -253,6 +253,8 @@ mod tests {
             "http://[::ffff:127.0.0.1]/x",
             "http://[64:ff9b::7f00:1]/x",
             "http://[2002:7f00:1::]/x",
+            "http://[::127.0.0.1]/x",
+            "http://[::ffff:0:127.0.0.1]/x",
             "ftp://8.8.8.8/x",
             "http://user:pw@8.8.8.8/x",
             "not a url",

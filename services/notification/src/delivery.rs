@@ -17,6 +17,8 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use chrono::{DateTime, Utc};
+
 use rand::Rng as _;
 use sha2::{Digest as _, Sha256};
 use sqlx::{PgConnection, PgPool};
@@ -31,6 +33,12 @@ use crate::{
     provider::{Outcome, Providers, Push, platform_label},
     store,
 };
+
+/// One claimed (device, channel) group and the end of its lease.
+struct Claimed {
+    rows: Vec<Row>,
+    until: DateTime<Utc>,
+}
 
 /// A locked pending row with its device (None when the device was removed).
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -66,7 +74,7 @@ WHERE d.status = 'pending'
       ORDER BY next_attempt_at
       LIMIT $1)
 ORDER BY d.device_id, d.channel_id, d.seq
-LIMIT $1
+LIMIT $2
 FOR UPDATE OF d SKIP LOCKED";
 
 /// Leases the claimed rows for `$3` ms: no other claim takes them meanwhile (the lease is
@@ -74,7 +82,8 @@ FOR UPDATE OF d SKIP LOCKED";
 /// re-checks them skips them too).
 const LEASE: &str = "
 UPDATE deliveries SET lease_until = now() + make_interval(secs => $3::float8 / 1000.0)
-WHERE (message_id, device_id) IN (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]))";
+WHERE (message_id, device_id) IN (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]))
+RETURNING lease_until";
 
 /// Delay before attempt `attempt + 1` after `attempt` failures: base·2^(attempt-1),
 /// capped at `max`, with jitter in [50 %, 100 %] so that a failing endpoint's retries
@@ -181,11 +190,13 @@ impl Worker {
         while groups.join_next().await.is_some() {}
     }
 
-    /// Claims up to `limit` rows as (device, channel) groups, leased for `self.lease`.
-    async fn claim(&self, limit: usize) -> Result<Vec<Vec<Row>>, Error> {
+    /// Claims up to `groups` (device, channel) groups, whole (at most `delivery.batch` rows
+    /// in all), leased for `self.lease`; returns them with the lease's end.
+    async fn claim(&self, groups: usize) -> Result<Vec<Claimed>, Error> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<Row> = sqlx::query_as(CLAIM)
-            .bind(limit as i64)
+            .bind(groups as i64)
+            .bind(self.config.delivery.batch)
             .fetch_all(&mut *tx)
             .await?;
         if rows.is_empty() {
@@ -194,20 +205,31 @@ impl Worker {
         }
         let messages: Vec<Uuid> = rows.iter().map(|r| r.message_id).collect();
         let devices: Vec<Uuid> = rows.iter().map(|r| r.device_id).collect();
-        sqlx::query(LEASE)
+        let until: Option<DateTime<Utc>> = sqlx::query_scalar(LEASE)
             .bind(&messages)
             .bind(&devices)
             .bind(self.lease.as_millis() as f64)
-            .execute(&mut *tx)
-            .await?;
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .next();
         tx.commit().await?;
-        let mut groups: Vec<Vec<Row>> = Vec::new();
+        let Some(until) = until else {
+            return Ok(Vec::new());
+        };
+        let mut groups: Vec<Claimed> = Vec::new();
         for row in rows {
             match groups.last_mut() {
-                Some(g) if g[0].device_id == row.device_id && g[0].channel_id == row.channel_id => {
-                    g.push(row);
+                Some(g)
+                    if g.rows[0].device_id == row.device_id
+                        && g.rows[0].channel_id == row.channel_id =>
+                {
+                    g.rows.push(row);
                 }
-                _ => groups.push(vec![row]),
+                _ => groups.push(Claimed {
+                    rows: vec![row],
+                    until,
+                }),
             }
         }
         Ok(groups)
@@ -215,11 +237,12 @@ impl Worker {
 
     /// Sends one group and records its outcome in a transaction of its own. If recording
     /// fails the rows stay leased and are sent again when the lease ends.
-    async fn deliver(&self, group: Vec<Row>) {
-        let outcome = self.send_group(&group).await;
+    async fn deliver(&self, group: Claimed) {
+        let outcome = self.send_group(&group.rows).await;
         let settled = async {
             let mut tx = self.pool.begin().await?;
-            self.settle(&mut tx, &group, outcome).await?;
+            self.settle(&mut tx, &group.rows, group.until, outcome)
+                .await?;
             tx.commit().await?;
             Ok::<_, Error>(())
         };
@@ -292,25 +315,36 @@ impl Worker {
     }
 
     /// Records a group's outcome in the open transaction.
+    ///
+    /// Only rows still under this claim's lease are changed: a settle that comes after the
+    /// lease ended (another worker may have claimed and sent them since) changes nothing.
     async fn settle(
         &self,
         tx: &mut PgConnection,
         group: &[Row],
+        until: DateTime<Utc>,
         outcome: Outcome,
     ) -> Result<(), Error> {
         let messages: Vec<Uuid> = group.iter().map(|r| r.message_id).collect();
         let devices: Vec<Uuid> = group.iter().map(|r| r.device_id).collect();
         let platform = platform_label(group[0].platform.unwrap_or(0));
-        const KEYS: &str =
-            "(message_id, device_id) IN (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]))";
+        // The rows of this claim, while it holds them ($n: the lease's end).
+        let keys = |n: usize| {
+            format!(
+                "(message_id, device_id) IN (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]))
+                 AND status = 'pending' AND lease_until = ${n}"
+            )
+        };
         match outcome {
             Outcome::Delivered => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE deliveries SET status = 'sent', attempts = attempts + 1,
-                         finished_at = now(), last_error = NULL, lease_until = NULL WHERE {KEYS}"
+                         finished_at = now(), last_error = NULL, lease_until = NULL WHERE {}",
+                    keys(3)
                 )))
                 .bind(&messages)
                 .bind(&devices)
+                .bind(until)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -320,11 +354,13 @@ impl Worker {
                 store::remove_device(tx, group[0].device_id).await?;
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE deliveries SET status = 'gone', attempts = attempts + 1,
-                         finished_at = now(), last_error = $3, lease_until = NULL WHERE {KEYS}"
+                         finished_at = now(), last_error = $3, lease_until = NULL WHERE {}",
+                    keys(4)
                 )))
                 .bind(&messages)
                 .bind(&devices)
                 .bind(&reason)
+                .bind(until)
                 .execute(&mut *tx)
                 .await?;
                 tracing::info!(device = %group[0].device_id, reason = %reason, "device removed: token gone");
@@ -340,13 +376,15 @@ impl Worker {
                          status = CASE WHEN attempts + 1 >= $4 THEN 'dead' ELSE 'pending' END,
                          finished_at = CASE WHEN attempts + 1 >= $4 THEN now() END,
                          next_attempt_at = now() + make_interval(secs => $5::float8 / 1000.0)
-                     WHERE {KEYS} RETURNING status"
+                     WHERE {} RETURNING status",
+                    keys(6)
                 )))
                 .bind(&messages)
                 .bind(&devices)
                 .bind(&reason)
                 .bind(d.max_attempts)
                 .bind(delay.as_millis() as f64)
+                .bind(until)
                 .fetch_all(&mut *tx)
                 .await?;
                 let dead = dead.iter().filter(|s| *s == "dead").count() as u64;
@@ -359,11 +397,13 @@ impl Worker {
             Outcome::Refused(reason) => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE deliveries SET status = 'dead', attempts = attempts + 1,
-                         finished_at = now(), last_error = $3, lease_until = NULL WHERE {KEYS}"
+                         finished_at = now(), last_error = $3, lease_until = NULL WHERE {}",
+                    keys(4)
                 )))
                 .bind(&messages)
                 .bind(&devices)
                 .bind(&reason)
+                .bind(until)
                 .execute(&mut *tx)
                 .await?;
                 metrics::counter!("notification_dead_letters_total", "platform" => platform)

@@ -169,7 +169,10 @@ async fn a_flooding_connection_is_refused_then_closed() -> anyhow::Result<()> {
     assert!((5..=6).contains(&pongs), "{frames:?}");
     assert_eq!(pongs + refused.len(), 10, "{frames:?}");
     for e in &refused {
-        assert_error_frame(e, "rate_limited", None);
+        // Each refusal names the refused frame by its `ref`.
+        let r = e["ref"].clone();
+        assert!(r.as_u64().is_some_and(|r| r < 10), "{e}");
+        assert_error_frame(e, "rate_limited", Some(&r));
         assert!(e["retry_after"].as_u64().is_some_and(|s| s >= 1), "{e}");
     }
     // Another connection is not affected.

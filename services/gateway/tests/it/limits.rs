@@ -126,3 +126,54 @@ async fn without_redis_each_replica_still_limits() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn members_of_a_new_group_count_as_joins() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let create = |n: usize, from: usize| {
+        let members: Vec<String> = (from..from + n).map(|i| format!("u{i}")).collect();
+        let alice = alice.clone();
+        async move {
+            alice
+                .req(
+                    "POST",
+                    "/v1/channels",
+                    Some(json!({"kind": "group", "name": "g", "members": members})),
+                )
+                .await
+        }
+    };
+    // More than the hourly limit at once can never succeed; it takes nothing.
+    let too_many = create(21, 0).await?;
+    assert_error(&too_many, 429, "rate_limited");
+    // 18 at creation, 2 added later: 20. The next is refused, at creation or by adding.
+    let (s, g, _) = create(18, 0).await?;
+    assert_eq!(s, 201, "{g}");
+    let ch = g["id"].as_str().unwrap_or_default().to_owned();
+    for u in ["u18", "u19"] {
+        let (s, b, _) = alice
+            .req(
+                "POST",
+                &format!("/v1/channels/{ch}/members"),
+                Some(json!({"user_id": u})),
+            )
+            .await?;
+        assert_eq!(s, 201, "{b}");
+    }
+    assert_error(&create(1, 20).await?, 429, "rate_limited");
+    assert_error(
+        &alice
+            .req(
+                "POST",
+                &format!("/v1/channels/{ch}/members"),
+                Some(json!({"user_id": "u20"})),
+            )
+            .await?,
+        429,
+        "rate_limited",
+    );
+    // A group without members is still fine (a creation, no joins).
+    assert_eq!(create(0, 0).await?.0, 201);
+    Ok(())
+}

@@ -248,3 +248,36 @@ async fn presence_is_visible_only_to_users_who_share_a_channel() -> anyhow::Resu
     assert_eq!(p[0]["last_seen_at"], Value::Null, "{}", p[0]);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_watch_ends_when_the_last_shared_channel_goes() -> anyhow::Result<()> {
+    let stack = stack().await?;
+    let carol = Client::new(&stack.url(0), "carol");
+    let ch = carol.group("friends", &["bob"]).await?;
+    let bob = Ws::connect(&stack.url(0), "bob").await?;
+    wait_status(&carol, "bob", "online", T).await?;
+    let mut cw = Ws::connect(&stack.url(1), "carol").await?;
+    cw.send(json!({"type": "watch_presence", "user_ids": ["bob"]}))
+        .await?;
+    assert_eq!(cw.expect("presence", T).await?["status"], "online");
+
+    // Bob leaves the only channel they share: carol's watch ends with a never-seen frame.
+    let (s, b, _) = Client::new(&stack.url(0), "bob")
+        .req("DELETE", &format!("/v1/channels/{ch}/members/bob"), None)
+        .await?;
+    assert_eq!(s, 204, "{b}");
+    let f = cw.expect("presence", T).await?;
+    assert_eq!(
+        f,
+        json!({"type": "presence", "user_id": "bob", "status": "offline", "last_seen_at": null})
+    );
+    // His later changes are not told to her.
+    bob.close().await;
+    for f in cw.frames_for(QUIET).await? {
+        assert_ne!(
+            f["type"], "presence",
+            "a former contact's change was sent: {f}"
+        );
+    }
+    Ok(())
+}
