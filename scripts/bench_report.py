@@ -550,8 +550,9 @@ def abuse_section(name, a, intro):
     md.append(f"- **Made-up channel ids:** one connection sent {b['frames_sent']} `send` frames, each to a "
               f"new random channel id; {b['answered']} answered in {b['secs']:.1f} s, by code {b['codes']}"
               + (f"; the connection was closed ({b['closed']})" if b.get("closed") else "")
-              + f". Gateway RSS {kib(b['rss_before_kib'])} before (after a warm-up connection of 100 such "
-              f"sends), {kib(b['rss_after_kib'])} after, the flooding connection still open: "
+              + f". Gateway RSS {kib(b['rss_before_kib'])} before (after a warm-up: four connections "
+              f"with 100 such sends each and another user's burst of 1,000), {kib(b['rss_after_kib'])} "
+              f"2 s after the last answer (the flooding connection still open unless closed): "
               f"**{b['rss_growth_kib'] if b.get('rss_growth_kib') is not None else '-'} KiB** (target < 1 MB).")
     md.append(f"- **A calm client beside a flood:** one ping at a time, {a['config']['calm_rate']:.0f}/s for "
               f"{a['config']['calm_secs']:.0f} s quiet, then as long again while another user's connection "

@@ -128,9 +128,10 @@ pub async fn run(api: &Api, a: AbuseArgs) -> Result<AbuseReport> {
         format!("{}{tag}-bogus", a.prefix),
         format!("{}{tag}-flooder", a.prefix),
         format!("{}{tag}-calm", a.prefix),
+        format!("{}{tag}-warm", a.prefix),
     ];
-    let tokens = api.tokens(&users, 3).await.context("dev tokens")?;
-    let bogus = bogus_channels(api, &tokens[0], &tokens[2], &a).await?;
+    let tokens = api.tokens(&users, 4).await.context("dev tokens")?;
+    let bogus = bogus_channels(api, &tokens, &a).await?;
     let flood = beside_a_flood(api, &tokens[1], &tokens[2], &a).await?;
     Ok(AbuseReport {
         config: a,
@@ -169,35 +170,21 @@ fn close_label(m: &Message) -> Option<String> {
     }
 }
 
-async fn bogus_channels(
-    api: &Api,
-    token: &str,
-    warm_token: &str,
-    a: &AbuseArgs,
-) -> Result<BogusReport> {
-    // Warm-up (the gateway's first connections and checks allocate pools, HTTP/2 windows
-    // and allocator pages that every later one shares): another user's connection with
-    // made-up sends (within any frame limit), then settle.
-    let mut warm = api.connect(warm_token).await?;
-    for i in 0..WARM {
-        let f = json!({"type": "send", "ref": i, "channel_id": random_uuid(),
-                       "client_msg_id": "k", "body": "x"});
-        warm.send(Message::Text(f.to_string().into())).await?;
-    }
-    let mut answers = 0;
-    while answers < WARM {
-        match tokio::time::timeout(Duration::from_secs(10), warm.next()).await {
-            Ok(Some(Ok(Message::Text(_)))) => answers += 1,
-            Ok(Some(Ok(_))) => {}
-            _ => break,
-        }
-    }
-    api::close(warm).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_before = a.gateway_pid.and_then(procfs::rss_kib);
+/// What one connection's made-up sends got.
+struct MadeUp {
+    sent: usize,
+    answered: usize,
+    codes: BTreeMap<String, usize>,
+    closed: Option<String>,
+    secs: f64,
+}
+
+/// One connection sends `n` `send` frames to made-up channels as fast as it can and reads
+/// their answers (until all came or the server closed it); returns the tally and the
+/// connection if it is still open.
+async fn made_up_sends(api: &Api, token: &str, n: usize) -> Result<(MadeUp, Option<Ws>)> {
     let ws = api.connect(token).await?;
     let (mut tx, mut rx) = ws.split();
-    let n = a.bogus;
     let t0 = Instant::now();
     let writer = tokio::spawn(async move {
         let mut sent = 0;
@@ -238,19 +225,55 @@ async fn bogus_channels(
     }
     let secs = t0.elapsed().as_secs_f64();
     let (sent, tx) = writer.await?;
-    // Memory with the connection still open (what it made the gateway keep), after the
-    // allocator settled.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let open = if closed.is_none() {
+        tx.reunite(rx).ok()
+    } else {
+        None
+    };
+    Ok((
+        MadeUp {
+            sent,
+            answered,
+            codes,
+            closed,
+            secs,
+        },
+        open,
+    ))
+}
+
+async fn bogus_channels(api: &Api, tokens: &[String], a: &AbuseArgs) -> Result<BogusReport> {
+    // Warm-up: the gateway's first connections allocate pools, HTTP/2 windows and each
+    // worker thread's allocator pages, which every later connection shares. Before the
+    // measurement the same paths run once: four connections of one user with a few
+    // made-up sends each (within any frame limit), and another user's burst of 1,000 (on
+    // a gateway with the default frame limit, refused and closed), then the memory settles.
+    let warm =
+        futures::future::join_all((0..4).map(|_| made_up_sends(api, &tokens[2], WARM))).await;
+    for w in warm {
+        if let (_, Some(ws)) = w? {
+            api::close(ws).await;
+        }
+    }
+    if let (_, Some(ws)) = made_up_sends(api, &tokens[3], 1000).await? {
+        api::close(ws).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_before = a.gateway_pid.and_then(procfs::rss_kib);
+    let (m, open) = made_up_sends(api, &tokens[0], a.bogus).await?;
+    // Memory with the connection still open if it is (what it made the gateway keep),
+    // after the allocator settled.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = a.gateway_pid.and_then(procfs::rss_kib);
-    if let Ok(ws) = tx.reunite(rx) {
+    if let Some(ws) = open {
         api::close(ws).await;
     }
     Ok(BogusReport {
-        frames_sent: sent,
-        answered,
-        codes,
-        closed,
-        secs,
+        frames_sent: m.sent,
+        answered: m.answered,
+        codes: m.codes,
+        closed: m.closed,
+        secs: m.secs,
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,
         rss_growth_kib: match (rss_before, rss_after) {
