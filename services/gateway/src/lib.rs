@@ -15,7 +15,6 @@ mod receipts;
 mod sender;
 mod view;
 mod ws;
-mod ws_sends;
 
 use std::{sync::Arc, time::Duration};
 

@@ -1,0 +1,112 @@
+//! Live events routed to a connection (messages, edits, membership, receipts) and the
+//! answers to its sends.
+
+use parley_proto::{events::v1 as ev, messaging::v1 as pb};
+use serde_json::{Value, json};
+
+use super::{Conn, End};
+use crate::{
+    ApiError,
+    hub::{Delivery, Payload as HubPayload},
+    view,
+};
+
+impl Conn {
+    pub(super) async fn on_sent(
+        &mut self,
+        r: Option<Value>,
+        result: Result<pb::SendMessageResponse, ApiError>,
+    ) -> Result<(), End> {
+        match result {
+            Ok(resp) => {
+                let mut f =
+                    json!({"type": "sent", "message": resp.message.as_ref().map(view::message)});
+                if let Some(r) = r {
+                    f["ref"] = r;
+                }
+                self.frame(f).await
+            }
+            Err(e) => self.error(r, &e).await,
+        }
+    }
+
+    pub(super) fn seen_event(&mut self, id: &str) -> bool {
+        if self.recent_events.iter().any(|e| e == id) {
+            return true;
+        }
+        if self.recent_events.len() >= 128 {
+            self.recent_events.pop_front();
+        }
+        self.recent_events.push_back(id.to_owned());
+        false
+    }
+
+    pub(super) async fn on_event(&mut self, d: Delivery) -> Result<(), End> {
+        let event = match &d.payload {
+            HubPayload::Messaging(e) => e.clone(),
+            HubPayload::Presence(e) => return self.on_presence(e).await,
+            HubPayload::Receipt(r) => {
+                if !self.cursors.contains_key(&r.channel_id) {
+                    return Ok(());
+                }
+                return self.frame(crate::receipts::frame(r)).await;
+            }
+        };
+        use ev::event::Payload;
+        match &event.payload {
+            Some(Payload::MessageCreated(ev::MessageCreated {
+                message: Some(m), ..
+            })) => self.offer(m.clone(), true).await,
+            Some(Payload::MessageUpdated(ev::MessageUpdated { message: Some(m) })) => {
+                self.changed("message_updated", m).await
+            }
+            Some(Payload::MessageDeleted(ev::MessageDeleted {
+                message: Some(m), ..
+            })) => self.changed("message_deleted", m).await,
+            Some(Payload::MemberJoined(j)) => {
+                let Some(member) = &j.member else {
+                    return Ok(());
+                };
+                let me = member.user_id == self.user.as_str();
+                // Events about this user come on the user topic; skip their copy on the channel topic.
+                if me != d.via_user_topic || self.seen_event(&event.event_id) {
+                    return Ok(());
+                }
+                if me {
+                    self.join_channel(&member.channel_id, j.channel_last_seq)
+                        .await;
+                }
+                self.frame(json!({
+                    "type": "member_joined", "channel_id": member.channel_id, "user_id": member.user_id,
+                    "role": view::role(member.role), "added_by": j.added_by,
+                }))
+                .await?;
+                if me {
+                    // A message committed after the join but before the subscription was
+                    // active reached nobody here: probe history once.
+                    self.fill(&member.channel_id.clone(), true).await?;
+                }
+                Ok(())
+            }
+            Some(Payload::MemberLeft(l)) => {
+                let me = l.user_id == self.user.as_str();
+                if me != d.via_user_topic || self.seen_event(&event.event_id) {
+                    return Ok(());
+                }
+                self.frame(json!({
+                    "type": "member_left", "channel_id": l.channel_id, "user_id": l.user_id, "removed_by": l.removed_by,
+                }))
+                .await?;
+                if me {
+                    self.leave_channel(&l.channel_id).await;
+                    self.recheck_watched().await?;
+                } else if self.watched.contains_key(&l.user_id) {
+                    // A watched user left a channel: maybe the last one shared with them.
+                    self.recheck_watched().await?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}

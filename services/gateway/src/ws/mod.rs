@@ -1,0 +1,581 @@
+//! One WebSocket connection: the upgrade, the connection loop and its writes. By concern:
+//! `client` (client frames), `events` (live events and send answers), `ordering`
+//! (per-channel order, gaps, catch-up, resume), `watch` (presence), `sends` (per-channel
+//! send queues), `limits` (frame rate).
+//!
+//! For every channel of the user the connection keeps `delivered` (the highest seq sent to
+//! this client) and holds back messages that arrive ahead of it. A gap that is not closed
+//! by pub/sub within `gap_wait_ms` is fetched from messaging history, so the client sees
+//! each channel's messages in strictly increasing seq with no gaps, live or replayed.
+
+mod client;
+mod events;
+mod limits;
+mod ordering;
+mod sends;
+mod watch;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{
+        State,
+        ws::{
+            Message as WsMessage, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+        },
+    },
+    http::HeaderMap,
+    response::{IntoResponse, Response},
+};
+use futures::{FutureExt as _, SinkExt as _};
+use parley_kit::{ErrorCode, domain::UserId};
+use parley_proto::messaging::v1 as pb;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+
+use self::{
+    limits::FrameBucket,
+    sends::{SendQueues, SendResult},
+};
+use crate::{
+    ApiError, App,
+    http::grpc,
+    hub::{ConnSink, Delivery},
+};
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+/// `GET /v1/ws`: authenticates, then upgrades.
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    crate::http::Q(q): crate::http::Q<WsQuery>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let user =
+        match crate::auth::bearer(&headers, q.token.as_deref()).and_then(|t| app.auth.verify(&t)) {
+            Ok(u) => u,
+            Err(e) => return e.into_response(),
+        };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return ApiError::invalid(format!("not a WebSocket upgrade: {}", e.body_text()))
+                .into_response();
+        }
+    };
+    if app.draining.is_cancelled() {
+        return ApiError::new(
+            ErrorCode::Unavailable,
+            "this node is draining; connect to another",
+        )
+        .into_response();
+    }
+    let session = uuid::Uuid::now_v7().to_string();
+    let ticket = match app.admission.admit(user.as_str(), &session).await {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let tracker = app.connections.clone();
+    ws.max_message_size(app.config.ws.max_frame_bytes)
+        .max_frame_size(app.config.ws.max_frame_bytes)
+        .read_buffer_size(app.config.ws.read_buffer_bytes)
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move { Conn::run(app, user, socket, session, ticket).await })
+        })
+}
+
+impl Cursor {
+    /// Holds a message that came ahead of its turn, unless `cap` are held already: then it
+    /// is let go (its seq stays the target) and fetched from history when its turn comes,
+    /// so a connection never holds more than `ws.max_held` messages per channel.
+    fn hold(&mut self, m: pb::Message, cap: usize) {
+        if self.held.len() < cap || self.held.contains_key(&m.seq) {
+            self.held.insert(m.seq, m);
+        } else {
+            metrics::counter!("gateway_ws_held_dropped_total").increment(1);
+        }
+    }
+}
+
+/// Ordering state of one channel on one connection.
+#[derive(Debug, Default)]
+struct Cursor {
+    /// Highest seq sent to the client.
+    delivered: u64,
+    /// Highest seq known to exist (from events or positions).
+    target: u64,
+    /// Messages received ahead of `delivered + 1`.
+    held: BTreeMap<u64, pb::Message>,
+    /// When the current gap was first seen.
+    gap_since: Option<Instant>,
+    /// First seq actually sent on this connection (a resume never replays below it).
+    sent_from: Option<u64>,
+}
+
+struct Conn {
+    app: Arc<App>,
+    user: UserId,
+    id: u64,
+    socket: WebSocket,
+    sink: ConnSink,
+    topics: HashSet<String>,
+    cursors: HashMap<String, Cursor>,
+    recent_events: VecDeque<String>,
+    /// One queue per channel this connection sends to (bounded; see `ws_sends`).
+    sends: SendQueues,
+    /// Client frames allowed now (`ws.frames_per_sec`, `ws.frames_burst`).
+    frames: FrameBucket,
+    /// Typing calls on their way to presence (at most `ws.max_typing_in_flight`).
+    typing: Arc<tokio::sync::Semaphore>,
+    last_inbound: Instant,
+    /// The WebSocket `session_id`, also the connection id towards presence.
+    session_id: String,
+    /// This connection's place under the connection caps (given back when it drops).
+    ticket: crate::admission::Ticket,
+    /// Users this connection watches, with the newest presence version sent for each.
+    watched: HashMap<String, u64>,
+    /// Right after `hello`, messages are held (not sent) until the client's first frame or
+    /// this deadline: a client that reconnects sends `resume` first, and its replay must
+    /// come before anything sent live.
+    hold_until: Option<Instant>,
+    /// Some channel may be behind its target (a gap to wait for or fill): only then does
+    /// the gap timer run, so idle connections cost no periodic wake-ups.
+    maybe_gaps: bool,
+    /// Frames fed to the socket since the last flush: frames produced by work that is
+    /// already queued leave in one write (one syscall) instead of one each.
+    unflushed: usize,
+    /// A write failed: the connection ends at the next flush.
+    write_failed: bool,
+    /// `clean_up` ran (or is running).
+    cleaned_up: bool,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.cleaned_up {
+            return;
+        }
+        tracing::error!(user = %self.user, conn = self.id, "websocket task ended abnormally; cleaning up");
+        let clean_up = self.clean_up();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(clean_up);
+        }
+    }
+}
+
+/// Why a connection ended.
+enum End {
+    Closed,
+    Draining,
+    Error,
+}
+
+impl Conn {
+    async fn run(
+        app: Arc<App>,
+        user: UserId,
+        socket: WebSocket,
+        session_id: String,
+        ticket: crate::admission::Ticket,
+    ) {
+        let (tx, mut rx) = mpsc::channel(app.config.ws.queue_len);
+        let (sends_tx, mut sends_rx) = mpsc::channel(64);
+        let sends = SendQueues::new(app.clone(), user.clone(), sends_tx);
+        let frames = FrameBucket::new(&app.config.ws);
+        let typing = Arc::new(tokio::sync::Semaphore::new(
+            app.config.ws.max_typing_in_flight.max(1),
+        ));
+        let sink = ConnSink {
+            tx,
+            lagged: Arc::new(AtomicBool::new(false)),
+            wake: Arc::new(Notify::new()),
+        };
+        let mut conn = Self {
+            id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+            app,
+            user,
+            socket,
+            sink,
+            topics: HashSet::new(),
+            cursors: HashMap::new(),
+            recent_events: VecDeque::new(),
+            sends,
+            frames,
+            typing,
+            last_inbound: Instant::now(),
+            session_id,
+            ticket,
+            watched: HashMap::new(),
+            hold_until: None,
+            maybe_gaps: false,
+            unflushed: 0,
+            write_failed: false,
+            cleaned_up: false,
+        };
+        metrics::gauge!("gateway_ws_connections").increment(1.0);
+        if let Some(p) = &conn.app.presence {
+            p.connected(conn.user.as_str(), &conn.session_id).await;
+        }
+        let end = conn.serve(&mut rx, &mut sends_rx).await;
+        conn.clean_up().await;
+        let reason = match end {
+            End::Closed => "closed",
+            End::Draining => "draining",
+            End::Error => "error",
+        };
+        tracing::debug!(user = %conn.user, conn = conn.id, reason, "websocket ended");
+    }
+
+    /// Leaves no trace of the connection on this node or in presence. Runs once: at the
+    /// end of `run`, or from `Drop` when the connection's task ended without reaching it
+    /// (a panic), so no presence entry or hub route outlives the socket.
+    fn clean_up(&mut self) -> impl Future<Output = ()> + Send + 'static {
+        let first = !std::mem::replace(&mut self.cleaned_up, true);
+        let (app, user, session, id) = (
+            self.app.clone(),
+            self.user.clone(),
+            self.session_id.clone(),
+            self.id,
+        );
+        let topics = std::mem::take(&mut self.topics);
+        async move {
+            if !first {
+                return;
+            }
+            if let Some(p) = &app.presence {
+                p.disconnected(user.as_str(), &session).await;
+            }
+            for t in topics {
+                app.hub.unsubscribe(id, &t).await;
+            }
+            metrics::gauge!("gateway_ws_connections").decrement(1.0);
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        rx: &mut mpsc::Receiver<Delivery>,
+        sends_rx: &mut mpsc::Receiver<SendResult>,
+    ) -> End {
+        if let Err(end) = self.start().await {
+            return end;
+        }
+        let cfg = self.app.config.ws.clone();
+        let heartbeat = Duration::from_millis(cfg.heartbeat_ms);
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let gap_wait = Duration::from_millis(cfg.gap_wait_ms);
+        let mut gap_tick = tokio::time::interval((gap_wait / 2).max(Duration::from_millis(10)));
+        gap_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let draining = self.app.draining.clone();
+        let wake = self.sink.wake.clone();
+        let write_batch = cfg.write_batch_frames.max(1);
+        loop {
+            if let Err(end) = self.flush().await {
+                return end;
+            }
+            let step = tokio::select! {
+                _ = draining.cancelled() => {
+                    let _ = self.frame(json!({"type": "reconnect", "reason": "server draining"})).await;
+                    let _ = self.close_with(None).await;
+                    return End::Draining;
+                }
+                inbound = self.socket.recv() => match inbound {
+                    None | Some(Err(_)) => return End::Closed,
+                    Some(Ok(m)) => self.on_inbound(m).await,
+                },
+                Some(d) = rx.recv() => self.on_event(d).await,
+                Some((r, result)) = sends_rx.recv() => self.on_sent(r, result).await,
+                _ = wake.notified() => self.catch_up_if_lagged().await,
+                _ = gap_tick.tick(), if self.hold_until.is_some() || self.maybe_gaps => {
+                    let r = if self.hold_until.is_some_and(|t| Instant::now() >= t) {
+                        self.release().await
+                    } else {
+                        self.fill_due_gaps(gap_wait).await
+                    };
+                    self.maybe_gaps = self.cursors.values().any(|c| c.target > c.delivered);
+                    r
+                }
+                _ = ping.tick() => {
+                    if self.last_inbound.elapsed() > heartbeat * 2 {
+                        tracing::info!(user = %self.user, "websocket heartbeat timeout");
+                        let _ = self.close_with(None).await;
+                        return End::Closed;
+                    }
+                    self.ticket.renew();
+                    self.feed(WsMessage::Ping(Vec::new().into())).await
+                }
+            };
+            if let Err(end) = step {
+                return self.finish(end).await;
+            }
+            // Work that is already waiting is done now, so its frames share the write
+            // above (bounded, so a busy connection still flushes and reads regularly).
+            for _ in 1..write_batch {
+                let step = if let Ok(d) = rx.try_recv() {
+                    self.on_event(d).await
+                } else if let Ok((r, result)) = sends_rx.try_recv() {
+                    self.on_sent(r, result).await
+                } else if let Some(inbound) = self.socket.recv().now_or_never() {
+                    match inbound {
+                        None | Some(Err(_)) => return End::Closed,
+                        Some(Ok(m)) => self.on_inbound(m).await,
+                    }
+                } else {
+                    break;
+                };
+                if let Err(end) = step {
+                    return self.finish(end).await;
+                }
+            }
+        }
+    }
+
+    /// On a client's close, the frames already queued are still written, best effort and
+    /// for at most a second (a client that stops reading does not hold the connection).
+    async fn finish(&mut self, end: End) -> End {
+        if matches!(end, End::Closed) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
+        }
+        end
+    }
+
+    /// `hello`, subscriptions, and starting positions for every channel of the user.
+    async fn start(&mut self) -> Result<(), End> {
+        let session_id = self.session_id.clone();
+        let topic = self.app.hub.user_topic(self.user.as_str());
+        self.subscribe(topic).await;
+        let positions = match self.positions().await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = self.error(None, &e).await;
+                let _ = self.close_with(None).await;
+                return Err(End::Error);
+            }
+        };
+        for (channel, last) in positions {
+            self.join_channel(&channel, last).await;
+        }
+        self.frame(json!({
+            "type": "hello", "user_id": self.user.as_str(), "session_id": session_id,
+            "heartbeat_ms": self.app.config.ws.heartbeat_ms,
+        }))
+        .await?;
+        self.hold_until =
+            Some(Instant::now() + Duration::from_millis(self.app.config.ws.resume_window_ms));
+        // Messages committed between reading positions and the subscriptions becoming
+        // active were published to nobody here: compare positions once more.
+        self.sink.lagged.store(true, Ordering::Release);
+        self.catch_up_if_lagged().await
+    }
+
+    // These return futures that do not borrow `self`: the socket inside is not Sync, so a
+    // borrow of `Conn` held across an await would make the connection task !Send.
+    fn positions(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, u64)>, ApiError>> + Send + 'static {
+        positions(self.app.clone(), self.user.clone())
+    }
+
+    fn page_after(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<(Vec<pb::Message>, bool), ApiError>> + Send + 'static {
+        page_after(
+            self.app.clone(),
+            self.user.clone(),
+            channel.to_owned(),
+            after,
+            limit,
+        )
+    }
+
+    async fn subscribe(&mut self, topic: String) {
+        if self.topics.insert(topic.clone()) {
+            // A new topic waits on Redis (and on the hub's other subscribers): what is
+            // queued leaves first. A failed write ends the connection at the next flush.
+            let _ = self.flush().await;
+            self.app.hub.subscribe(self.id, &topic, &self.sink).await;
+        }
+    }
+
+    async fn join_channel(&mut self, channel: &str, position: u64) {
+        if !self.cursors.contains_key(channel) {
+            self.cursors.insert(
+                channel.to_owned(),
+                Cursor {
+                    delivered: position,
+                    target: position,
+                    ..Cursor::default()
+                },
+            );
+            for topic in self.channel_topics(channel) {
+                self.subscribe(topic).await;
+            }
+        }
+    }
+
+    /// Topics a member's connection listens to for one channel: messages and membership,
+    /// plus typing and receipts when those services are configured.
+    fn channel_topics(&self, channel: &str) -> Vec<String> {
+        let hub = &self.app.hub;
+        let mut t = vec![hub.channel_topic(channel)];
+        if self.app.presence.is_some() {
+            t.push(hub.typing_topic(channel));
+        }
+        if self.app.receipts.is_some() {
+            t.push(hub.receipts_topic(channel));
+        }
+        t
+    }
+
+    async fn leave_channel(&mut self, channel: &str) {
+        self.cursors.remove(channel);
+        let _ = self.flush().await;
+        for topic in self.channel_topics(channel) {
+            if self.topics.remove(&topic) {
+                self.app.hub.unsubscribe(self.id, &topic).await;
+            }
+        }
+    }
+
+    /// Writes out the queued frames (before anything that waits on another service, so
+    /// they are not held back by it).
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.write_failed {
+            return Err(End::Error);
+        }
+        let frames = std::mem::take(&mut self.unflushed);
+        if frames == 0 {
+            return Ok(());
+        }
+        metrics::histogram!("gateway_ws_write_batch_size").record(frames as f64);
+        let timeout = Duration::from_millis(self.app.config.ws.write_timeout_ms.max(1));
+        match tokio::time::timeout(timeout, self.socket.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => {
+                self.write_failed = true;
+                Err(End::Error)
+            }
+            Err(_) => Err(self.slow()),
+        }
+    }
+
+    /// The client took nothing for `ws.write_timeout_ms`: the connection is dropped (a close
+    /// frame could not reach it either); the client reconnects and resumes.
+    fn slow(&mut self) -> End {
+        self.write_failed = true;
+        metrics::counter!("gateway_ws_closed_total", "reason" => "slow_consumer").increment(1);
+        tracing::info!(user = %self.user, conn = self.id, "websocket dropped: the client stopped reading");
+        End::Error
+    }
+
+    /// Sends a close frame with `code` and `reason` (best effort, bounded by the write
+    /// timeout) and ends the connection.
+    async fn close(&mut self, code: u16, reason: &'static str) -> End {
+        self.close_with(Some(axum::extract::ws::CloseFrame {
+            code,
+            reason: reason.into(),
+        }))
+        .await
+    }
+
+    async fn close_with(&mut self, frame: Option<axum::extract::ws::CloseFrame>) -> End {
+        let frame = WsMessage::Close(frame);
+        let timeout = Duration::from_millis(self.app.config.ws.write_timeout_ms.max(1));
+        let _ = tokio::time::timeout(timeout, self.socket.send(frame)).await;
+        End::Closed
+    }
+
+    /// Queues a frame; the serve loop writes queued frames out before it waits again.
+    async fn frame(&mut self, v: Value) -> Result<(), End> {
+        self.feed(WsMessage::Text(v.to_string().into())).await
+    }
+
+    /// Queues a message for the next write, bounded by `ws.write_timeout_ms`.
+    async fn feed(&mut self, m: WsMessage) -> Result<(), End> {
+        self.unflushed += 1;
+        let timeout = Duration::from_millis(self.app.config.ws.write_timeout_ms.max(1));
+        match tokio::time::timeout(timeout, self.socket.feed(m)).await {
+            Ok(r) => r.map_err(|_| End::Error),
+            Err(_) => Err(self.slow()),
+        }
+    }
+
+    async fn error(&mut self, r: Option<Value>, e: &ApiError) -> Result<(), End> {
+        let mut f = json!({"type": "error", "code": e.code.as_str(), "message": e.message});
+        if let Some(r) = r {
+            f["ref"] = r;
+        }
+        if let Some(s) = e.retry_after {
+            f["retry_after"] = json!(s);
+        }
+        self.frame(f).await
+    }
+}
+
+async fn positions(app: Arc<App>, user: UserId) -> Result<Vec<(String, u64)>, ApiError> {
+    let req = grpc(&user, pb::ListChannelPositionsRequest {})?;
+    let resp = app
+        .messaging
+        .clone()
+        .list_channel_positions(req)
+        .await?
+        .into_inner();
+    Ok(resp
+        .positions
+        .into_iter()
+        .map(|p| (p.channel_id, p.last_seq))
+        .collect())
+}
+
+async fn page_after(
+    app: Arc<App>,
+    user: UserId,
+    channel: String,
+    after: u64,
+    limit: u32,
+) -> Result<(Vec<pb::Message>, bool), ApiError> {
+    let req = pb::ListMessagesRequest {
+        channel_id: channel,
+        before: None,
+        after: Some(after),
+        limit,
+    };
+    let resp = app
+        .messaging
+        .clone()
+        .list_messages(grpc(&user, req)?)
+        .await?
+        .into_inner();
+    Ok((resp.messages, resp.has_more))
+}
+
+fn presence_off() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unavailable,
+        "presence is not configured on this gateway",
+    )
+}
+
+fn receipts_off() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unavailable,
+        "receipts is not configured on this gateway",
+    )
+}

@@ -1,0 +1,151 @@
+//! Presence on a connection: `watch_presence` (only users who share a channel with this
+//! one: presence privacy), presence changes and typing events.
+
+use parley_kit::domain::UserId;
+use serde_json::{Value, json};
+
+use super::{Conn, End, presence_off};
+use crate::{ApiError, ratelimit::Kind};
+
+impl Conn {
+    /// `watch_presence`: subscribe first, then read the current state, so no change is
+    /// missed; later events older than what was sent (by `version`) are dropped.
+    pub(super) async fn watch_presence(&mut self, v: &Value) -> Result<(), End> {
+        let r = v.get("ref").cloned();
+        let Some(presence) = self.app.presence.clone() else {
+            return self.error(r, &presence_off()).await;
+        };
+        if let Err(e) = self
+            .app
+            .limiter
+            .check(Kind::PresenceQueries, self.user.as_str())
+            .await
+        {
+            return self.error(r, &e).await;
+        }
+        let ids = match v.get("user_ids").and_then(Value::as_array) {
+            Some(a) => a
+                .iter()
+                .map(|u| {
+                    u.as_str()
+                        .ok_or_else(|| ApiError::invalid("`user_ids` must be strings"))
+                        .and_then(|s| Ok(UserId::parse(s)?.to_string()))
+                })
+                .collect::<Result<Vec<String>, ApiError>>(),
+            None => Err(ApiError::invalid("`user_ids` must be an array of user ids")),
+        };
+        let mut ids = match ids {
+            Ok(ids) => ids,
+            Err(e) => return self.error(r, &e).await,
+        };
+        ids.sort();
+        ids.dedup();
+        let max = self.app.config.ws.max_watch;
+        let new: Vec<String> = ids
+            .into_iter()
+            .filter(|u| !self.watched.contains_key(u))
+            .collect();
+        if self.watched.len() + new.len() > max {
+            let e = ApiError::invalid(format!("a connection watches at most {max} users"));
+            return self.error(r, &e).await;
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        // Presence privacy: users who share no channel with this one read as never seen, once,
+        // and are not watched (watch again once you share a channel).
+        let (new, hidden) = match crate::presence::visible(&self.app, &self.user, new).await {
+            Ok(split) => split,
+            Err(e) => return self.error(r, &e).await,
+        };
+        for u in hidden {
+            let mut f = crate::presence::view(&crate::presence::hidden(u));
+            f["type"] = json!("presence");
+            self.frame(f).await?;
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        for u in &new {
+            self.watched.insert(u.clone(), 0);
+            let topic = self.app.hub.watch_topic(u);
+            self.subscribe(topic).await;
+        }
+        match presence.get(new).await {
+            Ok(list) => {
+                for p in list {
+                    self.presence_changed(&p).await?;
+                }
+                Ok(())
+            }
+            Err(e) => self.error(r, &e).await,
+        }
+    }
+
+    /// Presence privacy after leaving a channel: watched users who no longer share a
+    /// channel with this user are no longer watched, and read as never seen from now on.
+    /// If messaging cannot answer, the watches are dropped (closed rather than open).
+    pub(super) async fn recheck_watched(&mut self) -> Result<(), End> {
+        if self.watched.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = self.watched.keys().cloned().collect();
+        let hidden = match crate::presence::visible(&self.app, &self.user, ids.clone()).await {
+            Ok((_, hidden)) => hidden,
+            Err(e) => {
+                tracing::warn!(user = %self.user, error = %e.message, "presence re-check failed; dropping the connection's watches");
+                ids
+            }
+        };
+        for u in hidden {
+            self.watched.remove(&u);
+            let topic = self.app.hub.watch_topic(&u);
+            if self.topics.remove(&topic) {
+                self.app.hub.unsubscribe(self.id, &topic).await;
+            }
+            let mut f = crate::presence::view(&crate::presence::hidden(u));
+            f["type"] = json!("presence");
+            self.frame(f).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a `presence` frame when `p` is newer than what this connection last sent.
+    pub(super) async fn presence_changed(
+        &mut self,
+        p: &parley_proto::presence::v1::UserPresence,
+    ) -> Result<(), End> {
+        match self.watched.get_mut(&p.user_id) {
+            Some(v) if p.version > *v || (*v == 0 && p.version == 0) => {
+                *v = p.version.max(1);
+                let mut f = crate::presence::view(p);
+                f["type"] = json!("presence");
+                self.frame(f).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) async fn on_presence(
+        &mut self,
+        e: &parley_proto::presence::v1::PresenceEvent,
+    ) -> Result<(), End> {
+        use parley_proto::presence::v1::presence_event::Payload as P;
+        match &e.payload {
+            Some(P::PresenceChanged(c)) => match &c.presence {
+                Some(p) => self.presence_changed(p).await,
+                None => Ok(()),
+            },
+            // Never echoed to the typist; only for channels this user is in.
+            Some(P::UserTyping(t))
+                if t.user_id != self.user.as_str() && self.cursors.contains_key(&t.channel_id) =>
+            {
+                self.frame(
+                    json!({"type": "typing", "channel_id": t.channel_id, "user_id": t.user_id}),
+                )
+                .await
+            }
+            _ => Ok(()),
+        }
+    }
+}
