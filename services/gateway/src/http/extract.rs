@@ -1,0 +1,135 @@
+//! Extractors that turn raw requests into validated input (or an API error), and the
+//! small helpers every route shares.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Path, Query, Request},
+    http::{StatusCode, request::Parts},
+    response::{IntoResponse, Response},
+};
+use parley_kit::{
+    ErrorCode,
+    domain::{UserId, parse_uuid},
+    propagation::with_user,
+};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::Value;
+use tonic::Request as GrpcRequest;
+
+use crate::{ApiError, App};
+
+/// The authenticated caller.
+pub struct Caller(pub UserId);
+
+impl FromRequestParts<Arc<App>> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let token = crate::auth::bearer(&parts.headers, None)?;
+        Ok(Self(app.auth.verify(&token)?))
+    }
+}
+
+/// A JSON body read within the configured size limit, with API errors for empty,
+/// oversized and malformed bodies.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<App>> for JsonBody<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, ApiError> {
+        let limit = app.config.http.max_body_bytes;
+        let body = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!("request body over {limit} bytes"),
+                )
+            })?;
+        parse_json(&body).map(Self)
+    }
+}
+
+pub(super) fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid(
+            "request body is empty; expected a JSON object",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))
+}
+
+/// Query strings whose malformed values are API errors, not axum's plain-text rejections.
+pub struct Q<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<Arc<App>> for Q<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, app)
+            .await
+            .map(|Query(q)| Self(q))
+            .map_err(|e| ApiError::invalid(format!("bad query: {}", e.body_text())))
+    }
+}
+
+/// Path parameters whose malformed values (e.g. invalid UTF-8) are API errors, not axum's
+/// plain-text rejections.
+pub struct P<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<Arc<App>> for P<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, app)
+            .await
+            .map(|Path(p)| Self(p))
+            .map_err(|e| ApiError::invalid(format!("bad path: {}", e.body_text())))
+    }
+}
+
+pub(super) fn channel_path(id: &str) -> Result<String, ApiError> {
+    Ok(parse_uuid("channel id", id)?.to_string())
+}
+
+pub(super) fn seq_path(s: &str) -> Result<u64, ApiError> {
+    s.parse::<u64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| ApiError::invalid("seq must be a positive integer"))
+}
+
+/// `201` with `body` when the request created something, `200` when it found it existing
+/// (idempotent creates: retried sends, direct channels, members, devices).
+pub(crate) fn created_or_existing(created: bool, body: Value) -> Response {
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
+pub(crate) fn grpc<T>(user: &UserId, msg: T) -> Result<GrpcRequest<T>, ApiError> {
+    Ok(with_user(GrpcRequest::new(msg), user.as_str())?)
+}
+
+#[derive(Deserialize)]
+pub(super) struct PageQuery {
+    pub(super) limit: Option<String>,
+    pub(super) cursor: Option<String>,
+    pub(super) before: Option<String>,
+    pub(super) after: Option<String>,
+}
+
+pub(super) fn parse_limit(app: &App, raw: Option<&str>) -> Result<u32, ApiError> {
+    let max = app.config.limits.max_page;
+    match raw {
+        None => Ok(app.config.limits.default_page),
+        Some(s) => s
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::invalid(format!("limit must be an integer from 1 to {max}"))),
+    }
+}

@@ -1,0 +1,142 @@
+//! HTTP routes of the public API: the router, the request span/metrics middleware and the
+//! dev-token route here; by concern: `extract` (extractors and shared helpers), `ready`
+//! (`/readyz`), `channels`, `messages`, `social` (presence and receipts).
+
+mod channels;
+mod extract;
+mod messages;
+mod ready;
+mod social;
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Json, Router,
+    extract::{MatchedPath, Request, State},
+    http::HeaderValue,
+    middleware::{self, Next},
+    response::Response,
+    routing::{get, patch, post},
+};
+use parley_kit::{ErrorCode, domain::UserId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tracing::Instrument as _;
+
+use crate::{ApiError, App};
+
+use self::{channels::*, messages::*, ready::*, social::*};
+pub(crate) use self::{
+    extract::{Caller, JsonBody, P, Q, created_or_existing, grpc},
+    messages::prepare_send,
+};
+
+type AppState = State<Arc<App>>;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(parley_kit::metrics::render))
+        .route("/v1/auth/dev-token", post(dev_token))
+        .route("/v1/channels", post(create_channel).get(list_channels))
+        .route("/v1/channels/{id}", get(get_channel))
+        .route(
+            "/v1/channels/{id}/members",
+            get(list_members).post(add_member),
+        )
+        .route(
+            "/v1/channels/{id}/members/{user_id}",
+            axum::routing::delete(remove_member),
+        )
+        .route(
+            "/v1/channels/{id}/messages",
+            post(send_message).get(list_messages),
+        )
+        .route(
+            "/v1/channels/{id}/messages/{seq}",
+            patch(edit_message).delete(delete_message),
+        )
+        .route("/v1/channels/{id}/read", post(mark_read))
+        .route("/v1/channels/{id}/receipts", get(get_receipts))
+        .route("/v1/unread", get(get_unread))
+        .route("/v1/presence", get(get_presence))
+        .route("/v1/devices", post(crate::notification::register))
+        .route(
+            "/v1/devices/{id}",
+            axum::routing::delete(crate::notification::unregister),
+        )
+        .route(
+            "/v1/channels/{id}/notifications",
+            axum::routing::put(crate::notification::set_level),
+        )
+        .route("/v1/ws", get(crate::ws::upgrade))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::not_found("no such endpoint for this method")
+        })
+        .layer(middleware::from_fn(observe))
+        .with_state(app)
+}
+
+/// Request span (continuing a client's `traceparent`), RED metrics per route, and the
+/// `x-trace-id` response header so a bug report leads to the trace.
+async fn observe(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    parley_kit::propagation::set_parent_from_headers(&span, req.headers());
+    let trace_id = span.in_scope(parley_kit::telemetry::current_trace_id);
+    if let Some(id) = &trace_id {
+        span.record("trace_id", id.as_str());
+    }
+    let started = Instant::now();
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status().as_u16();
+    span.record("http.response.status_code", status);
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("http_server_requests_total", &labels).increment(1);
+    metrics::histogram!("http_server_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    if let Some(id) = trace_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        resp.headers_mut().insert("x-trace-id", id);
+    }
+    resp
+}
+
+#[derive(Deserialize)]
+struct DevTokenBody {
+    user_id: String,
+}
+
+async fn dev_token(
+    State(app): AppState,
+    JsonBody(b): JsonBody<DevTokenBody>,
+) -> Result<Json<Value>, ApiError> {
+    if !app.auth.dev_enabled() {
+        return Err(ApiError::not_found("dev tokens are disabled"));
+    }
+    let user = UserId::parse(&b.user_id)?;
+    let (token, exp) = app
+        .auth
+        .issue_dev(&user)
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "cannot issue token"))?;
+    let expires_at = chrono::DateTime::from_timestamp(exp as i64, 0)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    Ok(Json(json!({"token": token, "expires_at": expires_at})))
+}
