@@ -86,6 +86,22 @@ pub(super) async fn list_messages(
     if before.is_some() && after.is_some() {
         return Err(ApiError::invalid("use either before or after, not both"));
     }
+    let (messages, has_more) = history(&app, &user, channel_id, before, after, limit).await?;
+    Ok(Json(
+        json!({"messages": messages.iter().map(view::message).collect::<Vec<_>>(), "has_more": has_more}),
+    ))
+}
+
+/// One history page of `channel` for `user` (REST pages and the WebSocket's gap fills and
+/// replays): strictly below `before` newest first, or strictly above `after` oldest first.
+pub(crate) async fn history(
+    app: &App,
+    user: &UserId,
+    channel_id: String,
+    before: Option<u64>,
+    after: Option<u64>,
+    limit: u32,
+) -> Result<(Vec<pb::Message>, bool), ApiError> {
     let req = pb::ListMessagesRequest {
         channel_id,
         before,
@@ -95,12 +111,10 @@ pub(super) async fn list_messages(
     let resp = app
         .messaging
         .clone()
-        .list_messages(grpc(&user, req)?)
+        .list_messages(grpc(user, req)?)
         .await?
         .into_inner();
-    Ok(Json(
-        json!({"messages": resp.messages.iter().map(view::message).collect::<Vec<_>>(), "has_more": resp.has_more}),
-    ))
+    Ok((resp.messages, resp.has_more))
 }
 
 #[derive(Deserialize)]

@@ -28,7 +28,7 @@ use crate::{ApiError, App};
 use self::{channels::*, messages::*, ready::*, social::*};
 pub(crate) use self::{
     extract::{Caller, JsonBody, P, Q, created_or_existing, grpc},
-    messages::prepare_send,
+    messages::{history, prepare_send},
 };
 
 type AppState = State<Arc<App>>;

@@ -551,19 +551,7 @@ async fn page_after(
     after: u64,
     limit: u32,
 ) -> Result<(Vec<pb::Message>, bool), ApiError> {
-    let req = pb::ListMessagesRequest {
-        channel_id: channel,
-        before: None,
-        after: Some(after),
-        limit,
-    };
-    let resp = app
-        .messaging
-        .clone()
-        .list_messages(grpc(&user, req)?)
-        .await?
-        .into_inner();
-    Ok((resp.messages, resp.has_more))
+    crate::http::history(&app, &user, channel, None, Some(after), limit).await
 }
 
 fn presence_off() -> ApiError {

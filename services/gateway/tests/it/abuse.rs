@@ -163,10 +163,16 @@ async fn a_flooding_connection_is_refused_then_closed() -> anyhow::Result<()> {
     for i in 0..10 {
         ws.send(json!({"type": "ping", "ref": i})).await?;
     }
-    let frames = ws.frames_for(Duration::from_millis(500)).await?;
+    // Every frame is answered: a pong within the burst (plus what refilled meanwhile, at
+    // 2/s: a slow machine may take a while to send ten), a refusal beyond it.
+    let mut frames = Vec::new();
+    while frames.len() < 10 {
+        let f = ws.next_frame(T).await?.expect("an answer to every ping");
+        frames.push(f);
+    }
     let pongs = frames.iter().filter(|f| f["type"] == "pong").count();
     let refused: Vec<_> = frames.iter().filter(|f| f["type"] == "error").collect();
-    assert!((5..=6).contains(&pongs), "{frames:?}");
+    assert!(pongs >= 5 && !refused.is_empty(), "{frames:?}");
     assert_eq!(pongs + refused.len(), 10, "{frames:?}");
     for e in &refused {
         // Each refusal names the refused frame by its `ref`.
