@@ -20,6 +20,10 @@ use redis::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// The event stream messaging publishes (after the deployment's Redis prefix) and receipts
+/// and notification consume: the one definition of its name.
+pub const EVENTS: &str = "messaging:events";
+
 /// Where and how to consume.
 #[derive(Debug, Clone)]
 pub struct Settings {

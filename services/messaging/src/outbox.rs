@@ -14,7 +14,7 @@ use tracing::Instrument as _;
 use crate::{OutboxConfig, store::Pending};
 
 /// Name of the event stream (without the deployment prefix).
-pub const STREAM: &str = "messaging:events";
+pub use parley_kit::stream::EVENTS as STREAM;
 
 /// Publishes outbox entries to Redis pub/sub and the event stream.
 #[derive(Clone)]

@@ -40,7 +40,7 @@ use crate::{
 };
 
 /// Name of messaging's event stream (without the deployment prefix).
-pub const STREAM: &str = "messaging:events";
+pub use parley_kit::stream::EVENTS as STREAM;
 
 /// True when `body` mentions `user` as `@<user>` (not as the start of a longer id).
 pub fn mentions(body: &str, user: &str) -> bool {
@@ -130,7 +130,7 @@ fn fanout_span(c: &Created) -> tracing::Span {
         otel.kind = "consumer",
         messaging.system = "redis",
         messaging.operation.type = "process",
-        messaging.destination.name = "messaging:events",
+        messaging.destination.name = STREAM,
         messaging.consumer.group.name = "notification",
         messaging.message.id = %c.event_id,
         event_id = %c.event_id,

@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// Name of messaging's event stream (without the deployment prefix).
-pub const STREAM: &str = "messaging:events";
+pub use parley_kit::stream::EVENTS as STREAM;
 
 /// A membership event reduced to what receipts keeps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,7 +308,7 @@ fn fold(entries: &[StreamId]) -> (Delta, BTreeMap<&'static str, u64>) {
             otel.kind = "consumer",
             messaging.system = "redis",
             messaging.operation.type = "process",
-            messaging.destination.name = "messaging:events",
+            messaging.destination.name = STREAM,
             messaging.consumer.group.name = "receipts",
             messaging.message.id = %event.event_id,
             event_id = %event.event_id,

@@ -13,7 +13,7 @@ use crate::{as_user, client, group, send};
 async fn stream_events(stack: &Stack) -> anyhow::Result<Vec<ev::Event>> {
     let client = redis::Client::open(stack.redis_url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let key = format!("{}messaging:events", stack.prefix);
+    let key = format!("{}{}", stack.prefix, parley_kit::stream::EVENTS);
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(&key)
         .arg("-")

@@ -529,7 +529,7 @@ impl Env {
     }
 
     pub fn stream_key(&self) -> String {
-        format!("{}messaging:events", self.stack.prefix)
+        format!("{}{}", self.stack.prefix, parley_kit::stream::EVENTS)
     }
 
     /// Waits until no delivery row is pending.

@@ -283,7 +283,7 @@ impl Env {
     }
 
     pub fn stream_key(&self) -> String {
-        format!("{}messaging:events", self.stack.prefix)
+        format!("{}{}", self.stack.prefix, parley_kit::stream::EVENTS)
     }
 
     pub async fn redis(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
