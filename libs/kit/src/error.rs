@@ -124,6 +124,27 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
+/// What another service's error status means to a service that called it on a user's
+/// behalf: the user's own problem (not found, not allowed, passed on as such), or the
+/// upstream being unavailable (retryable). The one mapping every service uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    NotFound(String),
+    PermissionDenied(String),
+    /// Anything else: the code and message, for the log.
+    Unavailable(String),
+}
+
+impl From<Status> for Upstream {
+    fn from(s: Status) -> Self {
+        match ErrorCode::from_status(&s) {
+            ErrorCode::PermissionDenied => Self::PermissionDenied(s.message().to_owned()),
+            ErrorCode::NotFound => Self::NotFound(s.message().to_owned()),
+            _ => Self::Unavailable(format!("{:?}: {}", s.code(), s.message())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +180,25 @@ mod tests {
             ErrorCode::from_status(&Status::permission_denied("no")),
             ErrorCode::PermissionDenied
         );
+    }
+
+    #[test]
+    fn upstream_statuses_map_to_what_the_caller_can_do() {
+        assert_eq!(
+            Upstream::from(ErrorCode::NotFound.status("no channel")),
+            Upstream::NotFound("no channel".into())
+        );
+        assert_eq!(
+            Upstream::from(ErrorCode::PermissionDenied.status("not a member")),
+            Upstream::PermissionDenied("not a member".into())
+        );
+        assert!(matches!(
+            Upstream::from(Status::unavailable("down")),
+            Upstream::Unavailable(m) if m.contains("down")
+        ));
+        assert!(matches!(
+            Upstream::from(ErrorCode::Internal.status("bug")),
+            Upstream::Unavailable(_)
+        ));
     }
 }

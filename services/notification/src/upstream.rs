@@ -4,7 +4,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use parley_kit::{ErrorCode, propagation::Outbound};
+use parley_kit::propagation::Outbound;
 use parley_proto::{
     messaging::v1::{
         self as mpb, GetChannelRequest, ListMembersRequest,
@@ -26,11 +26,7 @@ fn endpoint(url: &str, timeout_ms: u64, connect_ms: u64) -> anyhow::Result<Chann
 }
 
 fn map_status(s: tonic::Status) -> Error {
-    match ErrorCode::from_status(&s) {
-        ErrorCode::PermissionDenied => Error::PermissionDenied(s.message().to_owned()),
-        ErrorCode::NotFound => Error::NotFound(s.message().to_owned()),
-        _ => Error::Upstream(format!("{:?}: {}", s.code(), s.message())),
-    }
+    parley_kit::error::Upstream::from(s).into()
 }
 
 /// Messaging, asked as a given user.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use parley_kit::{ErrorCode, domain::UserId, propagation::Outbound};
+use parley_kit::{domain::UserId, propagation::Outbound};
 use parley_proto::messaging::v1::{
     GetChannelRequest, messaging_service_client::MessagingServiceClient,
 };
@@ -60,11 +60,7 @@ impl Messaging {
                     .ok_or_else(|| Error::Messaging("GetChannel returned no channel".into()))?;
                 Ok(i64::try_from(channel.last_seq).unwrap_or(i64::MAX))
             }
-            Err(s) => Err(match ErrorCode::from_status(&s) {
-                ErrorCode::PermissionDenied => Error::PermissionDenied(s.message().to_owned()),
-                ErrorCode::NotFound => Error::NotFound(s.message().to_owned()),
-                _ => Error::Messaging(format!("{:?}: {}", s.code(), s.message())),
-            }),
+            Err(s) => Err(parley_kit::error::Upstream::from(s).into()),
         }
     }
 }

@@ -37,3 +37,14 @@ impl From<Error> for tonic::Status {
         }
     }
 }
+
+impl From<parley_kit::error::Upstream> for Error {
+    fn from(u: parley_kit::error::Upstream) -> Self {
+        use parley_kit::error::Upstream as U;
+        match u {
+            U::NotFound(m) => Self::NotFound(m),
+            U::PermissionDenied(m) => Self::PermissionDenied(m),
+            U::Unavailable(m) => Self::Messaging(m),
+        }
+    }
+}
