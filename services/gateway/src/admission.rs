@@ -92,23 +92,23 @@ impl Admission {
     pub async fn admit(&self, user: &str, session: &str) -> Result<Ticket, ApiError> {
         let i = &self.inner;
         if let Some(secs) = self.banned(user).await {
-            let mut e = refused(
+            return Err(refused(
                 "flood_ban",
                 format!(
                     "this user's connection was closed for flooding; connect again in {secs} s"
                 ),
-            );
-            e.retry_after = Some(secs);
-            return Err(e);
+                secs,
+            ));
         }
         if i.node.fetch_add(1, Ordering::AcqRel) >= i.per_node {
             i.node.fetch_sub(1, Ordering::AcqRel);
             return Err(refused(
-                "node",
+                "node_connections",
                 format!(
                     "this gateway node holds its maximum of {} connections; retry (another replica may take it)",
                     i.per_node
                 ),
+                REFUSED_RETRY_SECS,
             ));
         }
         let here = {
@@ -144,11 +144,12 @@ impl Admission {
             Ok(ticket)
         } else {
             Err(refused(
-                "user",
+                "user_connections",
                 format!(
                     "this user already has {} open connections (the maximum); close one or retry later",
                     i.per_user
                 ),
+                REFUSED_RETRY_SECS,
             ))
         }
     }
@@ -251,14 +252,11 @@ impl Drop for Ticket {
     }
 }
 
-fn refused(reason: &'static str, message: String) -> ApiError {
-    metrics::counter!("gateway_ws_refused_total", "reason" => match reason {
-        "node" => "node_connections",
-        "flood_ban" => "flood_ban",
-        _ => "user_connections",
-    })
-    .increment(1);
-    let mut e = ApiError::new(parley_kit::ErrorCode::RateLimited, message);
-    e.retry_after = Some(5);
-    e
+/// `Retry-After` of an upgrade refused for a connection cap.
+const REFUSED_RETRY_SECS: u64 = 5;
+
+/// A refused upgrade, counted in `gateway_ws_refused_total{reason}`.
+fn refused(reason: &'static str, message: String, retry_after: u64) -> ApiError {
+    metrics::counter!("gateway_ws_refused_total", "reason" => reason).increment(1);
+    ApiError::rate_limited(message, retry_after)
 }

@@ -37,6 +37,21 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::NotFound, message)
     }
+    /// `rate_limited`, to be retried after `retry_after` seconds.
+    pub fn rate_limited(message: impl Into<String>, retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(ErrorCode::RateLimited, message)
+        }
+    }
+    /// `unavailable`: this gateway has no `service` (presence, receipts, notification)
+    /// configured, so the features that need it are off.
+    pub fn not_configured(service: &str) -> Self {
+        Self::new(
+            ErrorCode::Unavailable,
+            format!("{service} is not configured on this gateway"),
+        )
+    }
 
     /// The JSON body of the error.
     pub fn body(&self) -> serde_json::Value {

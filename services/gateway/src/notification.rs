@@ -2,7 +2,7 @@
 //! Push fan-out itself happens in the notification service, from the event stream.
 
 use axum::{extract::State, http::StatusCode, response::Response};
-use parley_kit::{ErrorCode, domain::parse_uuid, propagation::Outbound};
+use parley_kit::{domain::parse_uuid, propagation::Outbound};
 use parley_proto::notification::v1::{
     self as pb, notification_service_client::NotificationServiceClient,
 };
@@ -23,12 +23,10 @@ pub fn client(channel: Channel) -> Client {
 }
 
 fn service(app: &App) -> Result<Client, ApiError> {
-    app.notification.clone().map(|(c, _)| c).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::Unavailable,
-            "notification is not configured on this gateway",
-        )
-    })
+    app.notification
+        .clone()
+        .map(|(c, _)| c)
+        .ok_or_else(|| ApiError::not_configured("notification"))
 }
 
 fn count_error(op: &'static str, e: tonic::Status) -> ApiError {

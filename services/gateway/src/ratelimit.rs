@@ -248,17 +248,15 @@ impl Limiter {
         }
         if k > rate.n {
             metrics::counter!("gateway_rate_limited_total", "kind" => kind.name()).increment(1);
-            let mut e = crate::ApiError::new(
-                parley_kit::ErrorCode::RateLimited,
+            return Err(crate::ApiError::rate_limited(
                 format!(
                     "rate limit: at most {} {} per {} s, and this asks for {k} at once",
                     rate.n,
                     kind.what(),
                     rate.window_secs
                 ),
-            );
-            e.retry_after = Some(rate.window_secs);
-            return Err(e);
+                rate.window_secs,
+            ));
         }
         let window_ms = rate.window_secs.saturating_mul(1000);
         let key = format!("{}gateway:rate:{}:{user}", self.prefix, kind.name());
@@ -295,17 +293,15 @@ impl Limiter {
         };
         metrics::counter!("gateway_rate_limited_total", "kind" => kind.name()).increment(1);
         let wait = wait_ms.div_ceil(1000);
-        let mut e = crate::ApiError::new(
-            parley_kit::ErrorCode::RateLimited,
+        Err(crate::ApiError::rate_limited(
             format!(
                 "rate limit: at most {} {} per {} s; retry in {wait} s",
                 rate.n,
                 kind.what(),
                 rate.window_secs
             ),
-        );
-        e.retry_after = Some(wait);
-        Err(e)
+            wait,
+        ))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Presence and receipts routes: presence queries, read marks, receipts, unread counts.
 
 use axum::{Json, extract::State, http::StatusCode};
-use parley_kit::{ErrorCode, domain::UserId};
+use parley_kit::domain::UserId;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -35,12 +35,10 @@ pub(super) async fn get_presence(
             "user_ids must list 1-{MAX_PRESENCE_QUERY} comma-separated user ids"
         )));
     }
-    let presence = app.presence.as_ref().ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::Unavailable,
-            "presence is not configured on this gateway",
-        )
-    })?;
+    let presence = app
+        .presence
+        .as_ref()
+        .ok_or_else(|| ApiError::not_configured("presence"))?;
     let (visible, hidden) = crate::presence::visible(&app, &user, ids.clone()).await?;
     let mut found: std::collections::HashMap<String, Value> = if visible.is_empty() {
         Default::default()
@@ -62,12 +60,9 @@ pub(super) async fn get_presence(
 }
 
 pub(super) fn receipts(app: &App) -> Result<&crate::receipts::Receipts, ApiError> {
-    app.receipts.as_ref().ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::Unavailable,
-            "receipts is not configured on this gateway",
-        )
-    })
+    app.receipts
+        .as_ref()
+        .ok_or_else(|| ApiError::not_configured("receipts"))
 }
 
 #[derive(Deserialize)]

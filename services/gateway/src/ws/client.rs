@@ -14,8 +14,6 @@ use serde_json::{Value, json};
 use super::{
     Conn, End,
     limits::{CLOSE_POLICY, Flood, RefOnly},
-    presence_off, receipts_off,
-    sends::rate_limited,
 };
 use crate::{ApiError, http::grpc, ratelimit::Kind};
 
@@ -28,11 +26,13 @@ impl Conn {
                 Err(Flood::Refused(wait)) => {
                     metrics::counter!("gateway_ws_refused_total", "reason" => "frame_rate")
                         .increment(1);
-                    let mut e = rate_limited(format!(
-                        "more than {} frames a second on this connection",
-                        self.app.config.ws.frames_per_sec
-                    ));
-                    e.retry_after = Some(wait);
+                    let e = ApiError::rate_limited(
+                        format!(
+                            "more than {} frames a second on this connection",
+                            self.app.config.ws.frames_per_sec
+                        ),
+                        wait,
+                    );
                     // The refused frame's `ref` (only that field is read), so a client
                     // that pipelines sends knows which one to retry.
                     let r = match &m {
@@ -169,15 +169,22 @@ impl Conn {
     /// `typing`: membership is checked here (the connection knows the user's channels).
     pub(super) async fn typing(&mut self, v: &Value) -> Result<(), ApiError> {
         let channel = self.member_channel(v)?;
-        let presence = self.app.presence.clone().ok_or_else(presence_off)?;
+        let presence = self
+            .app
+            .presence
+            .clone()
+            .ok_or_else(|| ApiError::not_configured("presence"))?;
         let user = self.user.clone();
         let Ok(permit) = self.typing.clone().try_acquire_owned() else {
             metrics::counter!("gateway_ws_refused_total", "reason" => "typing_in_flight")
                 .increment(1);
-            return Err(rate_limited(format!(
-                "more than {} typing frames of this connection are on their way",
-                self.app.config.ws.max_typing_in_flight.max(1)
-            )));
+            return Err(ApiError::rate_limited(
+                format!(
+                    "more than {} typing frames of this connection are on their way",
+                    self.app.config.ws.max_typing_in_flight.max(1)
+                ),
+                1,
+            ));
         };
         let app = self.app.clone();
         // Fire and forget: the event comes back through pub/sub to the other members. Over
@@ -200,7 +207,10 @@ impl Conn {
             .check(Kind::ReadMarks, self.user.as_str())
             .await?;
         let user = self.user.clone();
-        let receipts = app.receipts.as_ref().ok_or_else(receipts_off)?;
+        let receipts = app
+            .receipts
+            .as_ref()
+            .ok_or_else(|| ApiError::not_configured("receipts"))?;
         if read {
             receipts.read(&user, channel, seq).await
         } else {

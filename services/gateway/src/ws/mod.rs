@@ -553,17 +553,3 @@ async fn page_after(
 ) -> Result<(Vec<pb::Message>, bool), ApiError> {
     crate::http::history(&app, &user, channel, None, Some(after), limit).await
 }
-
-fn presence_off() -> ApiError {
-    ApiError::new(
-        ErrorCode::Unavailable,
-        "presence is not configured on this gateway",
-    )
-}
-
-fn receipts_off() -> ApiError {
-    ApiError::new(
-        ErrorCode::Unavailable,
-        "receipts is not configured on this gateway",
-    )
-}

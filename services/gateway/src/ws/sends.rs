@@ -74,9 +74,10 @@ impl SendQueues {
             if self.queues.len() >= max {
                 metrics::counter!("gateway_ws_refused_total", "reason" => "send_channels")
                     .increment(1);
-                return Err(rate_limited(format!(
-                    "sends to more than {max} channels are waiting on this connection"
-                )));
+                return Err(ApiError::rate_limited(
+                    format!("sends to more than {max} channels are waiting on this connection"),
+                    1,
+                ));
             }
             let q = self.spawn(channel.to_owned(), pending);
             self.queues.insert(channel.to_owned(), q);
@@ -87,9 +88,10 @@ impl SendQueues {
             .try_send((r, cid, body, Instant::now()))
             .map_err(|_| {
                 q.unanswered.fetch_sub(1, Ordering::AcqRel);
-                rate_limited(format!(
-                    "more than {pending} sends to this channel waiting on this connection"
-                ))
+                ApiError::rate_limited(
+                    format!("more than {pending} sends to this channel waiting on this connection"),
+                    1,
+                )
             })
     }
 
@@ -163,11 +165,4 @@ impl Drop for QueueGauge {
     fn drop(&mut self) {
         metrics::gauge!("gateway_ws_send_queues").decrement(1.0);
     }
-}
-
-/// `rate_limited` with `retry_after` 1.
-pub fn rate_limited(message: String) -> ApiError {
-    let mut e = ApiError::new(ErrorCode::RateLimited, message);
-    e.retry_after = Some(1);
-    e
 }

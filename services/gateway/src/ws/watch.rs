@@ -4,7 +4,7 @@
 use parley_kit::domain::UserId;
 use serde_json::{Value, json};
 
-use super::{Conn, End, presence_off};
+use super::{Conn, End};
 use crate::{ApiError, ratelimit::Kind};
 
 impl Conn {
@@ -13,7 +13,7 @@ impl Conn {
     pub(super) async fn watch_presence(&mut self, v: &Value) -> Result<(), End> {
         let r = v.get("ref").cloned();
         let Some(presence) = self.app.presence.clone() else {
-            return self.error(r, &presence_off()).await;
+            return self.error(r, &ApiError::not_configured("presence")).await;
         };
         if let Err(e) = self
             .app
@@ -59,9 +59,7 @@ impl Conn {
             Err(e) => return self.error(r, &e).await,
         };
         for u in hidden {
-            let mut f = crate::presence::view(&crate::presence::hidden(u));
-            f["type"] = json!("presence");
-            self.frame(f).await?;
+            self.presence_frame(&crate::presence::hidden(u)).await?;
         }
         if new.is_empty() {
             return Ok(());
@@ -103,9 +101,7 @@ impl Conn {
             if self.topics.remove(&topic) {
                 self.app.hub.unsubscribe(self.id, &topic).await;
             }
-            let mut f = crate::presence::view(&crate::presence::hidden(u));
-            f["type"] = json!("presence");
-            self.frame(f).await?;
+            self.presence_frame(&crate::presence::hidden(u)).await?;
         }
         Ok(())
     }
@@ -118,9 +114,7 @@ impl Conn {
         match self.watched.get_mut(&p.user_id) {
             Some(v) if p.version > *v || (*v == 0 && p.version == 0) => {
                 *v = p.version.max(1);
-                let mut f = crate::presence::view(p);
-                f["type"] = json!("presence");
-                self.frame(f).await
+                self.presence_frame(p).await
             }
             _ => Ok(()),
         }
@@ -147,5 +141,15 @@ impl Conn {
             }
             _ => Ok(()),
         }
+    }
+
+    /// A `presence` frame of `p`.
+    async fn presence_frame(
+        &mut self,
+        p: &parley_proto::presence::v1::UserPresence,
+    ) -> Result<(), End> {
+        let mut f = crate::presence::view(p);
+        f["type"] = json!("presence");
+        self.frame(f).await
     }
 }

@@ -80,7 +80,7 @@ async fn queued_sends_share_one_transaction_and_keep_their_own_outcomes() -> any
     assert_eq!(batches_before, 1.0);
 
     // Hold channel A's row lock: the only send slot blocks on it, the rest must queue.
-    let lock = crate::overload::block_channel(&stack, &a).await?;
+    let lock = stack.lock_channel(&a).await?;
     let blocker = spawn_send(&svc, "alice", &a, "blocker", "first in A");
     // The blocker's transaction waits for the lock before the others arrive.
     crate::overload::wait_blocked(&stack).await?;

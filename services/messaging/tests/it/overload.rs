@@ -9,14 +9,6 @@ use parley_testkit::Stack;
 
 use crate::{all_messages, assert_code, batch::metric, batch::spawn_send, client, group, send};
 
-/// Holds `channel`'s row lock in a transaction of its own (until it ends).
-pub async fn block_channel(
-    stack: &Stack,
-    channel: &str,
-) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    stack.lock_channel(channel).await
-}
-
 /// Waits until exactly one send transaction waits on a lock (the channel held above).
 pub async fn wait_blocked(stack: &Stack) -> anyhow::Result<()> {
     for _ in 0..500 {
@@ -61,7 +53,7 @@ async fn a_blocked_channel_holds_up_only_its_own_lane() -> anyhow::Result<()> {
     }
     let same_lane = same_lane.expect("found above");
 
-    let lock = block_channel(&stack, &a).await?;
+    let lock = stack.lock_channel(&a).await?;
     let blocked = spawn_send(&svc, "alice", &a, "a1", "waits for the lock");
     wait_blocked(&stack).await?;
     let behind = spawn_send(
@@ -103,7 +95,7 @@ async fn sends_beyond_the_queue_or_the_budget_are_refused_unwritten() -> anyhow:
     let full_before = metric("messaging_send_refused_total{reason=\"queue_full\"}");
     let budget_before = metric("messaging_send_refused_total{reason=\"budget\"}");
 
-    let lock = block_channel(&stack, &a).await?;
+    let lock = stack.lock_channel(&a).await?;
     let blocker = spawn_send(&svc, "alice", &a, "first", "taken, waits for the lock");
     wait_blocked(&stack).await?;
     // The lane's queue holds two...
@@ -183,7 +175,7 @@ async fn one_callers_bad_value_fails_only_that_send_of_a_batch() -> anyhow::Resu
     let splits_before = metric("messaging_send_batches_split_total");
 
     // Hold the lane on channel b, so the sends below queue up and go as one batch.
-    let lock = block_channel(&stack, &b).await?;
+    let lock = stack.lock_channel(&b).await?;
     let blocker = spawn_send(&svc, "alice", &b, "first", "taken, waits for the lock");
     wait_blocked(&stack).await?;
     let good_1 = spawn_send(&svc, "alice", &a, "g1", "good from alice");
