@@ -1,0 +1,191 @@
+//! Membership: who is in a channel, adding and removing members, how many channels a user
+//! is in, and who shares a channel with whom.
+
+use super::*;
+
+/// Refuses (CONFLICT) when one of `users` is already in `max` channels. Takes a
+/// transaction-level lock per user first (in id order), so concurrent joins of one user
+/// are counted one after another and never pass the limit together.
+pub(super) async fn check_channels_of(tx: &mut Tx, users: &[&str], max: u32) -> Result<(), Error> {
+    let mut users = users.to_vec();
+    users.sort_unstable();
+    users.dedup();
+    for u in &users {
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('parley:channels-of:' || $1, 0))",
+        )
+        .bind(*u)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let full: Option<String> = sqlx::query_scalar(
+        "SELECT user_id FROM members WHERE user_id = ANY($1)
+         GROUP BY user_id HAVING count(*) >= $2 ORDER BY user_id LIMIT 1",
+    )
+    .bind(&users)
+    .bind(i64::from(max))
+    .fetch_optional(&mut **tx)
+    .await?;
+    match full {
+        Some(u) => Err(Error::Conflict(format!(
+            "{u} is already in {max} channels, the most one user may be in"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The ids of `users` who share at least one channel with `caller` (and `caller` itself).
+pub async fn contacts(
+    conn: &mut PgConnection,
+    caller: &UserId,
+    users: &[UserId],
+) -> Result<Vec<String>, Error> {
+    let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
+    Ok(sqlx::query_scalar(
+        "SELECT theirs.user_id FROM members theirs
+         JOIN members mine ON mine.channel_id = theirs.channel_id AND mine.user_id = $1
+         WHERE theirs.user_id = ANY($2)
+         UNION
+         SELECT $1 WHERE $1 = ANY($2)",
+    )
+    .bind(caller.as_str())
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// The members of `channel` and its membership version, read in one snapshot (one
+/// statement).
+pub async fn list_members(
+    conn: &mut PgConnection,
+    caller: &UserId,
+    channel: Uuid,
+) -> Result<(Vec<MemberRow>, i64), Error> {
+    require_member(conn, channel, caller).await?;
+    let rows: Vec<(Uuid, String, String, DateTime<Utc>, i64)> = sqlx::query_as(
+        "SELECT m.channel_id, m.user_id, m.role, m.joined_at, c.members_version
+         FROM members m JOIN channels c ON c.id = m.channel_id
+         WHERE m.channel_id = $1 ORDER BY m.joined_at, m.user_id",
+    )
+    .bind(channel)
+    .fetch_all(&mut *conn)
+    .await?;
+    let version = rows.first().map_or(0, |r| r.4);
+    let members = rows
+        .into_iter()
+        .map(|(channel_id, user_id, role, joined_at, _)| MemberRow {
+            channel_id,
+            user_id,
+            role,
+            joined_at,
+        })
+        .collect();
+    Ok((members, version))
+}
+
+/// Adds `user` to `channel`. Owners/admins only; idempotent for an existing member.
+pub async fn add_member(
+    mut tx: Tx,
+    caller: &UserId,
+    channel: Uuid,
+    user: &UserId,
+    max_members: u32,
+    max_channels: u32,
+) -> Result<(MemberRow, bool, Vec<Pending>), Error> {
+    let role = require_member(&mut tx, channel, caller).await?;
+    if role == "member" {
+        return Err(Error::PermissionDenied(
+            "only owners and admins add members".into(),
+        ));
+    }
+    // Lock the channel row: serialises with sends (consistent channel_last_seq in the
+    // event) and with other adds (member limit).
+    let ch = channel_row(&mut tx, channel, true).await?;
+    if ch.kind == "direct" {
+        return Err(Error::Conflict(
+            "a direct channel has exactly two members".into(),
+        ));
+    }
+    let existing = sqlx::query_as::<_, MemberRow>(
+        "SELECT channel_id, user_id, role, joined_at FROM members WHERE channel_id = $1 AND user_id = $2",
+    )
+    .bind(channel)
+    .bind(user.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(m) = existing {
+        tx.commit().await?;
+        return Ok((m, false, Vec::new()));
+    }
+    if ch.member_count as u32 >= max_members {
+        return Err(Error::Conflict(format!(
+            "channel is full ({max_members} members)"
+        )));
+    }
+    check_channels_of(&mut tx, &[user.as_str()], max_channels).await?;
+    let (row, pending) =
+        insert_member(&mut tx, &ch, user.as_str(), "member", caller.as_str()).await?;
+    sqlx::query("UPDATE channels SET member_count = member_count + 1, members_version = members_version + 1 WHERE id = $1")
+        .bind(channel)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((row, true, vec![pending]))
+}
+
+/// Removes `user` from `channel`: themselves, or others by an owner/admin.
+pub async fn remove_member(
+    mut tx: Tx,
+    caller: &UserId,
+    channel: Uuid,
+    user: &UserId,
+) -> Result<Vec<Pending>, Error> {
+    let role = require_member(&mut tx, channel, caller).await?;
+    let ch = channel_row(&mut tx, channel, true).await?;
+    let target_role: Option<String> =
+        sqlx::query_scalar("SELECT role FROM members WHERE channel_id = $1 AND user_id = $2")
+            .bind(channel)
+            .bind(user.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(target_role) = target_role else {
+        return Err(Error::NotFound(format!(
+            "{user} is not a member of channel {channel}"
+        )));
+    };
+    if caller != user {
+        if role == "member" {
+            return Err(Error::PermissionDenied(
+                "only owners and admins remove others".into(),
+            ));
+        }
+        if target_role == "owner" {
+            return Err(Error::PermissionDenied(
+                "the owner cannot be removed by others".into(),
+            ));
+        }
+    }
+    sqlx::query("DELETE FROM members WHERE channel_id = $1 AND user_id = $2")
+        .bind(channel)
+        .bind(user.as_str())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE channels SET member_count = member_count - 1, members_version = members_version + 1 WHERE id = $1")
+        .bind(channel)
+        .execute(&mut *tx)
+        .await?;
+    let payload = ev::event::Payload::MemberLeft(ev::MemberLeft {
+        channel_id: channel.to_string(),
+        user_id: user.to_string(),
+        removed_by: caller.to_string(),
+    });
+    let p = enqueue(
+        &mut tx,
+        ch.id,
+        payload,
+        vec![channel_topic(channel), user_topic(user.as_str())],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(vec![p])
+}
