@@ -125,6 +125,52 @@ pub fn check_text(field: &str, s: &str) -> Result<(), Invalid> {
     }
 }
 
+/// A channel id: a UUID, kept in its canonical lower-case hyphenated form (so two
+/// spellings of one id are one key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(String);
+
+impl ChannelId {
+    /// Validates a channel id; `field` names the field in the error.
+    pub fn parse(field: &str, s: &str) -> Result<Self, Invalid> {
+        Ok(Self(parse_uuid(field, s)?.to_string()))
+    }
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The id as an owned string.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The validated ids travel in JSON as their strings; reading one validates it.
+macro_rules! serde_as_str {
+    ($t:ty, $parse:expr) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+                $parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+serde_as_str!(UserId, UserId::parse);
+serde_as_str!(ClientMsgId, ClientMsgId::parse);
+serde_as_str!(ChannelId, |s: &str| ChannelId::parse("channel_id", s));
+
 /// Parses a channel or message id (a UUID).
 pub fn parse_uuid(field: &str, s: &str) -> Result<uuid::Uuid, Invalid> {
     uuid::Uuid::parse_str(s).map_err(|_| Invalid::arg(format!("{field} must be a UUID")))
@@ -137,6 +183,28 @@ fn truncate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channel_ids_are_canonical_and_travel_as_strings() {
+        let upper = ChannelId::parse("channel_id", "0190A1B2-C3D4-7E5F-8A9B-0C1D2E3F4A5B").unwrap();
+        let lower = ChannelId::parse("channel_id", "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b").unwrap();
+        assert_eq!(upper, lower);
+        assert_eq!(
+            ChannelId::parse("positions key", "x").unwrap_err().message,
+            "positions key must be a UUID"
+        );
+        let json = serde_json::to_string(&lower).unwrap();
+        assert_eq!(json, "\"0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b\"");
+        assert_eq!(serde_json::from_str::<ChannelId>(&json).unwrap(), lower);
+        assert!(serde_json::from_str::<ChannelId>("\"nope\"").is_err());
+        assert!(serde_json::from_str::<UserId>("\"bad id\"").is_err());
+        assert_eq!(
+            serde_json::from_str::<ClientMsgId>("\"c-1\"")
+                .unwrap()
+                .as_str(),
+            "c-1"
+        );
+    }
 
     #[test]
     fn user_ids() {

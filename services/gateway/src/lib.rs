@@ -9,11 +9,13 @@ mod error;
 mod http;
 mod hub;
 mod notification;
+pub mod ordering;
 mod presence;
+pub mod protocol;
 pub mod ratelimit;
 mod receipts;
 mod sender;
-mod view;
+pub mod view;
 mod ws;
 
 use std::{sync::Arc, time::Duration};

@@ -223,13 +223,17 @@ pub fn hidden(user_id: String) -> pb::UserPresence {
 pub fn view(p: &pb::UserPresence) -> serde_json::Value {
     let pb::UserPresence {
         user_id,
-        status,
+        status: _,
         last_seen_at,
         version: _,
     } = p;
-    let status = match pb::Status::try_from(*status) {
-        Ok(pb::Status::Online) => "online",
-        _ => "offline",
-    };
-    serde_json::json!({"user_id": user_id, "status": status, "last_seen_at": crate::view::time(last_seen_at.as_ref())})
+    serde_json::json!({"user_id": user_id, "status": self::status(p), "last_seen_at": crate::view::time(last_seen_at.as_ref())})
+}
+
+/// The status a client sees (anything but online reads as offline).
+pub fn status(p: &pb::UserPresence) -> crate::protocol::Status {
+    match pb::Status::try_from(p.status) {
+        Ok(pb::Status::Online) => crate::protocol::Status::Online,
+        _ => crate::protocol::Status::Offline,
+    }
 }

@@ -106,11 +106,3 @@ pub fn unread_view(u: &pb::GetUnreadResponse) -> Value {
         .collect();
     json!({"total": u.total, "channels": channels})
 }
-
-/// The `receipt` frame of a watermark change.
-pub fn frame(r: &pb::ReceiptChanged) -> Value {
-    json!({
-        "type": "receipt", "channel_id": r.channel_id, "user_id": r.user_id,
-        "delivered_seq": r.delivered_seq, "read_seq": r.read_seq,
-    })
-}

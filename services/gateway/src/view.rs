@@ -1,13 +1,17 @@
 //! JSON shapes of the public API (docs/api.md), converted from the services' protobuf.
 
 use parley_proto::messaging::v1 as pb;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub fn time(t: Option<&prost_types::Timestamp>) -> Value {
+    time_str(t).map_or(Value::Null, Value::String)
+}
+
+/// A protobuf time as RFC 3339 UTC with microseconds, or `None` when unset or out of range.
+pub fn time_str(t: Option<&prost_types::Timestamp>) -> Option<String> {
     t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-        .map_or(Value::Null, |d| {
-            Value::String(d.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-        })
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
 
 pub fn channel(c: &pb::Channel) -> Value {
@@ -32,12 +36,36 @@ pub fn channel(c: &pb::Channel) -> Value {
     })
 }
 
-pub fn role(r: i32) -> &'static str {
-    match pb::Role::try_from(r) {
-        Ok(pb::Role::Owner) => "owner",
-        Ok(pb::Role::Admin) => "admin",
-        _ => "member",
+/// A member's role in a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+impl Role {
+    /// The role of a protobuf `Role` value (anything unknown reads as `member`).
+    pub fn of(r: i32) -> Self {
+        match pb::Role::try_from(r) {
+            Ok(pb::Role::Owner) => Self::Owner,
+            Ok(pb::Role::Admin) => Self::Admin,
+            _ => Self::Member,
+        }
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Owner => "owner",
+            Self::Admin => "admin",
+            Self::Member => "member",
+        }
+    }
+}
+
+pub fn role(r: i32) -> &'static str {
+    Role::of(r).as_str()
 }
 
 pub fn member(m: &pb::Member) -> Value {
@@ -50,21 +78,50 @@ pub fn member(m: &pb::Member) -> Value {
     json!({"channel_id": channel_id, "user_id": user_id, "role": role(*r), "joined_at": time(joined_at.as_ref())})
 }
 
+/// A message as the API shows it (REST bodies and WebSocket frames).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: String,
+    pub channel_id: String,
+    pub seq: u64,
+    pub sender_id: String,
+    pub client_msg_id: String,
+    pub body: String,
+    /// RFC 3339 UTC with microseconds.
+    pub created_at: Option<String>,
+    /// When the body was last edited, or `null`.
+    pub edited_at: Option<String>,
+    /// A tombstone: the body is empty.
+    pub deleted: bool,
+}
+
+impl From<&pb::Message> for Message {
+    fn from(m: &pb::Message) -> Self {
+        let pb::Message {
+            id,
+            channel_id,
+            seq,
+            sender_id,
+            client_msg_id,
+            body,
+            created_at,
+            edited_at,
+            deleted,
+        } = m;
+        Self {
+            id: id.clone(),
+            channel_id: channel_id.clone(),
+            seq: *seq,
+            sender_id: sender_id.clone(),
+            client_msg_id: client_msg_id.clone(),
+            body: body.clone(),
+            created_at: time_str(created_at.as_ref()),
+            edited_at: time_str(edited_at.as_ref()),
+            deleted: *deleted,
+        }
+    }
+}
+
 pub fn message(m: &pb::Message) -> Value {
-    let pb::Message {
-        id,
-        channel_id,
-        seq,
-        sender_id,
-        client_msg_id,
-        body,
-        created_at,
-        edited_at,
-        deleted,
-    } = m;
-    json!({
-        "id": id, "channel_id": channel_id, "seq": seq, "sender_id": sender_id,
-        "client_msg_id": client_msg_id, "body": body, "created_at": time(created_at.as_ref()),
-        "edited_at": time(edited_at.as_ref()), "deleted": deleted,
-    })
+    serde_json::to_value(Message::from(m)).unwrap_or(Value::Null)
 }

@@ -6,16 +6,21 @@ use std::time::Instant;
 use axum::extract::ws::Message as WsMessage;
 use parley_kit::{
     ErrorCode,
-    domain::{ClientMsgId, MessageBody},
+    domain::{ChannelId, ClientMsgId, MessageBody},
 };
 use parley_proto::messaging::v1 as pb;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{
     Conn, End,
     limits::{CLOSE_POLICY, Flood, RefOnly},
 };
-use crate::{ApiError, http::grpc, ratelimit::Kind};
+use crate::{
+    ApiError,
+    http::grpc,
+    protocol::{self, ClientFrame, Inbound, ServerFrame, Unreadable},
+    ratelimit::Kind,
+};
 
 impl Conn {
     pub(super) async fn on_inbound(&mut self, m: WsMessage) -> Result<(), End> {
@@ -66,66 +71,54 @@ impl Conn {
     }
 
     pub(super) async fn on_frame(&mut self, text: &str) -> Result<(), End> {
-        let v: Value = match serde_json::from_str(text) {
-            Ok(v @ Value::Object(_)) => v,
-            Ok(_) => {
-                return self
-                    .error(None, &ApiError::invalid("a frame must be a JSON object"))
-                    .await;
-            }
+        let Inbound { r, frame } = match protocol::parse(text) {
+            Ok(f) => f,
             Err(e) => {
-                return self
-                    .error(None, &ApiError::invalid(format!("malformed JSON: {e}")))
-                    .await;
+                let Unreadable {
+                    r,
+                    kind,
+                    channel_id,
+                    error,
+                } = *e;
+                if kind.as_deref() != Some("resume") {
+                    self.release().await?;
+                }
+                // A frame about a channel the user is not in: that is the answer, whatever
+                // else is wrong with it.
+                let error = match (kind.as_deref(), channel_id) {
+                    (Some("ack" | "read" | "typing"), Some(ch)) => {
+                        self.member_channel(ch).err().unwrap_or(error)
+                    }
+                    _ => error,
+                };
+                return self.error(r, &error).await;
             }
         };
-        let r = v.get("ref").cloned();
-        let kind = v.get("type").and_then(Value::as_str).unwrap_or_default();
-        if kind != "resume" {
+        if !matches!(frame, ClientFrame::Resume { .. }) {
             // The client's first frame is not a resume: stop holding live messages.
             self.release().await?;
         }
-        if matches!(kind, "ack" | "read" | "watch_presence") {
+        if matches!(
+            frame,
+            ClientFrame::Ack { .. } | ClientFrame::Read { .. } | ClientFrame::WatchPresence { .. }
+        ) {
             // These wait on another service: what is queued goes out first.
             self.flush().await?;
         }
-        let result: Result<(), ApiError> = match kind {
-            "ping" => {
-                let mut f = json!({"type": "pong"});
-                if let Some(r) = r.clone() {
-                    f["ref"] = r;
-                }
-                return self.frame(f).await;
+        let result = match frame {
+            ClientFrame::Ping => return self.frame(ServerFrame::Pong { r }).await,
+            ClientFrame::Send {
+                channel_id,
+                client_msg_id,
+                body,
+            } => self.send(r.clone(), channel_id, client_msg_id, body).await,
+            ClientFrame::Resume { positions } => return self.resume(positions).await,
+            ClientFrame::Typing { channel_id } => self.typing(channel_id).await,
+            ClientFrame::Ack { channel_id, seq } => self.mark(channel_id, seq, false).await,
+            ClientFrame::Read { channel_id, seq } => self.mark(channel_id, seq, true).await,
+            ClientFrame::WatchPresence { user_ids } => {
+                return self.watch_presence(r, user_ids).await;
             }
-            "send" => self.send(r.clone(), &v).await,
-            "resume" => match v.get("positions").and_then(Value::as_object) {
-                Some(p) => {
-                    let parsed: Result<Vec<(String, u64)>, ApiError> = p
-                        .iter()
-                        .map(|(k, v)| {
-                            let ch =
-                                parley_kit::domain::parse_uuid("positions key", k)?.to_string();
-                            let seq = v.as_u64().ok_or_else(|| {
-                                ApiError::invalid("positions values must be non-negative integers")
-                            })?;
-                            Ok((ch, seq))
-                        })
-                        .collect();
-                    match parsed {
-                        Ok(p) => return self.resume(p).await,
-                        Err(e) => Err(e),
-                    }
-                }
-                None => Err(ApiError::invalid(
-                    "`positions` must be an object of channel id → seq",
-                )),
-            },
-            "typing" => self.typing(&v).await,
-            "ack" => self.mark(&v, false).await,
-            "read" => self.mark(&v, true).await,
-            "watch_presence" => return self.watch_presence(&v).await,
-            "" => Err(ApiError::invalid("a frame needs a string `type`")),
-            other => Err(ApiError::invalid(format!("unknown frame type `{other}`"))),
         };
         match result {
             Ok(()) => Ok(()),
@@ -136,22 +129,16 @@ impl Conn {
     /// `send`: every field is validated, and the channel must be one of the user's, before
     /// anything is queued or allocated for it (a flood of made-up channel ids costs an error
     /// frame each, nothing more).
-    pub(super) async fn send(&mut self, r: Option<Value>, v: &Value) -> Result<(), ApiError> {
-        let field = |name: &str| -> Result<String, ApiError> {
-            v.get(name)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| ApiError::invalid(format!("`{name}` must be a string")))
-        };
-        let (raw, cid, body) = (
-            field("channel_id")?,
-            field("client_msg_id")?,
-            field("body")?,
-        );
-        let channel = parley_kit::domain::parse_uuid("channel_id", &raw)?.to_string();
-        ClientMsgId::parse(&cid)?;
+    pub(super) async fn send(
+        &mut self,
+        r: Option<Value>,
+        channel: ChannelId,
+        cid: ClientMsgId,
+        body: String,
+    ) -> Result<(), ApiError> {
         MessageBody::parse(&body, self.app.config.limits.max_message_bytes)?;
-        if !self.cursors.contains_key(&channel) {
+        let channel = channel.into_string();
+        if !self.engine.follows(&channel) {
             // Not among the channels this connection knows: messaging says why (unknown
             // channel, not a member), or that the user was just added (the `member_joined`
             // event is on its way) and the send may go.
@@ -163,12 +150,12 @@ impl Conn {
             )?;
             self.app.messaging.clone().get_channel(req).await?;
         }
-        self.sends.push(&channel, r, cid, body)
+        self.sends.push(&channel, r, cid.as_str().to_owned(), body)
     }
 
     /// `typing`: membership is checked here (the connection knows the user's channels).
-    pub(super) async fn typing(&mut self, v: &Value) -> Result<(), ApiError> {
-        let channel = self.member_channel(v)?;
+    pub(super) async fn typing(&mut self, channel: ChannelId) -> Result<(), ApiError> {
+        let channel = self.member_channel(channel)?;
         let presence = self
             .app
             .presence
@@ -199,9 +186,13 @@ impl Conn {
     }
 
     /// `ack` / `read`: the delivered / read watermark.
-    pub(super) async fn mark(&mut self, v: &Value, read: bool) -> Result<(), ApiError> {
-        let channel = self.member_channel(v)?;
-        let seq = Self::seq_field(v)?;
+    pub(super) async fn mark(
+        &mut self,
+        channel: ChannelId,
+        seq: u64,
+        read: bool,
+    ) -> Result<(), ApiError> {
+        let channel = self.member_channel(channel)?;
         let app = self.app.clone();
         app.limiter
             .check(Kind::ReadMarks, self.user.as_str())
@@ -218,26 +209,15 @@ impl Conn {
         }
     }
 
-    /// A channel id from a frame that must be one of the user's channels.
-    pub(super) fn member_channel(&self, v: &Value) -> Result<String, ApiError> {
-        let raw = v
-            .get("channel_id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::invalid("`channel_id` must be a string"))?;
-        let id = parley_kit::domain::parse_uuid("channel_id", raw)?.to_string();
-        if self.cursors.contains_key(&id) {
-            Ok(id)
+    /// A channel from a frame that must be one of the user's channels.
+    pub(super) fn member_channel(&self, id: ChannelId) -> Result<String, ApiError> {
+        if self.engine.follows(id.as_str()) {
+            Ok(id.into_string())
         } else {
             Err(ApiError::new(
                 ErrorCode::PermissionDenied,
                 format!("not a member of channel {id}"),
             ))
         }
-    }
-
-    pub(super) fn seq_field(v: &Value) -> Result<u64, ApiError> {
-        v.get("seq")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| ApiError::invalid("`seq` must be a non-negative integer"))
     }
 }

@@ -2,12 +2,14 @@
 //! answers to its sends.
 
 use parley_proto::{events::v1 as ev, messaging::v1 as pb};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{Conn, End};
 use crate::{
     ApiError,
     hub::{Delivery, Payload as HubPayload},
+    ordering::Change,
+    protocol::ServerFrame,
     view,
 };
 
@@ -19,12 +21,8 @@ impl Conn {
     ) -> Result<(), End> {
         match result {
             Ok(resp) => {
-                let mut f =
-                    json!({"type": "sent", "message": resp.message.as_ref().map(view::message)});
-                if let Some(r) = r {
-                    f["ref"] = r;
-                }
-                self.frame(f).await
+                let message = resp.message.as_ref().map(view::Message::from);
+                self.frame(ServerFrame::Sent { r, message }).await
             }
             Err(e) => self.error(r, &e).await,
         }
@@ -46,23 +44,39 @@ impl Conn {
             HubPayload::Messaging(e) => e.clone(),
             HubPayload::Presence(e) => return self.on_presence(e).await,
             HubPayload::Receipt(r) => {
-                if !self.cursors.contains_key(&r.channel_id) {
+                if !self.engine.follows(&r.channel_id) {
                     return Ok(());
                 }
-                return self.frame(crate::receipts::frame(r)).await;
+                return self
+                    .frame(ServerFrame::Receipt {
+                        channel_id: r.channel_id.clone(),
+                        user_id: r.user_id.clone(),
+                        delivered_seq: r.delivered_seq,
+                        read_seq: r.read_seq,
+                    })
+                    .await;
             }
         };
         use ev::event::Payload;
         match &event.payload {
             Some(Payload::MessageCreated(ev::MessageCreated {
                 message: Some(m), ..
-            })) => self.offer(m.clone(), true).await,
+            })) => {
+                let m = m.clone();
+                self.order(|e, now, out| e.offer(m, true, now, out)).await
+            }
             Some(Payload::MessageUpdated(ev::MessageUpdated { message: Some(m) })) => {
-                self.changed("message_updated", m).await
+                let m = m.clone();
+                self.order(|e, now, out| e.changed(Change::Updated, m, now, out))
+                    .await
             }
             Some(Payload::MessageDeleted(ev::MessageDeleted {
                 message: Some(m), ..
-            })) => self.changed("message_deleted", m).await,
+            })) => {
+                let m = m.clone();
+                self.order(|e, now, out| e.changed(Change::Deleted, m, now, out))
+                    .await
+            }
             Some(Payload::MemberJoined(j)) => {
                 let Some(member) = &j.member else {
                     return Ok(());
@@ -76,15 +90,19 @@ impl Conn {
                     self.join_channel(&member.channel_id, j.channel_last_seq)
                         .await;
                 }
-                self.frame(json!({
-                    "type": "member_joined", "channel_id": member.channel_id, "user_id": member.user_id,
-                    "role": view::role(member.role), "added_by": j.added_by,
-                }))
+                self.frame(ServerFrame::MemberJoined {
+                    channel_id: member.channel_id.clone(),
+                    user_id: member.user_id.clone(),
+                    role: view::Role::of(member.role),
+                    added_by: j.added_by.clone(),
+                })
                 .await?;
                 if me {
                     // A message committed after the join but before the subscription was
                     // active reached nobody here: probe history once.
-                    self.fill(&member.channel_id.clone(), true).await?;
+                    let channel = member.channel_id.clone();
+                    self.order(|e, now, out| e.probe(&channel, now, out))
+                        .await?;
                 }
                 Ok(())
             }
@@ -93,9 +111,11 @@ impl Conn {
                 if me != d.via_user_topic || self.seen_event(&event.event_id) {
                     return Ok(());
                 }
-                self.frame(json!({
-                    "type": "member_left", "channel_id": l.channel_id, "user_id": l.user_id, "removed_by": l.removed_by,
-                }))
+                self.frame(ServerFrame::MemberLeft {
+                    channel_id: l.channel_id.clone(),
+                    user_id: l.user_id.clone(),
+                    removed_by: l.removed_by.clone(),
+                })
                 .await?;
                 if me {
                     self.leave_channel(&l.channel_id).await;

@@ -16,7 +16,7 @@ mod sends;
 mod watch;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -38,7 +38,7 @@ use futures::{FutureExt as _, SinkExt as _};
 use parley_kit::{ErrorCode, domain::UserId};
 use parley_proto::messaging::v1 as pb;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 
 use self::{
@@ -49,6 +49,8 @@ use crate::{
     ApiError, App,
     http::grpc,
     hub::{ConnSink, Delivery},
+    ordering::Engine,
+    protocol::ServerFrame,
 };
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -98,34 +100,6 @@ pub async fn upgrade(
         })
 }
 
-impl Cursor {
-    /// Holds a message that came ahead of its turn, unless `cap` are held already: then it
-    /// is let go (its seq stays the target) and fetched from history when its turn comes,
-    /// so a connection never holds more than `ws.max_held` messages per channel.
-    fn hold(&mut self, m: pb::Message, cap: usize) {
-        if self.held.len() < cap || self.held.contains_key(&m.seq) {
-            self.held.insert(m.seq, m);
-        } else {
-            metrics::counter!("gateway_ws_held_dropped_total").increment(1);
-        }
-    }
-}
-
-/// Ordering state of one channel on one connection.
-#[derive(Debug, Default)]
-struct Cursor {
-    /// Highest seq sent to the client.
-    delivered: u64,
-    /// Highest seq known to exist (from events or positions).
-    target: u64,
-    /// Messages received ahead of `delivered + 1`.
-    held: BTreeMap<u64, pb::Message>,
-    /// When the current gap was first seen.
-    gap_since: Option<Instant>,
-    /// First seq actually sent on this connection (a resume never replays below it).
-    sent_from: Option<u64>,
-}
-
 struct Conn {
     app: Arc<App>,
     user: UserId,
@@ -133,7 +107,8 @@ struct Conn {
     socket: WebSocket,
     sink: ConnSink,
     topics: HashSet<String>,
-    cursors: HashMap<String, Cursor>,
+    /// Per-channel order: what was delivered, what is held, which gaps to fetch.
+    engine: Engine<pb::Message>,
     recent_events: VecDeque<String>,
     /// One queue per channel this connection sends to (bounded; see `ws_sends`).
     sends: SendQueues,
@@ -148,13 +123,6 @@ struct Conn {
     ticket: crate::admission::Ticket,
     /// Users this connection watches, with the newest presence version sent for each.
     watched: HashMap<String, u64>,
-    /// Right after `hello`, messages are held (not sent) until the client's first frame or
-    /// this deadline: a client that reconnects sends `resume` first, and its replay must
-    /// come before anything sent live.
-    hold_until: Option<Instant>,
-    /// Some channel may be behind its target (a gap to wait for or fill): only then does
-    /// the gap timer run, so idle connections cost no periodic wake-ups.
-    maybe_gaps: bool,
     /// Frames fed to the socket since the last flush: frames produced by work that is
     /// already queued leave in one write (one syscall) instead of one each.
     unflushed: usize,
@@ -199,6 +167,10 @@ impl Conn {
         let typing = Arc::new(tokio::sync::Semaphore::new(
             app.config.ws.max_typing_in_flight.max(1),
         ));
+        let engine = Engine::new(
+            app.config.ws.max_held,
+            Duration::from_millis(app.config.ws.gap_wait_ms),
+        );
         let sink = ConnSink {
             tx,
             lagged: Arc::new(AtomicBool::new(false)),
@@ -211,7 +183,7 @@ impl Conn {
             socket,
             sink,
             topics: HashSet::new(),
-            cursors: HashMap::new(),
+            engine,
             recent_events: VecDeque::new(),
             sends,
             frames,
@@ -220,8 +192,6 @@ impl Conn {
             session_id,
             ticket,
             watched: HashMap::new(),
-            hold_until: None,
-            maybe_gaps: false,
             unflushed: 0,
             write_failed: false,
             cleaned_up: false,
@@ -289,7 +259,7 @@ impl Conn {
             }
             let step = tokio::select! {
                 _ = draining.cancelled() => {
-                    let _ = self.frame(json!({"type": "reconnect", "reason": "server draining"})).await;
+                    let _ = self.frame(ServerFrame::Reconnect { reason: "server draining".into() }).await;
                     let _ = self.close_with(None).await;
                     return End::Draining;
                 }
@@ -300,14 +270,10 @@ impl Conn {
                 Some(d) = rx.recv() => self.on_event(d).await,
                 Some((r, result)) = sends_rx.recv() => self.on_sent(r, result).await,
                 _ = wake.notified() => self.catch_up_if_lagged().await,
-                _ = gap_tick.tick(), if self.hold_until.is_some() || self.maybe_gaps => {
-                    let r = if self.hold_until.is_some_and(|t| Instant::now() >= t) {
-                        self.release().await
-                    } else {
-                        self.fill_due_gaps(gap_wait).await
-                    };
-                    self.maybe_gaps = self.cursors.values().any(|c| c.target > c.delivered);
-                    r
+                // Only while something is held or a channel is behind: an idle connection
+                // costs no periodic wake-ups.
+                _ = gap_tick.tick(), if self.engine.needs_timer() => {
+                    self.order(|e, now, out| e.tick(now, out)).await
                 }
                 _ = ping.tick() => {
                     if self.last_inbound.elapsed() > heartbeat * 2 {
@@ -369,13 +335,16 @@ impl Conn {
         for (channel, last) in positions {
             self.join_channel(&channel, last).await;
         }
-        self.frame(json!({
-            "type": "hello", "user_id": self.user.as_str(), "session_id": session_id,
-            "heartbeat_ms": self.app.config.ws.heartbeat_ms,
-        }))
+        self.frame(ServerFrame::Hello {
+            user_id: self.user.to_string(),
+            session_id,
+            heartbeat_ms: self.app.config.ws.heartbeat_ms,
+        })
         .await?;
-        self.hold_until =
-            Some(Instant::now() + Duration::from_millis(self.app.config.ws.resume_window_ms));
+        // Until the client's first frame (or this deadline) messages are held: a client
+        // that reconnects sends `resume` first, and its replay comes before anything live.
+        self.engine
+            .hold(Instant::now() + Duration::from_millis(self.app.config.ws.resume_window_ms));
         // Messages committed between reading positions and the subscriptions becoming
         // active were published to nobody here: compare positions once more.
         self.sink.lagged.store(true, Ordering::Release);
@@ -415,15 +384,7 @@ impl Conn {
     }
 
     async fn join_channel(&mut self, channel: &str, position: u64) {
-        if !self.cursors.contains_key(channel) {
-            self.cursors.insert(
-                channel.to_owned(),
-                Cursor {
-                    delivered: position,
-                    target: position,
-                    ..Cursor::default()
-                },
-            );
+        if self.engine.join(channel, position) {
             for topic in self.channel_topics(channel) {
                 self.subscribe(topic).await;
             }
@@ -445,7 +406,7 @@ impl Conn {
     }
 
     async fn leave_channel(&mut self, channel: &str) {
-        self.cursors.remove(channel);
+        self.engine.leave(channel);
         let _ = self.flush().await;
         for topic in self.channel_topics(channel) {
             if self.topics.remove(&topic) {
@@ -503,8 +464,8 @@ impl Conn {
     }
 
     /// Queues a frame; the serve loop writes queued frames out before it waits again.
-    async fn frame(&mut self, v: Value) -> Result<(), End> {
-        self.feed(WsMessage::Text(v.to_string().into())).await
+    async fn frame(&mut self, f: ServerFrame) -> Result<(), End> {
+        self.feed(WsMessage::Text(f.to_text().into())).await
     }
 
     /// Queues a message for the next write, bounded by `ws.write_timeout_ms`.
@@ -518,14 +479,7 @@ impl Conn {
     }
 
     async fn error(&mut self, r: Option<Value>, e: &ApiError) -> Result<(), End> {
-        let mut f = json!({"type": "error", "code": e.code.as_str(), "message": e.message});
-        if let Some(r) = r {
-            f["ref"] = r;
-        }
-        if let Some(s) = e.retry_after {
-            f["retry_after"] = json!(s);
-        }
-        self.frame(f).await
+        self.frame(ServerFrame::error(r, e)).await
     }
 }
 

@@ -2,16 +2,19 @@
 //! one: presence privacy), presence changes and typing events.
 
 use parley_kit::domain::UserId;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{Conn, End};
-use crate::{ApiError, ratelimit::Kind};
+use crate::{ApiError, protocol::ServerFrame, ratelimit::Kind};
 
 impl Conn {
     /// `watch_presence`: subscribe first, then read the current state, so no change is
     /// missed; later events older than what was sent (by `version`) are dropped.
-    pub(super) async fn watch_presence(&mut self, v: &Value) -> Result<(), End> {
-        let r = v.get("ref").cloned();
+    pub(super) async fn watch_presence(
+        &mut self,
+        r: Option<Value>,
+        user_ids: Vec<UserId>,
+    ) -> Result<(), End> {
         let Some(presence) = self.app.presence.clone() else {
             return self.error(r, &ApiError::not_configured("presence")).await;
         };
@@ -23,21 +26,7 @@ impl Conn {
         {
             return self.error(r, &e).await;
         }
-        let ids = match v.get("user_ids").and_then(Value::as_array) {
-            Some(a) => a
-                .iter()
-                .map(|u| {
-                    u.as_str()
-                        .ok_or_else(|| ApiError::invalid("`user_ids` must be strings"))
-                        .and_then(|s| Ok(UserId::parse(s)?.to_string()))
-                })
-                .collect::<Result<Vec<String>, ApiError>>(),
-            None => Err(ApiError::invalid("`user_ids` must be an array of user ids")),
-        };
-        let mut ids = match ids {
-            Ok(ids) => ids,
-            Err(e) => return self.error(r, &e).await,
-        };
+        let mut ids: Vec<String> = user_ids.into_iter().map(|u| u.to_string()).collect();
         ids.sort();
         ids.dedup();
         let max = self.app.config.ws.max_watch;
@@ -132,11 +121,12 @@ impl Conn {
             },
             // Never echoed to the typist; only for channels this user is in.
             Some(P::UserTyping(t))
-                if t.user_id != self.user.as_str() && self.cursors.contains_key(&t.channel_id) =>
+                if t.user_id != self.user.as_str() && self.engine.follows(&t.channel_id) =>
             {
-                self.frame(
-                    json!({"type": "typing", "channel_id": t.channel_id, "user_id": t.user_id}),
-                )
+                self.frame(ServerFrame::Typing {
+                    channel_id: t.channel_id.clone(),
+                    user_id: t.user_id.clone(),
+                })
                 .await
             }
             _ => Ok(()),
@@ -148,8 +138,11 @@ impl Conn {
         &mut self,
         p: &parley_proto::presence::v1::UserPresence,
     ) -> Result<(), End> {
-        let mut f = crate::presence::view(p);
-        f["type"] = json!("presence");
-        self.frame(f).await
+        self.frame(ServerFrame::Presence {
+            user_id: p.user_id.clone(),
+            status: crate::presence::status(p),
+            last_seen_at: crate::view::time_str(p.last_seen_at.as_ref()),
+        })
+        .await
     }
 }
