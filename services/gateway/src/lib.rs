@@ -4,17 +4,17 @@
 //! subscription per channel per node, reference-counted over local connections).
 
 mod admission;
+mod api;
 mod auth;
 mod error;
+mod extract;
 mod http;
 mod hub;
-mod notification;
 pub mod ordering;
-mod presence;
 pub mod protocol;
 pub mod ratelimit;
-mod receipts;
 mod sender;
+mod upstream;
 pub mod view;
 mod ws;
 
@@ -26,6 +26,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
+use upstream::{notification, presence, receipts};
 
 pub use error::ApiError;
 pub use sender::SendConfig;

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::{
     ApiError,
-    view::{Message, Role},
+    view::{Message, Role, Status},
 };
 
 /// A frame from the client. Field values are validated as they are read; what depends on
@@ -281,14 +281,6 @@ pub struct Resumed {
     pub to: u64,
     /// Everything after the client's position was replayed.
     pub recovered: bool,
-}
-
-/// A user's presence status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Online,
-    Offline,
 }
 
 impl ServerFrame {

@@ -125,3 +125,44 @@ impl From<&pb::Message> for Message {
 pub fn message(m: &pb::Message) -> Value {
     serde_json::to_value(Message::from(m)).unwrap_or(Value::Null)
 }
+
+/// A user's presence (`GET /v1/presence` entries).
+pub fn presence(p: &parley_proto::presence::v1::UserPresence) -> Value {
+    json!({"user_id": p.user_id, "status": status(p), "last_seen_at": time(p.last_seen_at.as_ref())})
+}
+
+/// A user's presence status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Online,
+    Offline,
+}
+
+/// The status a client sees (anything but online reads as offline).
+pub fn status(p: &parley_proto::presence::v1::UserPresence) -> Status {
+    use parley_proto::presence::v1::Status as Pb;
+    match Pb::try_from(p.status) {
+        Ok(Pb::Online) => Status::Online,
+        _ => Status::Offline,
+    }
+}
+
+/// `GET /v1/channels/{id}/receipts`.
+pub fn receipts(list: &[parley_proto::receipts::v1::Receipt]) -> Value {
+    let list: Vec<Value> = list
+        .iter()
+        .map(|r| json!({"user_id": r.user_id, "delivered_seq": r.delivered_seq, "read_seq": r.read_seq}))
+        .collect();
+    json!({"receipts": list})
+}
+
+/// `GET /v1/unread`.
+pub fn unread(u: &parley_proto::receipts::v1::GetUnreadResponse) -> Value {
+    let channels: Vec<Value> = u
+        .channels
+        .iter()
+        .map(|c| json!({"channel_id": c.channel_id, "unread": c.unread}))
+        .collect();
+    json!({"total": u.total, "channels": channels})
+}

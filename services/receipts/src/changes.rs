@@ -21,7 +21,7 @@ use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::store::ReceiptRow;
+use crate::model::ReceiptRow;
 
 /// Topic of a channel's receipt events (without the deployment prefix).
 pub fn topic(channel: Uuid) -> String {

@@ -10,6 +10,7 @@ mod authority;
 mod changes;
 mod error;
 mod grpc;
+mod model;
 mod projection;
 mod store;
 

@@ -14,9 +14,9 @@
 //! memberships are last-writer-wins by (event occurred_at, event_id). Applying any event
 //! twice, or a batch of old events after newer ones, changes nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use parley_proto::events::v1 as ev;
 use prost::Message as _;
 use redis::streams::StreamId;
@@ -33,35 +33,7 @@ use crate::{
 /// Name of messaging's event stream (without the deployment prefix).
 pub use parley_kit::stream::EVENTS as STREAM;
 
-/// A membership event reduced to what receipts keeps.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Membership {
-    pub active: bool,
-    /// The channel's last_seq at the join (unused for a leave).
-    pub joined_seq: i64,
-    /// Order key: the event's occurred_at, then its event_id.
-    pub at: DateTime<Utc>,
-    pub event_id: Uuid,
-}
-
-/// The highest own message of a sender in a batch, with the trace it came with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sent {
-    pub seq: i64,
-    pub trace: HashMap<String, String>,
-}
-
-/// A batch of events folded into the writes they imply. Keys are sorted (BTreeMap) so
-/// that rows are locked in one global order.
-#[derive(Debug, Default)]
-pub struct Delta {
-    /// channel → highest seq seen (a join contributes the channel's last_seq at the join).
-    pub channels: BTreeMap<Uuid, i64>,
-    /// (channel, user) → the newest membership event of the batch.
-    pub memberships: BTreeMap<(Uuid, String), Membership>,
-    /// (channel, sender) → their highest own message.
-    pub senders: BTreeMap<(Uuid, String), Sent>,
-}
+pub use crate::model::{Delta, Membership, Sent};
 
 /// Why an event was skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,6 +307,7 @@ fn fold(entries: &[StreamId]) -> (Delta, BTreeMap<&'static str, u64>) {
 mod tests {
     use super::*;
     use parley_proto::messaging::v1 as pb;
+    use std::collections::HashMap;
 
     fn event(channel: Uuid, at_secs: i64, payload: ev::event::Payload) -> ev::Event {
         ev::Event {

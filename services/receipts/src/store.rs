@@ -10,17 +10,9 @@ use parley_kit::domain::UserId;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{Error, projection::Delta};
+use crate::{Error, model::Delta};
 
-/// One member's watermarks in a channel.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct ReceiptRow {
-    pub channel_id: Uuid,
-    pub user_id: String,
-    pub delivered_seq: i64,
-    pub read_seq: i64,
-    pub updated_at: Option<DateTime<Utc>>,
-}
+pub use crate::model::ReceiptRow;
 
 /// What the projection knows about a channel and one user in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

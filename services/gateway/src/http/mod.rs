@@ -1,9 +1,12 @@
 //! HTTP routes of the public API: the router, the request span/metrics middleware and the
-//! dev-token route here; by concern: `extract` (extractors and shared helpers), `ready`
-//! (`/readyz`), `channels`, `messages`, `social` (presence and receipts).
+//! dev-token route here; by concern: `ready`
+//! (`/readyz`), and the route groups `channels`, `messages`, `social` (presence and
+//! receipts), `devices`. Handlers read the request, call the API core (`crate::api`) and
+//! render its result; the extractors are in `crate::extract` (shared with the WebSocket
+//! upgrade).
 
 mod channels;
-mod extract;
+mod devices;
 mod messages;
 mod ready;
 mod social;
@@ -23,13 +26,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::Instrument as _;
 
-use crate::{ApiError, App};
+use crate::{ApiError, App, extract::JsonBody};
 
 use self::{channels::*, messages::*, ready::*, social::*};
-pub(crate) use self::{
-    extract::{Caller, JsonBody, P, Q, created_or_existing, grpc},
-    messages::{history, prepare_send},
-};
 
 type AppState = State<Arc<App>>;
 
@@ -61,14 +60,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/channels/{id}/receipts", get(get_receipts))
         .route("/v1/unread", get(get_unread))
         .route("/v1/presence", get(get_presence))
-        .route("/v1/devices", post(crate::notification::register))
+        .route("/v1/devices", post(devices::register))
         .route(
             "/v1/devices/{id}",
-            axum::routing::delete(crate::notification::unregister),
+            axum::routing::delete(devices::unregister),
         )
         .route(
             "/v1/channels/{id}/notifications",
-            axum::routing::put(crate::notification::set_level),
+            axum::routing::put(devices::set_level),
         )
         .route("/v1/ws", get(crate::ws::upgrade))
         .fallback(|| async { ApiError::not_found("no such endpoint") })

@@ -8,7 +8,6 @@ use parley_kit::{
     ErrorCode,
     domain::{ChannelId, ClientMsgId, MessageBody},
 };
-use parley_proto::messaging::v1 as pb;
 use serde_json::Value;
 
 use super::{
@@ -17,9 +16,8 @@ use super::{
 };
 use crate::{
     ApiError,
-    http::grpc,
+    api::{self, social::Mark},
     protocol::{self, ClientFrame, Inbound, ServerFrame, Unreadable},
-    ratelimit::Kind,
 };
 
 impl Conn {
@@ -114,8 +112,10 @@ impl Conn {
             } => self.send(r.clone(), channel_id, client_msg_id, body).await,
             ClientFrame::Resume { positions } => return self.resume(positions).await,
             ClientFrame::Typing { channel_id } => self.typing(channel_id).await,
-            ClientFrame::Ack { channel_id, seq } => self.mark(channel_id, seq, false).await,
-            ClientFrame::Read { channel_id, seq } => self.mark(channel_id, seq, true).await,
+            ClientFrame::Ack { channel_id, seq } => {
+                self.mark(channel_id, seq, Mark::Delivered).await
+            }
+            ClientFrame::Read { channel_id, seq } => self.mark(channel_id, seq, Mark::Read).await,
             ClientFrame::WatchPresence { user_ids } => {
                 return self.watch_presence(r, user_ids).await;
             }
@@ -137,30 +137,21 @@ impl Conn {
         body: String,
     ) -> Result<(), ApiError> {
         MessageBody::parse(&body, self.app.config.limits.max_message_bytes)?;
-        let channel = channel.into_string();
-        if !self.engine.follows(&channel) {
+        if !self.engine.follows(channel.as_str()) {
             // Not among the channels this connection knows: messaging says why (unknown
             // channel, not a member), or that the user was just added (the `member_joined`
             // event is on its way) and the send may go.
-            let req = grpc(
-                &self.user,
-                pb::GetChannelRequest {
-                    channel_id: channel.clone(),
-                },
-            )?;
-            self.app.messaging.clone().get_channel(req).await?;
+            api::channels::get(&self.app, &self.user, &channel).await?;
         }
-        self.sends.push(&channel, r, cid.as_str().to_owned(), body)
+        self.sends.push(&channel, r, cid, body)
     }
 
     /// `typing`: membership is checked here (the connection knows the user's channels).
     pub(super) async fn typing(&mut self, channel: ChannelId) -> Result<(), ApiError> {
         let channel = self.member_channel(channel)?;
-        let presence = self
-            .app
-            .presence
-            .clone()
-            .ok_or_else(|| ApiError::not_configured("presence"))?;
+        if self.app.presence.is_none() {
+            return Err(ApiError::not_configured("presence"));
+        }
         let user = self.user.clone();
         let Ok(permit) = self.typing.clone().try_acquire_owned() else {
             metrics::counter!("gateway_ws_refused_total", "reason" => "typing_in_flight")
@@ -177,9 +168,7 @@ impl Conn {
         // Fire and forget: the event comes back through pub/sub to the other members. Over
         // the user's typing limit it is dropped (counted in gateway_rate_limited_total).
         tokio::spawn(async move {
-            if app.limiter.check(Kind::Typing, user.as_str()).await.is_ok() {
-                let _ = presence.typing(user.as_str(), &channel).await;
-            }
+            let _ = api::social::typing(&app, &user, channel.as_str()).await;
             drop(permit);
         });
         Ok(())
@@ -190,29 +179,16 @@ impl Conn {
         &mut self,
         channel: ChannelId,
         seq: u64,
-        read: bool,
+        mark: Mark,
     ) -> Result<(), ApiError> {
         let channel = self.member_channel(channel)?;
-        let app = self.app.clone();
-        app.limiter
-            .check(Kind::ReadMarks, self.user.as_str())
-            .await?;
-        let user = self.user.clone();
-        let receipts = app
-            .receipts
-            .as_ref()
-            .ok_or_else(|| ApiError::not_configured("receipts"))?;
-        if read {
-            receipts.read(&user, channel, seq).await
-        } else {
-            receipts.delivered(&user, channel, seq).await
-        }
+        api::social::mark(&self.app, &self.user, &channel, seq, mark).await
     }
 
     /// A channel from a frame that must be one of the user's channels.
-    pub(super) fn member_channel(&self, id: ChannelId) -> Result<String, ApiError> {
+    pub(super) fn member_channel(&self, id: ChannelId) -> Result<ChannelId, ApiError> {
         if self.engine.follows(id.as_str()) {
-            Ok(id.into_string())
+            Ok(id)
         } else {
             Err(ApiError::new(
                 ErrorCode::PermissionDenied,

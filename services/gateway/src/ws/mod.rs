@@ -47,7 +47,10 @@ use self::{
 };
 use crate::{
     ApiError, App,
-    http::grpc,
+    api::{
+        self,
+        messages::{Page, history},
+    },
     hub::{ConnSink, Delivery},
     ordering::Engine,
     protocol::ServerFrame,
@@ -64,7 +67,7 @@ pub struct WsQuery {
 pub async fn upgrade(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    crate::http::Q(q): crate::http::Q<WsQuery>,
+    crate::extract::Q(q): crate::extract::Q<WsQuery>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let user =
@@ -484,18 +487,7 @@ impl Conn {
 }
 
 async fn positions(app: Arc<App>, user: UserId) -> Result<Vec<(String, u64)>, ApiError> {
-    let req = grpc(&user, pb::ListChannelPositionsRequest {})?;
-    let resp = app
-        .messaging
-        .clone()
-        .list_channel_positions(req)
-        .await?
-        .into_inner();
-    Ok(resp
-        .positions
-        .into_iter()
-        .map(|p| (p.channel_id, p.last_seq))
-        .collect())
+    api::channels::positions(&app, &user).await
 }
 
 async fn page_after(
@@ -505,5 +497,6 @@ async fn page_after(
     after: u64,
     limit: u32,
 ) -> Result<(Vec<pb::Message>, bool), ApiError> {
-    crate::http::history(&app, &user, channel, None, Some(after), limit).await
+    let channel = parley_kit::domain::ChannelId::parse("channel_id", &channel)?;
+    history(&app, &user, &channel, Page::After(after), limit).await
 }

@@ -14,18 +14,27 @@ use std::{
     time::{Duration, Instant},
 };
 
-use parley_kit::{ErrorCode, domain::UserId};
+use parley_kit::{
+    ErrorCode,
+    domain::{ChannelId, ClientMsgId, UserId},
+};
 use parley_proto::messaging::v1 as pb;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::{ApiError, App};
+use crate::{ApiError, App, api::messages::prepare_send};
 
 /// A send's answer, with the frame's `ref`.
 pub type SendResult = (Option<Value>, Result<pb::SendMessageResponse, ApiError>);
 
-/// A queued `send` frame: its `ref`, `client_msg_id`, body and when it was queued.
-type SendJob = (Option<Value>, String, String, Instant);
+/// A queued `send` frame.
+struct SendJob {
+    /// The frame's `ref`, for the answer.
+    r: Option<Value>,
+    client_msg_id: ClientMsgId,
+    body: String,
+    queued_at: Instant,
+}
 
 struct Queue {
     jobs: mpsc::Sender<SendJob>,
@@ -39,7 +48,7 @@ pub struct SendQueues {
     app: Arc<App>,
     user: UserId,
     answers: mpsc::Sender<SendResult>,
-    queues: HashMap<String, Queue>,
+    queues: HashMap<ChannelId, Queue>,
 }
 
 impl SendQueues {
@@ -58,11 +67,17 @@ impl SendQueues {
     /// have sends in flight.
     pub fn push(
         &mut self,
-        channel: &str,
+        channel: &ChannelId,
         r: Option<Value>,
-        cid: String,
+        client_msg_id: ClientMsgId,
         body: String,
     ) -> Result<(), ApiError> {
+        let job = SendJob {
+            r,
+            client_msg_id,
+            body,
+            queued_at: Instant::now(),
+        };
         let cfg = &self.app.config.ws;
         let pending = cfg.max_pending_sends.max(1);
         if !self.queues.contains_key(channel) {
@@ -79,23 +94,21 @@ impl SendQueues {
                     1,
                 ));
             }
-            let q = self.spawn(channel.to_owned(), pending);
-            self.queues.insert(channel.to_owned(), q);
+            let q = self.spawn(channel.clone(), pending);
+            self.queues.insert(channel.clone(), q);
         }
         let q = self.queues.get(channel).expect("inserted above");
         q.unanswered.fetch_add(1, Ordering::AcqRel);
-        q.jobs
-            .try_send((r, cid, body, Instant::now()))
-            .map_err(|_| {
-                q.unanswered.fetch_sub(1, Ordering::AcqRel);
-                ApiError::rate_limited(
-                    format!("more than {pending} sends to this channel waiting on this connection"),
-                    1,
-                )
-            })
+        q.jobs.try_send(job).map_err(|_| {
+            q.unanswered.fetch_sub(1, Ordering::AcqRel);
+            ApiError::rate_limited(
+                format!("more than {pending} sends to this channel waiting on this connection"),
+                1,
+            )
+        })
     }
 
-    fn spawn(&self, channel: String, pending: usize) -> Queue {
+    fn spawn(&self, channel: ChannelId, pending: usize) -> Queue {
         let (queue, mut jobs) = mpsc::channel::<SendJob>(pending);
         let unanswered = Arc::new(AtomicUsize::new(0));
         let (app, user, tx, left) = (
@@ -115,13 +128,19 @@ impl SendQueues {
             while jobs.recv_many(&mut waiting, group_max).await > 0 {
                 let mut results = Vec::with_capacity(waiting.len());
                 let mut group = Vec::new();
-                for (r, cid, body, queued_at) in waiting.drain(..) {
+                for SendJob {
+                    r,
+                    client_msg_id,
+                    body,
+                    queued_at,
+                } in waiting.drain(..)
+                {
                     // Waited too long behind this connection's earlier sends to the
                     // channel (`ws.pending_send_budget_ms`): refused unsent.
                     let prepared = if queued_at.elapsed() > budget {
                         Err(crate::sender::refused("pending"))
                     } else {
-                        crate::http::prepare_send(&app, &user, &channel, &cid, &body).await
+                        prepare_send(&app, &user, &channel, &client_msg_id, &body).await
                     };
                     match prepared {
                         Ok(req) => {

@@ -5,7 +5,7 @@ use parley_kit::domain::UserId;
 use serde_json::Value;
 
 use super::{Conn, End};
-use crate::{ApiError, protocol::ServerFrame, ratelimit::Kind};
+use crate::{ApiError, api::social, protocol::ServerFrame, ratelimit::Kind};
 
 impl Conn {
     /// `watch_presence`: subscribe first, then read the current state, so no change is
@@ -43,12 +43,12 @@ impl Conn {
         }
         // Presence privacy: users who share no channel with this one read as never seen, once,
         // and are not watched (watch again once you share a channel).
-        let (new, hidden) = match crate::presence::visible(&self.app, &self.user, new).await {
+        let (new, hidden) = match social::visible(&self.app, &self.user, new).await {
             Ok(split) => split,
             Err(e) => return self.error(r, &e).await,
         };
         for u in hidden {
-            self.presence_frame(&crate::presence::hidden(u)).await?;
+            self.presence_frame(&social::hidden(u)).await?;
         }
         if new.is_empty() {
             return Ok(());
@@ -77,7 +77,7 @@ impl Conn {
             return Ok(());
         }
         let ids: Vec<String> = self.watched.keys().cloned().collect();
-        let hidden = match crate::presence::visible(&self.app, &self.user, ids.clone()).await {
+        let hidden = match social::visible(&self.app, &self.user, ids.clone()).await {
             Ok((_, hidden)) => hidden,
             Err(e) => {
                 tracing::warn!(user = %self.user, error = %e.message, "presence re-check failed; dropping the connection's watches");
@@ -90,7 +90,7 @@ impl Conn {
             if self.topics.remove(&topic) {
                 self.app.hub.unsubscribe(self.id, &topic).await;
             }
-            self.presence_frame(&crate::presence::hidden(u)).await?;
+            self.presence_frame(&social::hidden(u)).await?;
         }
         Ok(())
     }
@@ -140,7 +140,7 @@ impl Conn {
     ) -> Result<(), End> {
         self.frame(ServerFrame::Presence {
             user_id: p.user_id.clone(),
-            status: crate::presence::status(p),
+            status: crate::view::status(p),
             last_seen_at: crate::view::time_str(p.last_seen_at.as_ref()),
         })
         .await

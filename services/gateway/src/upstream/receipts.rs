@@ -1,13 +1,13 @@
-//! The gateway's side of receipts: `ack`/`read` frames, the read/receipts/unread endpoints
-//! and the `unread` field of channel lists. Receipts is optional for chat: failures are
-//! logged and counted (`gateway_receipts_errors_total`) and never break sending or history.
+//! The receipts service's client: watermarks, receipts and unread counts. Receipts is
+//! optional for chat: failures are logged and counted (`gateway_receipts_errors_total`)
+//! and never break sending or history.
 
 use parley_kit::{domain::UserId, propagation::Outbound};
 use parley_proto::receipts::v1::{self as pb, receipts_service_client::ReceiptsServiceClient};
-use serde_json::{Value, json};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
-use crate::{ApiError, http::grpc};
+use super::request as grpc;
+use crate::ApiError;
 
 type Client = ReceiptsServiceClient<InterceptedService<Channel, Outbound>>;
 
@@ -66,20 +66,18 @@ impl Receipts {
             })
     }
 
-    /// `GET /v1/channels/{id}/receipts`.
-    pub async fn receipts(&self, user: &UserId, channel_id: String) -> Result<Value, ApiError> {
+    /// Every member's watermarks in a channel, ordered by user id.
+    pub async fn receipts(
+        &self,
+        user: &UserId,
+        channel_id: String,
+    ) -> Result<Vec<pb::Receipt>, ApiError> {
         let req = grpc(user, pb::GetReceiptsRequest { channel_id })?;
         let resp = self.client.clone().get_receipts(req).await.map_err(|e| {
             count_error("receipts", &e);
             ApiError::from(e)
         })?;
-        let list: Vec<Value> = resp
-            .into_inner()
-            .receipts
-            .iter()
-            .map(|r| json!({"user_id": r.user_id, "delivered_seq": r.delivered_seq, "read_seq": r.read_seq}))
-            .collect();
-        Ok(json!({"receipts": list}))
+        Ok(resp.into_inner().receipts)
     }
 
     /// The caller's unread counts (zero omitted).
@@ -95,14 +93,4 @@ impl Receipts {
                 e.into()
             })
     }
-}
-
-/// JSON of `GET /v1/unread`.
-pub fn unread_view(u: &pb::GetUnreadResponse) -> Value {
-    let channels: Vec<Value> = u
-        .channels
-        .iter()
-        .map(|c| json!({"channel_id": c.channel_id, "unread": c.unread}))
-        .collect();
-    json!({"total": u.total, "channels": channels})
 }

@@ -12,12 +12,10 @@ use axum::{
 };
 use parley_kit::{
     ErrorCode,
-    domain::{UserId, parse_uuid},
-    propagation::with_user,
+    domain::{ChannelId, UserId},
 };
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::Value;
-use tonic::Request as GrpcRequest;
 
 use crate::{ApiError, App};
 
@@ -52,7 +50,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<App>> for JsonBody<T> {
     }
 }
 
-pub(super) fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid(
             "request body is empty; expected a JSON object",
@@ -88,15 +86,9 @@ impl<T: DeserializeOwned + Send> FromRequestParts<Arc<App>> for P<T> {
     }
 }
 
-pub(super) fn channel_path(id: &str) -> Result<String, ApiError> {
-    Ok(parse_uuid("channel id", id)?.to_string())
-}
-
-pub(super) fn seq_path(s: &str) -> Result<u64, ApiError> {
-    s.parse::<u64>()
-        .ok()
-        .filter(|v| *v > 0)
-        .ok_or_else(|| ApiError::invalid("seq must be a positive integer"))
+/// A channel id in a path.
+pub(crate) fn channel_path(id: &str) -> Result<ChannelId, ApiError> {
+    Ok(ChannelId::parse("channel id", id)?)
 }
 
 /// `201` with `body` when the request created something, `200` when it found it existing
@@ -110,19 +102,15 @@ pub(crate) fn created_or_existing(created: bool, body: Value) -> Response {
     (status, Json(body)).into_response()
 }
 
-pub(crate) fn grpc<T>(user: &UserId, msg: T) -> Result<GrpcRequest<T>, ApiError> {
-    Ok(with_user(GrpcRequest::new(msg), user.as_str())?)
-}
-
 #[derive(Deserialize)]
-pub(super) struct PageQuery {
-    pub(super) limit: Option<String>,
-    pub(super) cursor: Option<String>,
-    pub(super) before: Option<String>,
-    pub(super) after: Option<String>,
+pub(crate) struct PageQuery {
+    pub(crate) limit: Option<String>,
+    pub(crate) cursor: Option<String>,
+    pub(crate) before: Option<String>,
+    pub(crate) after: Option<String>,
 }
 
-pub(super) fn parse_limit(app: &App, raw: Option<&str>) -> Result<u32, ApiError> {
+pub(crate) fn parse_limit(app: &App, raw: Option<&str>) -> Result<u32, ApiError> {
     let max = app.config.limits.max_page;
     match raw {
         None => Ok(app.config.limits.default_page),

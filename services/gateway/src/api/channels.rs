@@ -1,0 +1,207 @@
+//! Channels and members: create, list (with unread counts), get, positions, members.
+
+use std::collections::HashMap;
+
+use parley_kit::domain::{ChannelId, UserId};
+use parley_proto::messaging::v1 as pb;
+
+use crate::{ApiError, App, ratelimit::Kind, upstream::request};
+
+/// A channel to create: `kind` is `"group"` or `"direct"`.
+pub struct NewChannel {
+    pub kind: String,
+    pub name: String,
+    pub members: Vec<String>,
+}
+
+/// Creates a channel (a direct channel between two users is created once; asking again
+/// answers the existing one, `created` false). Counts against `rate.channel_creations`
+/// and, for a group, `rate.joins` for each member added.
+pub async fn create(
+    app: &App,
+    user: &UserId,
+    c: NewChannel,
+) -> Result<pb::CreateChannelResponse, ApiError> {
+    let kind = match c.kind.as_str() {
+        "group" => pb::ChannelKind::Group,
+        "direct" => pb::ChannelKind::Direct,
+        _ => return Err(ApiError::invalid("kind must be \"group\" or \"direct\"")),
+    };
+    let mut added: Vec<&str> = Vec::with_capacity(c.members.len());
+    for m in &c.members {
+        UserId::parse(m)?;
+        if m != user.as_str() && !added.contains(&m.as_str()) {
+            added.push(m);
+        }
+    }
+    // Members of a new group count as members added by its creator (`rate.joins`).
+    let joins = match kind {
+        pb::ChannelKind::Group => added.len() as u32,
+        _ => 0,
+    };
+    let req = pb::CreateChannelRequest {
+        kind: kind as i32,
+        name: c.name,
+        members: c.members,
+    };
+    let req = request(user, req)?;
+    let create = async {
+        let resp = app
+            .messaging
+            .clone()
+            .create_channel(req)
+            .await?
+            .into_inner();
+        let created = resp.created;
+        Ok((resp, created))
+    };
+    let create = app
+        .limiter
+        .counted(Kind::Joins, user.as_str(), joins, create);
+    let (resp, _) = app
+        .limiter
+        .counted(Kind::ChannelCreations, user.as_str(), 1, create)
+        .await?;
+    Ok(resp)
+}
+
+/// A page of the caller's channels.
+pub struct ChannelPage {
+    /// Each channel with its unread count, when receipts answered (`None`: not known).
+    pub channels: Vec<(pb::Channel, Option<u64>)>,
+    /// Where the next page starts; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The caller's channels, most recently active first.
+pub async fn list(
+    app: &App,
+    user: &UserId,
+    limit: u32,
+    cursor: String,
+) -> Result<ChannelPage, ApiError> {
+    let req = pb::ListChannelsRequest { limit, cursor };
+    let resp = app
+        .messaging
+        .clone()
+        .list_channels(request(user, req)?)
+        .await?
+        .into_inner();
+    let next_cursor = (!resp.next_cursor.is_empty()).then_some(resp.next_cursor);
+    // Unread counts when receipts answers; not guessed when it does not.
+    let counts: Option<HashMap<String, u64>> = match &app.receipts {
+        Some(receipts) => receipts.unread(user).await.ok().map(|u| {
+            u.channels
+                .into_iter()
+                .map(|c| (c.channel_id, c.unread))
+                .collect()
+        }),
+        None => None,
+    };
+    let channels = resp
+        .channels
+        .into_iter()
+        .map(|c| {
+            let unread = counts.as_ref().map(|n| n.get(&c.id).copied().unwrap_or(0));
+            (c, unread)
+        })
+        .collect();
+    Ok(ChannelPage {
+        channels,
+        next_cursor,
+    })
+}
+
+/// One channel of the caller's (`not_found` / `permission_denied` otherwise).
+pub async fn get(
+    app: &App,
+    user: &UserId,
+    channel: &ChannelId,
+) -> Result<Option<pb::Channel>, ApiError> {
+    let req = pb::GetChannelRequest {
+        channel_id: channel.to_string(),
+    };
+    let resp = app
+        .messaging
+        .clone()
+        .get_channel(request(user, req)?)
+        .await?
+        .into_inner();
+    Ok(resp.channel)
+}
+
+/// Every channel of the caller with its last seq (where a connection starts).
+pub async fn positions(app: &App, user: &UserId) -> Result<Vec<(String, u64)>, ApiError> {
+    let req = request(user, pb::ListChannelPositionsRequest {})?;
+    let resp = app
+        .messaging
+        .clone()
+        .list_channel_positions(req)
+        .await?
+        .into_inner();
+    Ok(resp
+        .positions
+        .into_iter()
+        .map(|p| (p.channel_id, p.last_seq))
+        .collect())
+}
+
+/// The members of a channel of the caller's.
+pub async fn members(
+    app: &App,
+    user: &UserId,
+    channel: &ChannelId,
+) -> Result<Vec<pb::Member>, ApiError> {
+    let req = pb::ListMembersRequest {
+        channel_id: channel.to_string(),
+    };
+    let resp = app
+        .messaging
+        .clone()
+        .list_members(request(user, req)?)
+        .await?
+        .into_inner();
+    Ok(resp.members)
+}
+
+/// Adds `target` (owner/admin of a group); counts against `rate.joins`.
+pub async fn add_member(
+    app: &App,
+    user: &UserId,
+    channel: &ChannelId,
+    target: &UserId,
+) -> Result<pb::AddMemberResponse, ApiError> {
+    let req = pb::AddMemberRequest {
+        channel_id: channel.to_string(),
+        user_id: target.to_string(),
+    };
+    let req = request(user, req)?;
+    let add = async {
+        let resp = app.messaging.clone().add_member(req).await?.into_inner();
+        let created = resp.created;
+        Ok((resp, created))
+    };
+    let (resp, _) = app
+        .limiter
+        .counted(Kind::Joins, user.as_str(), 1, add)
+        .await?;
+    Ok(resp)
+}
+
+/// Removes `target` (or the caller leaves, when `target` is the caller).
+pub async fn remove_member(
+    app: &App,
+    user: &UserId,
+    channel: &ChannelId,
+    target: &UserId,
+) -> Result<(), ApiError> {
+    let req = pb::RemoveMemberRequest {
+        channel_id: channel.to_string(),
+        user_id: target.to_string(),
+    };
+    app.messaging
+        .clone()
+        .remove_member(request(user, req)?)
+        .await?;
+    Ok(())
+}
