@@ -72,6 +72,24 @@ pub fn load<T: DeserializeOwned>(
     builder.add_source(env).build()?.try_deserialize()
 }
 
+/// A service's configuration: embedded defaults, layered sources, then its own checks.
+pub trait Settings: DeserializeOwned {
+    /// The defaults (TOML text embedded in the binary).
+    const DEFAULTS: &'static str;
+
+    /// Checks that the values make sense together (a message naming the setting).
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Loads and validates.
+    fn load_from(sources: &Sources) -> Result<Self, config::ConfigError> {
+        let c: Self = load(Self::DEFAULTS, sources)?;
+        c.validate().map_err(config::ConfigError::Message)?;
+        Ok(c)
+    }
+}
+
 /// True when the process was started with `--print-config`.
 pub fn print_requested() -> bool {
     std::env::args().any(|a| a == "--print-config")

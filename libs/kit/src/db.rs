@@ -9,6 +9,51 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
+/// `[database]` of a service that owns a schema.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+}
+
+/// The schema a service owns: its name, the advisory lock its migrations run under (one
+/// per service, so replicas starting together do not race), and the migrations.
+pub struct Schema {
+    pub name: &'static str,
+    /// `application_name` of its connections (shown in `pg_stat_activity`).
+    pub application: &'static str,
+    pub lock_key: i64,
+    pub migrator: &'static Migrator,
+}
+
+impl Schema {
+    /// A pool whose connections use this schema.
+    pub async fn connect(&self, cfg: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
+        connect(
+            &cfg.url,
+            self.name,
+            self.application,
+            cfg.max_connections,
+            Duration::from_millis(cfg.acquire_timeout_ms),
+        )
+        .await
+    }
+
+    /// Creates the schema and applies the migrations (safe to run any number of times,
+    /// concurrently too).
+    pub async fn migrate(&self, pool: &PgPool) -> Result<(), MigrateError> {
+        migrate(pool, self.name, self.lock_key, self.migrator).await
+    }
+
+    /// [`Schema::connect`], then [`Schema::migrate`].
+    pub async fn open(&self, cfg: &DatabaseConfig) -> anyhow::Result<PgPool> {
+        let pool = self.connect(cfg).await?;
+        self.migrate(&pool).await?;
+        Ok(pool)
+    }
+}
+
 /// A pool on `url` whose connections have `search_path = <schema>`.
 pub async fn connect(
     url: &str,

@@ -3,6 +3,7 @@
 //! metrics, gRPC health, graceful shutdown and the one error vocabulary of the API.
 
 pub mod config;
+pub mod connect;
 pub mod db;
 pub mod domain;
 pub mod error;
@@ -10,6 +11,7 @@ pub mod health;
 pub mod metrics;
 pub mod propagation;
 pub mod server;
+pub mod service;
 pub mod shutdown;
 pub mod stream;
 pub mod telemetry;

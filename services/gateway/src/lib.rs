@@ -21,6 +21,7 @@ mod ws;
 use std::{sync::Arc, time::Duration};
 
 use parley_kit::propagation::Outbound;
+use parley_kit::server::Background;
 use parley_proto::messaging::v1::messaging_service_client::MessagingServiceClient;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -144,11 +145,12 @@ impl Config {
     pub fn load(
         sources: &parley_kit::config::Sources,
     ) -> Result<Self, parley_kit::config::ConfigError> {
-        let c: Self = parley_kit::config::load(DEFAULTS, sources)?;
-        c.validate()
-            .map_err(parley_kit::config::ConfigError::Message)?;
-        Ok(c)
+        <Self as parley_kit::config::Settings>::load_from(sources)
     }
+}
+
+impl parley_kit::config::Settings for Config {
+    const DEFAULTS: &'static str = DEFAULTS;
 
     fn validate(&self) -> Result<(), String> {
         let l = &self.limits;
@@ -232,37 +234,28 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     // Install the metrics recorder before anything is recorded (it is process-wide and lazy).
     parley_kit::metrics::handle();
+    if config.auth.dev_tokens {
+        tracing::warn!("dev tokens are enabled (POST /v1/auth/dev-token): development only");
+    }
     // One URL, or several separated by commas: calls are balanced over the replicas and
     // keep flowing while one of them restarts.
-    let endpoints = config
-        .messaging
-        .url
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(|u| {
-            Ok(tonic::transport::Endpoint::from_shared(u.to_owned())?
-                .timeout(Duration::from_millis(config.messaging.timeout_ms))
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let messaging_channel = match endpoints.as_slice() {
-        [] => anyhow::bail!("messaging.url is empty"),
-        [one] => one.connect_lazy(),
-        _ => Channel::balance_list(endpoints.into_iter()),
-    };
+    let connect_timeout = Duration::from_secs(2);
+    let messaging_channel = parley_kit::connect::grpc_balanced(
+        &config.messaging.url,
+        Duration::from_millis(config.messaging.timeout_ms),
+        connect_timeout,
+    )
+    .map_err(|e| anyhow::anyhow!("messaging.url: {e}"))?;
     let optional = |cfg: &ServiceConfig| -> anyhow::Result<Option<Channel>> {
         if cfg.url.trim().is_empty() {
             return Ok(None);
         }
-        Ok(Some(
-            tonic::transport::Endpoint::from_shared(cfg.url.clone())?
-                .timeout(Duration::from_millis(cfg.timeout_ms))
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .connect_lazy(),
-        ))
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        Ok(Some(parley_kit::connect::grpc_channel(
+            &cfg.url,
+            timeout,
+            connect_timeout,
+        )?))
     };
     let node_id = if config.node.id.is_empty() {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".into());
@@ -281,30 +274,30 @@ pub async fn serve(
         optional(&config.notification)?.map(|ch| (notification::client(ch.clone()), ch));
     let messaging = MessagingServiceClient::with_interceptor(messaging_channel.clone(), Outbound);
     let redis_client = redis::Client::open(config.redis.url.as_str())?;
-    let redis = redis::aio::ConnectionManager::new_with_config(
-        redis_client.clone(),
-        redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1),
-    )
-    .await?;
-    parley_kit::health::spawn("gateway", None, Some(redis.clone()), shutdown.clone());
+    let redis =
+        parley_kit::connect::redis(&redis_client, parley_kit::connect::REDIS_TIMEOUT).await?;
+    let background = Background::new(&shutdown);
+    background.spawn(parley_kit::health::sample(
+        "gateway",
+        None,
+        Some(redis.clone()),
+        background.token(),
+    ));
     let limiter = ratelimit::Limiter::new(redis.clone(), &config.redis.prefix, config.rate.clone());
     let admission = admission::Admission::new(redis.clone(), &config.redis.prefix, &config.ws);
     // Live fan-out runs until the server is done (not merely stopping): connections keep
     // receiving events during the drain delay, until they are told to reconnect.
-    let hub_stop = CancellationToken::new();
-    let _hub_guard = hub_stop.clone().drop_guard();
+    let fanout = Background::new(&CancellationToken::new());
+    let _hub_guard = fanout.token().drop_guard();
     let hub = hub::Hub::start(
         redis_client,
         config.redis.prefix.clone(),
         presence.is_some(),
-        hub_stop.clone(),
+        fanout.token(),
     );
-    let heartbeats = presence
-        .clone()
-        .map(|p| tokio::spawn(p.heartbeat_loop(presence_heartbeat, hub_stop.clone())));
+    if let Some(p) = presence.clone() {
+        fanout.spawn(p.heartbeat_loop(presence_heartbeat, fanout.token()));
+    }
     let sender = sender::Sender::start(
         messaging.clone(),
         &config.send,
@@ -355,21 +348,32 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(
+    let served = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(graceful)
-    .await?;
-    // Stop fan-out and heartbeats; the heartbeat loop unregisters whatever connections are
-    // left, so their users do not wait for a TTL to turn offline.
-    hub_stop.cancel();
-    if let Some(h) = heartbeats {
-        let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+    .await;
+    // However the server ended: stop fan-out and heartbeats; the heartbeat loop unregisters
+    // whatever connections are left, so their users do not wait for a TTL to turn offline.
+    background.stop().await;
+    if tokio::time::timeout(Duration::from_secs(5), fanout.stop())
+        .await
+        .is_err()
+    {
+        tracing::warn!("presence did not answer the final unregister within 5 s");
     }
     tracing::info!("gateway stopped");
-    Ok(())
+    Ok(served?)
 }
+
+/// How the binary starts (`parley_kit::service::main`).
+pub const BINARY: parley_kit::service::Binary<Config> = parley_kit::service::Binary {
+    name: "gateway",
+    serves: "HTTP, WebSocket, /metrics",
+    addr: |c| &c.http.addr,
+    schema: None,
+};
 
 #[cfg(test)]
 mod tests {

@@ -9,8 +9,10 @@ mod grpc;
 pub mod outbox;
 mod store;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
+use parley_kit::{db::Schema, server::Background};
+use parley_proto::messaging::v1::messaging_service_server::MessagingServiceServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -51,18 +53,9 @@ pub struct SendConfig {
     pub clear_interval_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct GrpcConfig {
-    pub addr: String,
-    pub drain_delay_ms: u64,
-}
+pub use parley_kit::server::GrpcConfig;
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct DatabaseConfig {
-    pub url: String,
-    pub max_connections: u32,
-    pub acquire_timeout_ms: u64,
-}
+pub use parley_kit::db::DatabaseConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RedisConfig {
@@ -96,11 +89,12 @@ impl Config {
     pub fn load(
         sources: &parley_kit::config::Sources,
     ) -> Result<Self, parley_kit::config::ConfigError> {
-        let c: Self = parley_kit::config::load(DEFAULTS, sources)?;
-        c.validate()
-            .map_err(parley_kit::config::ConfigError::Message)?;
-        Ok(c)
+        <Self as parley_kit::config::Settings>::load_from(sources)
     }
+}
+
+impl parley_kit::config::Settings for Config {
+    const DEFAULTS: &'static str = DEFAULTS;
 
     fn validate(&self) -> Result<(), String> {
         if self.limits.max_members < 2 {
@@ -141,25 +135,23 @@ impl Config {
     }
 }
 
-/// Connects to Postgres with `search_path = messaging`.
-pub async fn connect_db(cfg: &DatabaseConfig) -> Result<sqlx::PgPool, Error> {
-    Ok(parley_kit::db::connect(
-        &cfg.url,
-        "messaging",
-        "parley-messaging",
-        cfg.max_connections,
-        Duration::from_millis(cfg.acquire_timeout_ms),
-    )
-    .await?)
-}
-
-/// Creates schema `messaging` and applies its migrations under advisory lock 7150001, so that
-/// replicas starting together do not race. Safe to run any number of times.
-pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
-    Ok(parley_kit::db::migrate(pool, "messaging", 7150001, &MIGRATOR).await?)
-}
+/// The `messaging` schema (migrations under advisory lock 7150001).
+pub static SCHEMA: Schema = Schema {
+    name: "messaging",
+    application: "parley-messaging",
+    lock_key: 7150001,
+    migrator: &MIGRATOR,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How the binary starts (`parley_kit::service::main`).
+pub const BINARY: parley_kit::service::Binary<Config> = parley_kit::service::Binary {
+    name: "messaging",
+    serves: parley_kit::service::GRPC,
+    addr: |c| &c.grpc.addr,
+    schema: Some((&SCHEMA, |c| &c.database)),
+};
 
 /// Runs the service on `listener` until `shutdown` is cancelled: migrates, starts the outbox
 /// sweeper and serves gRPC (+ health, + `/metrics`).
@@ -168,38 +160,29 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pool = connect_db(&config.database).await?;
-    migrate(&pool).await?;
+    let pool = SCHEMA.open(&config.database).await?;
     let redis = redis::Client::open(config.redis.url.as_str())?;
-    let redis = redis::aio::ConnectionManager::new_with_config(
-        redis,
-        redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2),
-    )
-    .await?;
-    parley_kit::health::spawn(
+    let redis = parley_kit::connect::redis(&redis, parley_kit::connect::REDIS_TIMEOUT).await?;
+    let background = Background::new(&shutdown);
+    background.spawn(parley_kit::health::sample(
         "messaging",
         Some(pool.clone()),
         Some(redis.clone()),
-        shutdown.clone(),
-    );
+        background.token(),
+    ));
     let publisher =
         outbox::Publisher::new(redis, &config.redis.prefix, config.outbox.stream_maxlen);
     let config = Arc::new(config);
-
-    let sweeper = config.outbox.sweep_enabled.then(|| {
-        tokio::spawn(outbox::sweep(
+    if config.outbox.sweep_enabled {
+        background.spawn(outbox::sweep(
             pool.clone(),
             publisher.clone(),
             config.outbox.clone(),
-            shutdown.clone(),
-        ))
-    });
+            background.token(),
+        ));
+    }
 
     let (health, health_svc) = parley_kit::server::health();
-    health.set_serving::<parley_proto::messaging::v1::messaging_service_server::MessagingServiceServer<grpc::Messaging>>().await;
     let batcher = batch::Batcher::start(
         pool.clone(),
         publisher.clone(),
@@ -207,25 +190,23 @@ pub async fn serve(
         config.outbox.publish_inline,
     );
     let svc = grpc::Messaging::new(pool.clone(), publisher, batcher, config.clone());
-    let routes = tonic::service::Routes::new(health_svc).add_service(
-        parley_proto::messaging::v1::messaging_service_server::MessagingServiceServer::new(svc),
-    );
+    let routes =
+        tonic::service::Routes::new(health_svc).add_service(MessagingServiceServer::new(svc));
     tracing::info!(addr = %listener.local_addr()?, "messaging serving");
-    parley_kit::server::serve_grpc(
+    let served = parley_kit::server::serve_grpc::<MessagingServiceServer<grpc::Messaging>>(
         "messaging",
         listener,
         routes,
         health,
-        Duration::from_millis(config.grpc.drain_delay_ms),
+        &config.grpc,
         shutdown,
     )
-    .await?;
-    if let Some(s) = sweeper {
-        let _ = s.await;
-    }
+    .await;
+    // However the server ended (shutdown or an I/O error), the sweeper stops with it.
+    background.stop().await;
     pool.close().await;
     tracing::info!("messaging stopped");
-    Ok(())
+    Ok(served?)
 }
 
 #[cfg(test)]

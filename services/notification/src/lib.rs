@@ -19,6 +19,8 @@ mod upstream;
 
 use std::{sync::Arc, time::Duration};
 
+use parley_kit::{db::Schema, server::Background};
+use parley_proto::notification::v1::notification_service_server::NotificationServiceServer;
 use secrecy::SecretString as Secret;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -46,18 +48,9 @@ pub struct Config {
     pub webpush: WebPushConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct GrpcConfig {
-    pub addr: String,
-    pub drain_delay_ms: u64,
-}
+pub use parley_kit::server::GrpcConfig;
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct DatabaseConfig {
-    pub url: String,
-    pub max_connections: u32,
-    pub acquire_timeout_ms: u64,
-}
+pub use parley_kit::db::DatabaseConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RedisConfig {
@@ -152,11 +145,12 @@ impl Config {
     pub fn load(
         sources: &parley_kit::config::Sources,
     ) -> Result<Self, parley_kit::config::ConfigError> {
-        let c: Self = parley_kit::config::load(DEFAULTS, sources)?;
-        c.validate()
-            .map_err(parley_kit::config::ConfigError::Message)?;
-        Ok(c)
+        <Self as parley_kit::config::Settings>::load_from(sources)
     }
+}
+
+impl parley_kit::config::Settings for Config {
+    const DEFAULTS: &'static str = DEFAULTS;
 
     fn validate(&self) -> Result<(), String> {
         if self.database.max_connections == 0 {
@@ -225,25 +219,23 @@ impl Config {
     }
 }
 
-/// Connects to Postgres with `search_path = notification`.
-pub async fn connect_db(cfg: &DatabaseConfig) -> Result<sqlx::PgPool, Error> {
-    Ok(parley_kit::db::connect(
-        &cfg.url,
-        "notification",
-        "parley-notification",
-        cfg.max_connections,
-        Duration::from_millis(cfg.acquire_timeout_ms),
-    )
-    .await?)
-}
-
-/// Creates schema `notification` and applies its migrations under advisory lock 7150004, so that
-/// replicas starting together do not race. Safe to run any number of times.
-pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
-    Ok(parley_kit::db::migrate(pool, "notification", 7150004, &MIGRATOR).await?)
-}
+/// The `notification` schema (migrations under advisory lock 7150004).
+pub static SCHEMA: Schema = Schema {
+    name: "notification",
+    application: "parley-notification",
+    lock_key: 7150004,
+    migrator: &MIGRATOR,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How the binary starts (`parley_kit::service::main`).
+pub const BINARY: parley_kit::service::Binary<Config> = parley_kit::service::Binary {
+    name: "notification",
+    serves: parley_kit::service::GRPC,
+    addr: |c| &c.grpc.addr,
+    schema: Some((&SCHEMA, |c| &c.database)),
+};
 
 /// Runs the service on `listener` until `shutdown` is cancelled: migrates, starts the
 /// event consumer and the delivery workers, and serves gRPC (+ health, + `/metrics`).
@@ -253,27 +245,22 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     parley_kit::metrics::handle();
-    let pool = connect_db(&config.database).await?;
-    migrate(&pool).await?;
+    let pool = SCHEMA.open(&config.database).await?;
     let redis = redis::Client::open(config.redis.url.as_str())?;
-    let health_redis = redis::aio::ConnectionManager::new_with_config(
-        redis.clone(),
-        redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(2))),
-    )
-    .await?;
-    parley_kit::health::spawn(
+    let health_redis =
+        parley_kit::connect::redis(&redis, parley_kit::connect::REDIS_TIMEOUT).await?;
+    let background = Background::new(&shutdown);
+    background.spawn(parley_kit::health::sample(
         "notification",
         Some(pool.clone()),
         Some(health_redis),
-        shutdown.clone(),
-    );
+        background.token(),
+    ));
     let config = Arc::new(config);
     let allow = Arc::new(allowlist::Allowlist::new(&config.webhook).map_err(anyhow::Error::msg)?);
     let messaging = upstream::Messaging::new(&config.messaging)?;
     let presence = upstream::Presence::new(&config.presence)?;
 
-    let mut tasks = Vec::new();
     if config.consumer.enabled {
         let c = consumer::Consumer::new(
             pool.clone(),
@@ -282,47 +269,41 @@ pub async fn serve(
             presence,
             config.clone(),
         );
-        tasks.push(tokio::spawn(c.run(shutdown.clone())));
+        background.spawn(c.run(background.token()));
     }
     if config.delivery.enabled {
         let providers = Arc::new(provider::Providers::new(&config, allow.clone())?);
         for i in 0..config.delivery.workers {
             let w = delivery::Worker::new(i, pool.clone(), providers.clone(), config.clone());
-            tasks.push(tokio::spawn(w.run(shutdown.clone())));
+            background.spawn(w.run(background.token()));
         }
     }
-    tasks.push(tokio::spawn(delivery::gauges(
+    background.spawn(delivery::gauges(
         pool.clone(),
         Duration::from_millis(config.consumer.lag_interval_ms.max(100)),
-        shutdown.clone(),
-    )));
+        background.token(),
+    ));
 
     let (health, health_svc) = parley_kit::server::health();
     let svc = grpc::Notification::new(pool.clone(), messaging, allow, config.clone());
-    let routes = tonic::service::Routes::new(health_svc).add_service(
-        parley_proto::notification::v1::notification_service_server::NotificationServiceServer::new(
-            svc,
-        ),
-    );
+    let routes =
+        tonic::service::Routes::new(health_svc).add_service(NotificationServiceServer::new(svc));
     tracing::info!(addr = %listener.local_addr()?, "notification serving");
-    let served = parley_kit::server::serve_grpc(
+    let served = parley_kit::server::serve_grpc::<NotificationServiceServer<grpc::Notification>>(
         "notification",
         listener,
         routes,
         health,
-        Duration::from_millis(config.grpc.drain_delay_ms),
-        shutdown.clone(),
+        &config.grpc,
+        shutdown,
     )
     .await;
-    // serve_grpc also returns on an I/O error without shutdown: stop the loops then too.
-    shutdown.cancel();
-    for t in tasks {
-        let _ = t.await;
-    }
+    // However the server ended (shutdown or an I/O error), the loops stop with it; the
+    // caller's token is left alone.
+    background.stop().await;
     pool.close().await;
     tracing::info!("notification stopped");
-    served?;
-    Ok(())
+    Ok(served?)
 }
 
 #[cfg(test)]

@@ -18,11 +18,11 @@ use uuid::Uuid;
 use crate::{Error, PresenceConfig, UpstreamConfig};
 
 fn endpoint(url: &str, timeout_ms: u64, connect_ms: u64) -> anyhow::Result<Channel> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
-        .timeout(Duration::from_millis(timeout_ms))
-        .connect_timeout(Duration::from_millis(connect_ms))
-        .tcp_nodelay(true)
-        .connect_lazy())
+    Ok(parley_kit::connect::grpc_channel(
+        url,
+        Duration::from_millis(timeout_ms),
+        Duration::from_millis(connect_ms),
+    )?)
 }
 
 fn map_status(s: tonic::Status) -> Error {

@@ -11,6 +11,7 @@ mod sweeper;
 
 use std::{sync::Arc, time::Duration};
 
+use parley_kit::server::Background;
 use parley_proto::presence::v1::presence_service_server::PresenceServiceServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -34,11 +35,7 @@ pub struct Config {
     pub retention: RetentionConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct GrpcConfig {
-    pub addr: String,
-    pub drain_delay_ms: u64,
-}
+pub use parley_kit::server::GrpcConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RedisConfig {
@@ -83,11 +80,12 @@ impl Config {
     pub fn load(
         sources: &parley_kit::config::Sources,
     ) -> Result<Self, parley_kit::config::ConfigError> {
-        let c: Self = parley_kit::config::load(DEFAULTS, sources)?;
-        c.validate()
-            .map_err(parley_kit::config::ConfigError::Message)?;
-        Ok(c)
+        <Self as parley_kit::config::Settings>::load_from(sources)
     }
+}
+
+impl parley_kit::config::Settings for Config {
+    const DEFAULTS: &'static str = DEFAULTS;
 
     fn validate(&self) -> Result<(), String> {
         let c = &self.connections;
@@ -122,19 +120,19 @@ impl Config {
     }
 }
 
-/// Connects to Redis with the configured timeouts (reconnects on its own afterwards).
+/// Connects to Redis with the configured timeout (reconnects on its own afterwards).
 pub async fn connect_redis(cfg: &RedisConfig) -> Result<redis::aio::ConnectionManager, Error> {
     let client = redis::Client::open(cfg.url.as_str())?;
-    let timeout = Duration::from_millis(cfg.timeout_ms);
-    Ok(redis::aio::ConnectionManager::new_with_config(
-        client,
-        redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2),
-    )
-    .await?)
+    Ok(parley_kit::connect::redis(&client, Duration::from_millis(cfg.timeout_ms)).await?)
 }
+
+/// How the binary starts (`parley_kit::service::main`).
+pub const BINARY: parley_kit::service::Binary<Config> = parley_kit::service::Binary {
+    name: "presence",
+    serves: parley_kit::service::GRPC,
+    addr: |c| &c.grpc.addr,
+    schema: None,
+};
 
 /// Runs the service on `listener` until `shutdown` is cancelled: starts the expiry sweeper
 /// and serves gRPC (+ health, + `/metrics`).
@@ -144,46 +142,42 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let redis = connect_redis(&config.redis).await?;
-    parley_kit::health::spawn("presence", None, Some(redis.clone()), shutdown.clone());
+    let background = Background::new(&shutdown);
+    background.spawn(parley_kit::health::sample(
+        "presence",
+        None,
+        Some(redis.clone()),
+        background.token(),
+    ));
     let store = store::Store::new(redis.clone(), &config.redis.prefix);
     let publisher = events::Publisher::new(redis, &config.redis.prefix);
     let config = Arc::new(config);
-    // The server may also stop on its own (listener error): the sweeper stops either way.
-    let stop_sweeper = shutdown.child_token();
-
-    let sweeper = config.sweeper.enabled.then(|| {
-        tokio::spawn(sweeper::run(
+    if config.sweeper.enabled {
+        background.spawn(sweeper::run(
             store.clone(),
             publisher.clone(),
             config.clone(),
-            stop_sweeper.clone(),
-        ))
-    });
+            background.token(),
+        ));
+    }
 
     let (health, health_svc) = parley_kit::server::health();
-    health
-        .set_serving::<PresenceServiceServer<grpc::Presence>>()
-        .await;
     let svc = grpc::Presence::new(store, publisher, config.clone());
     let routes =
         tonic::service::Routes::new(health_svc).add_service(PresenceServiceServer::new(svc));
     tracing::info!(addr = %listener.local_addr()?, "presence serving");
-    let served = parley_kit::server::serve_grpc(
+    let served = parley_kit::server::serve_grpc::<PresenceServiceServer<grpc::Presence>>(
         "presence",
         listener,
         routes,
         health,
-        Duration::from_millis(config.grpc.drain_delay_ms),
+        &config.grpc,
         shutdown,
     )
     .await;
-    stop_sweeper.cancel();
-    if let Some(s) = sweeper {
-        let _ = s.await;
-    }
-    served?;
+    background.stop().await;
     tracing::info!("presence stopped");
-    Ok(())
+    Ok(served?)
 }
 
 #[cfg(test)]

@@ -90,8 +90,7 @@ async fn bench(db_url: &str, redis_url: &str, prefix: &str) -> anyhow::Result<()
         // Never called: every mark below is within the projection.
         ("PARLEY__MESSAGING__URL", "http://127.0.0.1:9"),
     ]))?;
-    let pool = parley_receipts::connect_db(&config.database).await?;
-    parley_receipts::migrate(&pool).await?;
+    let pool = parley_receipts::SCHEMA.open(&config.database).await?;
 
     let started = Instant::now();
     let expected_total = seed(&pool).await?;

@@ -22,12 +22,13 @@ impl Messaging {
     /// Connects lazily: receipts starts (and serves what needs no confirmation) while
     /// messaging is down.
     pub fn new(cfg: &MessagingConfig) -> anyhow::Result<Self> {
-        let endpoint = tonic::transport::Endpoint::from_shared(cfg.url.clone())?
-            .timeout(Duration::from_millis(cfg.timeout_ms))
-            .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-            .tcp_nodelay(true);
+        let channel = parley_kit::connect::grpc_channel(
+            &cfg.url,
+            Duration::from_millis(cfg.timeout_ms),
+            Duration::from_millis(cfg.connect_timeout_ms),
+        )?;
         Ok(Self {
-            client: MessagingServiceClient::with_interceptor(endpoint.connect_lazy(), Outbound),
+            client: MessagingServiceClient::with_interceptor(channel, Outbound),
         })
     }
 

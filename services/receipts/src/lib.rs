@@ -16,6 +16,8 @@ mod store;
 
 use std::{sync::Arc, time::Duration};
 
+use parley_kit::{db::Schema, server::Background};
+use parley_proto::receipts::v1::receipts_service_server::ReceiptsServiceServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,18 +39,9 @@ pub struct Config {
     pub publish: PublishConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct GrpcConfig {
-    pub addr: String,
-    pub drain_delay_ms: u64,
-}
+pub use parley_kit::server::GrpcConfig;
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct DatabaseConfig {
-    pub url: String,
-    pub max_connections: u32,
-    pub acquire_timeout_ms: u64,
-}
+pub use parley_kit::db::DatabaseConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RedisConfig {
@@ -88,11 +81,12 @@ impl Config {
     pub fn load(
         sources: &parley_kit::config::Sources,
     ) -> Result<Self, parley_kit::config::ConfigError> {
-        let c: Self = parley_kit::config::load(DEFAULTS, sources)?;
-        c.validate()
-            .map_err(parley_kit::config::ConfigError::Message)?;
-        Ok(c)
+        <Self as parley_kit::config::Settings>::load_from(sources)
     }
+}
+
+impl parley_kit::config::Settings for Config {
+    const DEFAULTS: &'static str = DEFAULTS;
 
     fn validate(&self) -> Result<(), String> {
         if self.database.max_connections == 0 {
@@ -123,25 +117,23 @@ impl Config {
     }
 }
 
-/// Connects to Postgres with `search_path = receipts`.
-pub async fn connect_db(cfg: &DatabaseConfig) -> Result<sqlx::PgPool, Error> {
-    Ok(parley_kit::db::connect(
-        &cfg.url,
-        "receipts",
-        "parley-receipts",
-        cfg.max_connections,
-        Duration::from_millis(cfg.acquire_timeout_ms),
-    )
-    .await?)
-}
-
-/// Creates schema `receipts` and applies its migrations under advisory lock 7150003, so that
-/// replicas starting together do not race. Safe to run any number of times.
-pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
-    Ok(parley_kit::db::migrate(pool, "receipts", 7150003, &MIGRATOR).await?)
-}
+/// The `receipts` schema (migrations under advisory lock 7150003).
+pub static SCHEMA: Schema = Schema {
+    name: "receipts",
+    application: "parley-receipts",
+    lock_key: 7150003,
+    migrator: &MIGRATOR,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How the binary starts (`parley_kit::service::main`).
+pub const BINARY: parley_kit::service::Binary<Config> = parley_kit::service::Binary {
+    name: "receipts",
+    serves: parley_kit::service::GRPC,
+    addr: |c| &c.grpc.addr,
+    schema: Some((&SCHEMA, |c| &c.database)),
+};
 
 /// Runs the service on `listener` until `shutdown` is cancelled: migrates, starts the event
 /// consumer and the receipt publisher, and serves gRPC (+ health, + `/metrics`).
@@ -151,23 +143,17 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     parley_kit::metrics::handle();
-    let pool = connect_db(&config.database).await?;
-    migrate(&pool).await?;
+    let pool = SCHEMA.open(&config.database).await?;
     let redis = redis::Client::open(config.redis.url.as_str())?;
-    let publish_conn = redis::aio::ConnectionManager::new_with_config(
-        redis.clone(),
-        redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2),
-    )
-    .await?;
-    parley_kit::health::spawn(
+    let publish_conn =
+        parley_kit::connect::redis(&redis, parley_kit::connect::REDIS_TIMEOUT).await?;
+    let background = Background::new(&shutdown);
+    background.spawn(parley_kit::health::sample(
         "receipts",
         Some(pool.clone()),
         Some(publish_conn.clone()),
-        shutdown.clone(),
-    );
+        background.token(),
+    ));
     let config = Arc::new(config);
     let messaging = authority::Messaging::new(&config.messaging)?;
 
@@ -181,9 +167,7 @@ pub async fn serve(
         config.publish.queue,
         done.clone(),
     );
-    // Stops with `shutdown`, or when the server ends on its own (an I/O error).
-    let stop_consumer = shutdown.child_token();
-    let consumer = config.consumer.enabled.then(|| {
+    if config.consumer.enabled {
         let c = projection::Consumer::new(
             pool.clone(),
             redis.clone(),
@@ -191,36 +175,31 @@ pub async fn serve(
             config.consumer.clone(),
             &config.redis.prefix,
         );
-        tokio::spawn(c.run(stop_consumer.clone()))
-    });
+        background.spawn(c.run(background.token()));
+    }
 
     let (health, health_svc) = parley_kit::server::health();
-    health.set_serving::<parley_proto::receipts::v1::receipts_service_server::ReceiptsServiceServer<grpc::Receipts>>().await;
     let svc = grpc::Receipts::new(pool.clone(), messaging, changes);
-    let routes = tonic::service::Routes::new(health_svc).add_service(
-        parley_proto::receipts::v1::receipts_service_server::ReceiptsServiceServer::new(svc),
-    );
+    let routes =
+        tonic::service::Routes::new(health_svc).add_service(ReceiptsServiceServer::new(svc));
     tracing::info!(addr = %listener.local_addr()?, "receipts serving");
-    let served = parley_kit::server::serve_grpc(
+    let served = parley_kit::server::serve_grpc::<ReceiptsServiceServer<grpc::Receipts>>(
         "receipts",
         listener,
         routes,
         health,
-        Duration::from_millis(config.grpc.drain_delay_ms),
-        shutdown.clone(),
+        &config.grpc,
+        shutdown,
     )
     .await;
-    // serve_grpc also returns on an I/O error without shutdown: stop the consumer then too.
-    stop_consumer.cancel();
-    if let Some(c) = consumer {
-        let _ = c.await;
-    }
+    // However the server ended (shutdown or an I/O error): the consumer stops, then the
+    // publisher flushes what is pending.
+    background.stop().await;
     done.cancel();
     let _ = publisher.await;
     pool.close().await;
     tracing::info!("receipts stopped");
-    served?;
-    Ok(())
+    Ok(served?)
 }
 
 #[cfg(test)]
