@@ -15,5 +15,6 @@ pub mod service;
 pub mod shutdown;
 pub mod stream;
 pub mod telemetry;
+pub mod topics;
 
 pub use error::ErrorCode;

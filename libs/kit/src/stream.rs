@@ -24,6 +24,66 @@ use tokio_util::sync::CancellationToken;
 /// and notification consume: the one definition of its name.
 pub const EVENTS: &str = "messaging:events";
 
+/// `[consumer]` of a service that consumes the event stream.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ConsumerConfig {
+    /// Consume at all (off only in tests of the fallbacks).
+    pub enabled: bool,
+    /// Consumer group shared by the service's replicas.
+    pub group: String,
+    /// This replica's consumer name; empty: [`default_name`].
+    pub name: String,
+    pub batch: usize,
+    pub block_ms: u64,
+    pub linger_ms: u64,
+    pub claim_idle_ms: u64,
+    pub claim_interval_ms: u64,
+    pub retry_backoff_ms: u64,
+    pub lag_interval_ms: u64,
+}
+
+impl ConsumerConfig {
+    /// Checks the values (a message naming the setting).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.group.is_empty() {
+            return Err("consumer.group must not be empty".into());
+        }
+        if self.batch == 0 || self.batch > 10_000 {
+            return Err("consumer.batch must be 1-10000".into());
+        }
+        if self.block_ms == 0 || self.claim_idle_ms == 0 || self.claim_interval_ms == 0 {
+            return Err(
+                "consumer: block_ms, claim_idle_ms and claim_interval_ms must be positive".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The loop's settings for `stream` (with the deployment prefix), consumer `name`.
+    pub fn settings(
+        &self,
+        stream: String,
+        name: String,
+        metric_prefix: &'static str,
+        apply_step: &'static str,
+    ) -> Settings {
+        Settings {
+            stream,
+            group: self.group.clone(),
+            name,
+            batch: self.batch,
+            block_ms: self.block_ms,
+            linger_ms: self.linger_ms,
+            claim_idle_ms: self.claim_idle_ms,
+            claim_interval_ms: self.claim_interval_ms,
+            retry_backoff_ms: self.retry_backoff_ms,
+            lag_interval_ms: self.lag_interval_ms,
+            metric_prefix,
+            apply_step,
+        }
+    }
+}
+
 /// Where and how to consume.
 #[derive(Debug, Clone)]
 pub struct Settings {

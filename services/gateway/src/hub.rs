@@ -16,6 +16,7 @@ use std::{
 };
 
 use futures::StreamExt as _;
+use parley_kit::topics::{self, Source};
 use parley_proto::{events::v1 as ev, presence::v1 as presence, receipts::v1 as receipts};
 use prost::Message as _;
 use tokio::sync::{Mutex, Notify, mpsc};
@@ -88,7 +89,7 @@ impl Hub {
         shutdown: CancellationToken,
     ) -> Self {
         let pinned = if presence {
-            vec![format!("{prefix}presence:events")]
+            vec![format!("{prefix}{}", topics::PRESENCE_EVENTS)]
         } else {
             Vec::new()
         };
@@ -113,17 +114,21 @@ impl Hub {
 
     /// Topic of a channel's events.
     pub fn channel_topic(&self, channel: &str) -> String {
-        format!("{}messaging:channel:{channel}", self.inner.prefix)
+        format!(
+            "{}{}",
+            self.inner.prefix,
+            topics::messaging_channel(channel)
+        )
     }
 
     /// Topic of typing events of a channel (presence).
     pub fn typing_topic(&self, channel: &str) -> String {
-        format!("{}presence:channel:{channel}", self.inner.prefix)
+        format!("{}{}", self.inner.prefix, topics::presence_channel(channel))
     }
 
     /// Topic of watermark changes of a channel (receipts).
     pub fn receipts_topic(&self, channel: &str) -> String {
-        format!("{}receipts:channel:{channel}", self.inner.prefix)
+        format!("{}{}", self.inner.prefix, topics::receipts_channel(channel))
     }
 
     /// Local route of a watched user's online/offline events.
@@ -133,7 +138,7 @@ impl Hub {
 
     /// Topic of membership events about a user.
     pub fn user_topic(&self, user: &str) -> String {
-        format!("{}messaging:user:{user}", self.inner.prefix)
+        format!("{}{}", self.inner.prefix, topics::messaging_user(user))
     }
 
     /// Routes `topic` to connection `id`, subscribing the node when it is the first.
@@ -274,12 +279,13 @@ impl Hub {
     fn dispatch(&self, topic: &str, bytes: &[u8]) {
         let p = &self.inner.prefix;
         let rest = topic.strip_prefix(p.as_str()).unwrap_or(topic);
-        let (payload, route) = if rest.starts_with("messaging:") {
+        let source = topics::Source::of(rest);
+        let (payload, route) = if let Some(Source::Messaging { .. }) = source {
             match ev::Event::decode(bytes) {
                 Ok(e) => (Payload::Messaging(Arc::new(e)), None),
                 Err(e) => return tracing::warn!(error = %e, topic, "undecodable event"),
             }
-        } else if rest.starts_with("presence:") {
+        } else if source == Some(Source::Presence) {
             match presence::PresenceEvent::decode(bytes) {
                 Ok(e) => {
                     // Online/offline events come on one node-wide topic: route them to the
@@ -294,7 +300,7 @@ impl Hub {
                 }
                 Err(e) => return tracing::warn!(error = %e, topic, "undecodable presence event"),
             }
-        } else if rest.starts_with("receipts:") {
+        } else if source == Some(Source::Receipts) {
             match receipts::ReceiptChanged::decode(bytes) {
                 Ok(e) => (Payload::Receipt(Arc::new(e)), None),
                 Err(e) => return tracing::warn!(error = %e, topic, "undecodable receipt event"),
@@ -302,7 +308,7 @@ impl Hub {
         } else {
             return;
         };
-        let via_user_topic = rest.starts_with("messaging:user:");
+        let via_user_topic = source == Some(Source::Messaging { user: true });
         let routes = self
             .inner
             .routes

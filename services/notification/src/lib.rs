@@ -73,19 +73,7 @@ pub struct PresenceConfig {
     pub batch: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct ConsumerConfig {
-    pub enabled: bool,
-    pub group: String,
-    pub name: String,
-    pub batch: usize,
-    pub block_ms: u64,
-    pub linger_ms: u64,
-    pub claim_idle_ms: u64,
-    pub claim_interval_ms: u64,
-    pub retry_backoff_ms: u64,
-    pub lag_interval_ms: u64,
-}
+pub use parley_kit::stream::ConsumerConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct FanoutConfig {
@@ -175,18 +163,7 @@ impl parley_kit::config::Settings for Config {
         if !(1..=500).contains(&self.presence.batch) {
             return Err("presence.batch must be 1-500".into());
         }
-        let c = &self.consumer;
-        if c.group.is_empty() {
-            return Err("consumer.group must not be empty".into());
-        }
-        if c.batch == 0 || c.batch > 10_000 {
-            return Err("consumer.batch must be 1-10000".into());
-        }
-        if c.block_ms == 0 || c.claim_idle_ms == 0 || c.claim_interval_ms == 0 {
-            return Err(
-                "consumer: block_ms, claim_idle_ms, claim_interval_ms must be positive".into(),
-            );
-        }
+        self.consumer.validate()?;
         if self.fanout.member_cache_channels > 1_000_000 {
             return Err("fanout.member_cache_channels must be at most 1000000".into());
         }

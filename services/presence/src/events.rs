@@ -12,12 +12,9 @@ use redis::aio::ConnectionManager;
 use crate::store::Transition;
 
 /// Topic of every ONLINE/OFFLINE transition (after the deployment's `redis.prefix`).
-pub const EVENTS_TOPIC: &str = "presence:events";
-
+pub use parley_kit::topics::PRESENCE_EVENTS as EVENTS_TOPIC;
 /// Topic of the typing events of one channel (after the deployment's `redis.prefix`).
-pub fn channel_topic(channel_id: &str) -> String {
-    format!("presence:channel:{channel_id}")
-}
+pub use parley_kit::topics::presence_channel as channel_topic;
 
 /// Milliseconds since the epoch as a protobuf timestamp.
 pub fn timestamp(ms: i64) -> prost_types::Timestamp {

@@ -24,9 +24,7 @@ use uuid::Uuid;
 use crate::model::ReceiptRow;
 
 /// Topic of a channel's receipt events (without the deployment prefix).
-pub fn topic(channel: Uuid) -> String {
-    format!("receipts:channel:{channel}")
-}
+pub use parley_kit::topics::receipts_channel as topic;
 
 /// A member's watermarks after they moved, and the trace that moved them.
 #[derive(Debug, Clone, PartialEq, Eq)]

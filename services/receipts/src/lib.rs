@@ -56,19 +56,7 @@ pub struct MessagingConfig {
     pub connect_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct ConsumerConfig {
-    pub enabled: bool,
-    pub group: String,
-    pub name: String,
-    pub batch: usize,
-    pub block_ms: u64,
-    pub linger_ms: u64,
-    pub claim_idle_ms: u64,
-    pub claim_interval_ms: u64,
-    pub retry_backoff_ms: u64,
-    pub lag_interval_ms: u64,
-}
+pub use parley_kit::stream::ConsumerConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct PublishConfig {
@@ -95,18 +83,7 @@ impl parley_kit::config::Settings for Config {
         if self.messaging.timeout_ms == 0 || self.messaging.connect_timeout_ms == 0 {
             return Err("messaging: timeouts must be positive".into());
         }
-        let c = &self.consumer;
-        if c.group.is_empty() {
-            return Err("consumer.group must not be empty".into());
-        }
-        if c.batch == 0 || c.batch > 10_000 {
-            return Err("consumer.batch must be 1-10000".into());
-        }
-        if c.block_ms == 0 || c.claim_idle_ms == 0 || c.claim_interval_ms == 0 {
-            return Err(
-                "consumer: block_ms, claim_idle_ms and claim_interval_ms must be positive".into(),
-            );
-        }
+        self.consumer.validate()?;
         if self.publish.queue == 0 {
             return Err("publish.queue must be positive".into());
         }

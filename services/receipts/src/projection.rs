@@ -210,20 +210,7 @@ impl Consumer {
     /// Consumes until `shutdown` (see `parley_kit::stream`).
     pub async fn run(self, shutdown: CancellationToken) {
         let c = &self.cfg;
-        let settings = parley_kit::stream::Settings {
-            stream: self.stream.clone(),
-            group: c.group.clone(),
-            name: self.name.clone(),
-            batch: c.batch,
-            block_ms: c.block_ms,
-            linger_ms: c.linger_ms,
-            claim_idle_ms: c.claim_idle_ms,
-            claim_interval_ms: c.claim_interval_ms,
-            retry_backoff_ms: c.retry_backoff_ms,
-            lag_interval_ms: c.lag_interval_ms,
-            metric_prefix: "receipts",
-            apply_step: "apply",
-        };
+        let settings = c.settings(self.stream.clone(), self.name.clone(), "receipts", "apply");
         let client = self.client.clone();
         parley_kit::stream::consume(client, settings, self, shutdown).await;
     }
