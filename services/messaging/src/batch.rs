@@ -79,6 +79,17 @@ struct Request {
     queued_at: Instant,
 }
 
+impl Request {
+    /// The send's idempotency key: a retry of an earlier send has the same one.
+    fn key(&self) -> store::SendKey<'_> {
+        store::SendKey {
+            channel: self.channel,
+            sender: self.caller.as_str(),
+            client_msg_id: self.cid.as_str(),
+        }
+    }
+}
+
 /// Handle to the batcher; cheap to clone.
 #[derive(Clone)]
 pub struct Batcher {
@@ -238,9 +249,25 @@ struct Writer {
     publish_inline: bool,
     /// Outbox rows published and not yet deleted (the next batch deletes them).
     published: Mutex<Vec<i64>>,
-    /// Channels' `(last_seq, members_version)` as this replica last committed or read them
-    /// under their lock: what the one-statement fast path assumes (and checks).
-    known: Mutex<HashMap<Uuid, (i64, i64)>>,
+    /// Channels' counters as this replica last committed or read them under their lock:
+    /// what the one-statement fast path assumes (and checks).
+    known: Mutex<HashMap<Uuid, Counters>>,
+}
+
+/// A channel's counters: its last seq and its membership version.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+struct Counters {
+    last_seq: i64,
+    members_version: i64,
+}
+
+/// A channel locked by a batch's transaction: its counters, and the transaction's time.
+#[derive(sqlx::FromRow)]
+struct Locked {
+    id: Uuid,
+    #[sqlx(flatten)]
+    counters: Counters,
+    now: DateTime<Utc>,
 }
 
 /// Channels whose counters a replica remembers for the fast path; beyond it the memory
@@ -290,12 +317,12 @@ impl Writer {
         self.published.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_known(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (i64, i64)>> {
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Counters>> {
         self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Remembers channels' counters as committed (or read under their lock).
-    fn remember(&self, channels: impl Iterator<Item = (Uuid, (i64, i64))>) {
+    fn remember(&self, channels: impl Iterator<Item = (Uuid, Counters)>) {
         let mut known = self.lock_known();
         if known.len() > KNOWN_MAX {
             known.clear();
@@ -311,52 +338,64 @@ impl Writer {
     /// membership changed, a sender is not a member, a retry of an earlier send): nothing
     /// was written, and the five-statement transaction decides.
     async fn try_fast(&self, batch: &[Request]) -> Option<Written> {
-        let mut channels: HashMap<Uuid, (i64, i64, i64)> = HashMap::new();
+        let mut channels: HashMap<Uuid, store::Assumed> = HashMap::new();
         {
             let known = self.lock_known();
             for r in batch {
-                let &(seq, version) = known.get(&r.channel)?;
-                channels.insert(r.channel, (seq, version, seq));
+                let c = known.get(&r.channel)?;
+                channels.insert(
+                    r.channel,
+                    store::Assumed {
+                        channel: r.channel,
+                        seen: c.last_seq,
+                        version: c.members_version,
+                        new: c.last_seq,
+                    },
+                );
             }
         }
         // The database stores microseconds: the answer must equal what history returns.
         let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut rows: Vec<MessageRow> = Vec::with_capacity(batch.len());
-        let mut first_of: HashMap<(Uuid, &str, &str), usize> = HashMap::new();
+        let mut first_of: HashMap<store::SendKey<'_>, usize> = HashMap::new();
         for r in batch {
-            let key = (r.channel, r.caller.as_str(), r.cid.as_str());
+            let key = r.key();
             if let Some(&k) = first_of.get(&key) {
                 outcomes.push(Outcome::Retry(k));
                 continue;
             }
             let seq = channels.get_mut(&r.channel).map_or(0, |c| {
-                c.2 += 1;
-                c.2
+                c.new += 1;
+                c.new
             });
             first_of.insert(key, rows.len());
             rows.push(new_row(r, seq, now));
             outcomes.push(Outcome::New(rows.len() - 1));
         }
-        let mut assumed: Vec<store::Assumed> = channels
-            .iter()
-            .map(|(&channel, &(seen, version, new))| store::Assumed {
-                channel,
-                seen,
-                version,
-                new,
-            })
-            .collect();
+        let mut assumed: Vec<store::Assumed> = channels.values().copied().collect();
         assumed.sort_unstable_by_key(|a| a.channel);
         let events = encode_events(batch, &outcomes, &rows, |c| {
-            channels.get(&c).map_or(0, |v| v.1)
+            channels.get(&c).map_or(0, |a| a.version)
         });
         let done = std::mem::take(&mut *self.lock_published());
         match store::write_sends_checked(&self.pool, now, &assumed, &rows, events, &done).await {
             Ok(Some(pending)) => {
                 metrics::counter!("messaging_send_batches_total", "path" => "fast").increment(1);
-                self.remember(channels.iter().map(|(&c, &(_, v, seq))| (c, (seq, v))));
-                Some((outcomes, rows, pending))
+                self.remember(assumed.iter().map(|a| {
+                    (
+                        a.channel,
+                        Counters {
+                            last_seq: a.new,
+                            members_version: a.version,
+                        },
+                    )
+                }));
+                Some(Written {
+                    outcomes,
+                    rows,
+                    pending,
+                })
             }
             result => {
                 if let Err(e) = result {
@@ -427,14 +466,10 @@ impl Writer {
             .record(started.elapsed().as_secs_f64());
         drop(db_spans);
         match result {
-            Ok((outcomes, rows, pending)) => {
-                metrics::counter!("messaging_messages_sent_total").increment(rows.len() as u64);
-                Ok(Some(Committed {
-                    batch,
-                    outcomes,
-                    rows,
-                    pending,
-                }))
+            Ok(written) => {
+                metrics::counter!("messaging_messages_sent_total")
+                    .increment(written.rows.len() as u64);
+                Ok(Some(Committed { batch, written }))
             }
             Err(Error::Db(e)) if n > 1 && parley_kit::db::is_data_error(&e) => {
                 tracing::info!(error = %e, size = n, "send batch refused a value; writing its sends one by one");
@@ -456,9 +491,12 @@ impl Writer {
     async fn publish(&self, c: Committed) {
         let Committed {
             batch,
-            outcomes,
-            rows,
-            pending,
+            written:
+                Written {
+                    outcomes,
+                    rows,
+                    pending,
+                },
         } = c;
         let started = Instant::now();
         if self.publish_inline && !pending.is_empty() {
@@ -504,40 +542,38 @@ impl Writer {
         let mut ids: Vec<Uuid> = batch.iter().map(|r| r.channel).collect();
         ids.sort_unstable();
         ids.dedup();
-        let locked: Vec<(Uuid, i64, i64, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT id, last_seq, members_version, now() FROM channels
+        let locked: Vec<Locked> = sqlx::query_as(
+            "SELECT id, last_seq, members_version, now() AS now FROM channels
              WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
         )
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;
-        let Some(now) = locked.first().map(|r| r.3) else {
+        let Some(now) = locked.first().map(|r| r.now) else {
             // No channel exists: every request is NOT_FOUND, nothing to write.
             tx.rollback().await?;
             let outcomes = batch
                 .iter()
                 .map(|r| Outcome::Failed(not_found(r.channel)))
                 .collect();
-            return Ok((outcomes, Vec::new(), Vec::new()));
+            return Ok(Written {
+                outcomes,
+                rows: Vec::new(),
+                pending: Vec::new(),
+            });
         };
-        let mut channels: HashMap<Uuid, (i64, i64)> =
-            locked.iter().map(|r| (r.0, (r.1, r.2))).collect();
+        let mut channels: HashMap<Uuid, Counters> =
+            locked.iter().map(|r| (r.id, r.counters)).collect();
 
         // 2. Membership and earlier sends with the same client_msg_id.
-        let found = store::check_sends(
-            &mut tx,
-            batch
-                .iter()
-                .map(|r| (r.channel, r.caller.as_str(), r.cid.as_str())),
-        )
-        .await?;
+        let found = store::check_sends(&mut tx, batch.iter().map(Request::key)).await?;
 
         // Decide, and assign seqs in request order.
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut rows: Vec<MessageRow> = Vec::new();
-        let mut first_of: HashMap<(Uuid, &str, &str), usize> = HashMap::new();
+        let mut first_of: HashMap<store::SendKey<'_>, usize> = HashMap::new();
         for (r, f) in batch.iter().zip(found) {
-            let key = (r.channel, r.caller.as_str(), r.cid.as_str());
+            let key = r.key();
             let outcome = if !channels.contains_key(&r.channel) {
                 Outcome::Failed(not_found(r.channel))
             } else if !f.member {
@@ -552,8 +588,8 @@ impl Writer {
             } else {
                 first_of.insert(key, rows.len());
                 let counter = channels.get_mut(&r.channel).map(|c| {
-                    c.0 += 1;
-                    c.0
+                    c.last_seq += 1;
+                    c.last_seq
                 });
                 rows.push(new_row(r, counter.unwrap_or_default(), now));
                 Outcome::New(rows.len() - 1)
@@ -563,17 +599,21 @@ impl Writer {
         if rows.is_empty() {
             tx.commit().await?;
             self.remember(channels.into_iter());
-            return Ok((outcomes, rows, Vec::new()));
+            return Ok(Written {
+                outcomes,
+                rows,
+                pending: Vec::new(),
+            });
         }
 
         // 3. Counters, messages and outbox events in one statement.
         let touched: HashSet<Uuid> = rows.iter().map(|m| m.channel_id).collect();
         let counters: Vec<(Uuid, i64)> = touched
             .into_iter()
-            .filter_map(|id| channels.get(&id).map(|c| (id, c.0)))
+            .filter_map(|id| channels.get(&id).map(|c| (id, c.last_seq)))
             .collect();
         let events = encode_events(batch, &outcomes, &rows, |c| {
-            channels.get(&c).map_or(0, |v| v.1)
+            channels.get(&c).map_or(0, |v| v.members_version)
         });
         let done = std::mem::take(&mut *self.lock_published());
         let written = async {
@@ -585,7 +625,11 @@ impl Writer {
         match written {
             Ok(pending) => {
                 self.remember(channels.into_iter());
-                Ok((outcomes, rows, pending))
+                Ok(Written {
+                    outcomes,
+                    rows,
+                    pending,
+                })
             }
             Err(e) => {
                 // Not deleted: the next batch (or the idle clearer) tries again.
@@ -596,15 +640,18 @@ impl Writer {
     }
 }
 
-/// A batch's outcomes, its new messages and their outbox entries.
-type Written = (Vec<Outcome>, Vec<MessageRow>, Vec<Pending>);
+/// What a batch wrote: each request's outcome, the new messages (which `Outcome::New` and
+/// `Outcome::Retry` index) and their outbox entries.
+struct Written {
+    outcomes: Vec<Outcome>,
+    rows: Vec<MessageRow>,
+    pending: Vec<Pending>,
+}
 
 /// A committed batch waiting to be published and answered.
 struct Committed {
     batch: Vec<Request>,
-    outcomes: Vec<Outcome>,
-    rows: Vec<MessageRow>,
-    pending: Vec<Pending>,
+    written: Written,
 }
 
 fn new_row(r: &Request, seq: i64, now: DateTime<Utc>) -> MessageRow {

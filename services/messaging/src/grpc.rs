@@ -156,7 +156,7 @@ impl MessagingService for Messaging {
             .iter()
             .map(|m| UserId::parse(m))
             .collect::<Result<Vec<_>, _>>()?;
-        let (channel, created, pending) = match pb::ChannelKind::try_from(kind) {
+        let change = match pb::ChannelKind::try_from(kind) {
             Ok(pb::ChannelKind::Group) => {
                 let name = name.trim();
                 parley_kit::domain::check_text("name", name)?;
@@ -167,7 +167,7 @@ impl MessagingService for Messaging {
                         self.config.limits.max_name_chars
                     )));
                 }
-                let (c, p) = store::create_group(
+                store::create_group(
                     self.tx().await?,
                     &caller,
                     name,
@@ -175,8 +175,7 @@ impl MessagingService for Messaging {
                     self.config.limits.max_members,
                     self.config.limits.max_channels_per_user,
                 )
-                .await?;
-                (c, true, p)
+                .await?
             }
             Ok(pb::ChannelKind::Direct) => {
                 let [other] = members.as_slice() else {
@@ -195,10 +194,10 @@ impl MessagingService for Messaging {
             }
             _ => return Err(invalid("kind must be group or direct")),
         };
-        self.publish(pending).await;
+        self.publish(change.pending).await;
         Ok(Response::new(pb::CreateChannelResponse {
-            channel: Some(channel.into()),
-            created,
+            channel: Some(change.row.into()),
+            created: change.created,
         }))
     }
 
@@ -306,7 +305,7 @@ impl MessagingService for Messaging {
         } = req.into_inner();
         let id = channel_id(&ch)?;
         let target = UserId::parse(&user_id)?;
-        let (m, created, pending) = store::add_member(
+        let change = store::add_member(
             self.tx().await?,
             &caller,
             id,
@@ -315,10 +314,10 @@ impl MessagingService for Messaging {
             self.config.limits.max_channels_per_user,
         )
         .await?;
-        self.publish(pending).await;
+        self.publish(change.pending).await;
         Ok(Response::new(pb::AddMemberResponse {
-            member: Some(m.into()),
-            created,
+            member: Some(change.row.into()),
+            created: change.created,
         }))
     }
 

@@ -11,10 +11,12 @@ use uuid::Uuid;
 use crate::Error;
 
 mod members;
+mod role;
 mod send;
 use members::check_channels_of;
 pub use members::{add_member, contacts, list_members, remove_member};
-pub use send::{Assumed, check_sends, write_sends, write_sends_checked};
+pub use role::Role;
+pub use send::{Assumed, SendKey, check_sends, write_sends, write_sends_checked};
 
 type Tx = Transaction<'static, Postgres>;
 
@@ -34,7 +36,7 @@ pub struct ChannelRow {
 pub struct MemberRow {
     pub channel_id: Uuid,
     pub user_id: String,
-    pub role: String,
+    pub role: Role,
     pub joined_at: DateTime<Utc>,
 }
 
@@ -49,6 +51,15 @@ pub struct MessageRow {
     pub created_at: DateTime<Utc>,
     pub edited_at: Option<DateTime<Utc>>,
     pub deleted: bool,
+}
+
+/// What a create-or-find call returns: the row, whether this call created it, and the
+/// outbox events to publish after commit (none when it found the row).
+#[derive(Debug, Clone)]
+pub struct Created<T> {
+    pub row: T,
+    pub created: bool,
+    pub pending: Vec<Pending>,
 }
 
 /// An outbox row written in the current transaction, to publish after commit.
@@ -68,14 +79,6 @@ pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
-
-pub fn role_to_pb(role: &str) -> pb::Role {
-    match role {
-        "owner" => pb::Role::Owner,
-        "admin" => pb::Role::Admin,
-        _ => pb::Role::Member,
     }
 }
 
@@ -119,7 +122,7 @@ impl From<MemberRow> for pb::Member {
         pb::Member {
             channel_id: channel_id.to_string(),
             user_id,
-            role: role_to_pb(&role) as i32,
+            role: pb::Role::from(role) as i32,
             joined_at: Some(ts(joined_at)),
         }
     }
@@ -153,14 +156,9 @@ impl From<MessageRow> for pb::Message {
 }
 
 /// Topic of a channel's events (without the deployment prefix).
-pub fn channel_topic(channel: Uuid) -> String {
-    format!("messaging:channel:{channel}")
-}
-
+pub use parley_kit::topics::messaging_channel as channel_topic;
 /// Topic of membership events about one user (without the deployment prefix).
-pub fn user_topic(user: &str) -> String {
-    format!("messaging:user:{user}")
-}
+pub use parley_kit::topics::messaging_user as user_topic;
 
 /// An encoded event for `channel`, ready for the outbox.
 pub struct NewEvent {
@@ -217,8 +215,8 @@ async fn require_member(
     conn: &mut PgConnection,
     channel: Uuid,
     user: &UserId,
-) -> Result<String, Error> {
-    let role: Option<String> =
+) -> Result<Role, Error> {
+    let role: Option<Role> =
         sqlx::query_scalar("SELECT role FROM members WHERE channel_id = $1 AND user_id = $2")
             .bind(channel)
             .bind(user.as_str())
@@ -259,7 +257,7 @@ async fn insert_member(
     tx: &mut Tx,
     channel: &ChannelRow,
     user: &str,
-    role: &str,
+    role: Role,
     added_by: &str,
 ) -> Result<(MemberRow, Pending), Error> {
     let row = sqlx::query_as::<_, MemberRow>(
@@ -294,7 +292,7 @@ pub async fn create_group(
     others: &[UserId],
     max_members: u32,
     max_channels: u32,
-) -> Result<(ChannelRow, Vec<Pending>), Error> {
+) -> Result<Created<ChannelRow>, Error> {
     let mut members: Vec<&str> = others
         .iter()
         .map(UserId::as_str)
@@ -321,22 +319,27 @@ pub async fn create_group(
     .bind((members.len() + 1) as i32)
     .fetch_one(&mut *tx)
     .await?;
+    let me = caller.as_str();
     let mut pending = Vec::with_capacity(members.len() + 1);
     pending.push(
-        insert_member(&mut tx, &channel, caller.as_str(), "owner", caller.as_str())
+        insert_member(&mut tx, &channel, me, Role::Owner, me)
             .await?
             .1,
     );
     for m in members {
         pending.push(
-            insert_member(&mut tx, &channel, m, "member", caller.as_str())
+            insert_member(&mut tx, &channel, m, Role::Member, me)
                 .await?
                 .1,
         );
     }
     tx.commit().await?;
     channel.member_count = pending.len() as i32;
-    Ok((channel, pending))
+    Ok(Created {
+        row: channel,
+        created: true,
+        pending,
+    })
 }
 
 /// Creates (or returns) the direct channel between the caller and `other`.
@@ -345,7 +348,7 @@ pub async fn create_direct(
     caller: &UserId,
     other: &UserId,
     max_channels: u32,
-) -> Result<(ChannelRow, bool, Vec<Pending>), Error> {
+) -> Result<Created<ChannelRow>, Error> {
     let (a, b) = if caller < other {
         (caller, other)
     } else {
@@ -370,17 +373,26 @@ pub async fn create_direct(
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        return Ok((existing, false, Vec::new()));
+        return Ok(Created {
+            row: existing,
+            created: false,
+            pending: Vec::new(),
+        });
     };
     check_channels_of(&mut tx, &[caller.as_str(), other.as_str()], max_channels).await?;
-    let p1 = insert_member(&mut tx, &channel, caller.as_str(), "owner", caller.as_str())
+    let me = caller.as_str();
+    let p1 = insert_member(&mut tx, &channel, me, Role::Owner, me)
         .await?
         .1;
-    let p2 = insert_member(&mut tx, &channel, other.as_str(), "member", caller.as_str())
+    let p2 = insert_member(&mut tx, &channel, other.as_str(), Role::Member, me)
         .await?
         .1;
     tx.commit().await?;
-    Ok((channel, true, vec![p1, p2]))
+    Ok(Created {
+        row: channel,
+        created: true,
+        pending: vec![p1, p2],
+    })
 }
 
 pub async fn get_channel(
@@ -539,7 +551,7 @@ pub async fn delete(
 ) -> Result<(MessageRow, Option<Pending>), Error> {
     let role = require_member(&mut tx, channel, caller).await?;
     let m = message_for_update(&mut tx, channel, seq).await?;
-    if m.sender_id != caller.as_str() && role == "member" {
+    if m.sender_id != caller.as_str() && !role.manages() {
         return Err(Error::PermissionDenied(
             "only the sender or an owner/admin deletes a message".into(),
         ));

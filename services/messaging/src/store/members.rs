@@ -54,6 +54,14 @@ pub async fn contacts(
     .await?)
 }
 
+/// A member with its channel's membership version (one row of [`list_members`]).
+#[derive(sqlx::FromRow)]
+struct VersionedMember {
+    #[sqlx(flatten)]
+    member: MemberRow,
+    members_version: i64,
+}
+
 /// The members of `channel` and its membership version, read in one snapshot (one
 /// statement).
 pub async fn list_members(
@@ -62,7 +70,7 @@ pub async fn list_members(
     channel: Uuid,
 ) -> Result<(Vec<MemberRow>, i64), Error> {
     require_member(conn, channel, caller).await?;
-    let rows: Vec<(Uuid, String, String, DateTime<Utc>, i64)> = sqlx::query_as(
+    let rows: Vec<VersionedMember> = sqlx::query_as(
         "SELECT m.channel_id, m.user_id, m.role, m.joined_at, c.members_version
          FROM members m JOIN channels c ON c.id = m.channel_id
          WHERE m.channel_id = $1 ORDER BY m.joined_at, m.user_id",
@@ -70,16 +78,8 @@ pub async fn list_members(
     .bind(channel)
     .fetch_all(&mut *conn)
     .await?;
-    let version = rows.first().map_or(0, |r| r.4);
-    let members = rows
-        .into_iter()
-        .map(|(channel_id, user_id, role, joined_at, _)| MemberRow {
-            channel_id,
-            user_id,
-            role,
-            joined_at,
-        })
-        .collect();
+    let version = rows.first().map_or(0, |r| r.members_version);
+    let members = rows.into_iter().map(|r| r.member).collect();
     Ok((members, version))
 }
 
@@ -91,9 +91,9 @@ pub async fn add_member(
     user: &UserId,
     max_members: u32,
     max_channels: u32,
-) -> Result<(MemberRow, bool, Vec<Pending>), Error> {
+) -> Result<Created<MemberRow>, Error> {
     let role = require_member(&mut tx, channel, caller).await?;
-    if role == "member" {
+    if !role.manages() {
         return Err(Error::PermissionDenied(
             "only owners and admins add members".into(),
         ));
@@ -115,7 +115,11 @@ pub async fn add_member(
     .await?;
     if let Some(m) = existing {
         tx.commit().await?;
-        return Ok((m, false, Vec::new()));
+        return Ok(Created {
+            row: m,
+            created: false,
+            pending: Vec::new(),
+        });
     }
     if ch.member_count as u32 >= max_members {
         return Err(Error::Conflict(format!(
@@ -124,13 +128,17 @@ pub async fn add_member(
     }
     check_channels_of(&mut tx, &[user.as_str()], max_channels).await?;
     let (row, pending) =
-        insert_member(&mut tx, &ch, user.as_str(), "member", caller.as_str()).await?;
+        insert_member(&mut tx, &ch, user.as_str(), Role::Member, caller.as_str()).await?;
     sqlx::query("UPDATE channels SET member_count = member_count + 1, members_version = members_version + 1 WHERE id = $1")
         .bind(channel)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok((row, true, vec![pending]))
+    Ok(Created {
+        row,
+        created: true,
+        pending: vec![pending],
+    })
 }
 
 /// Removes `user` from `channel`: themselves, or others by an owner/admin.
@@ -142,7 +150,7 @@ pub async fn remove_member(
 ) -> Result<Vec<Pending>, Error> {
     let role = require_member(&mut tx, channel, caller).await?;
     let ch = channel_row(&mut tx, channel, true).await?;
-    let target_role: Option<String> =
+    let target_role: Option<Role> =
         sqlx::query_scalar("SELECT role FROM members WHERE channel_id = $1 AND user_id = $2")
             .bind(channel)
             .bind(user.as_str())
@@ -154,12 +162,12 @@ pub async fn remove_member(
         )));
     };
     if caller != user {
-        if role == "member" {
+        if !role.manages() {
             return Err(Error::PermissionDenied(
                 "only owners and admins remove others".into(),
             ));
         }
-        if target_role == "owner" {
+        if !target_role.removable_by_others() {
             return Err(Error::PermissionDenied(
                 "the owner cannot be removed by others".into(),
             ));

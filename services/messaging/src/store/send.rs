@@ -8,6 +8,15 @@ use uuid::Uuid;
 use super::{MessageRow, NewEvent, Pending, channel_topic};
 use crate::Error;
 
+/// What makes a send unique: a sender's `client_msg_id` in a channel (a second send with
+/// the same key is a retry of the first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SendKey<'a> {
+    pub channel: Uuid,
+    pub sender: &'a str,
+    pub client_msg_id: &'a str,
+}
+
 /// What [`check_sends`] found for one request of a send batch.
 pub struct SendCheck {
     /// The sender is a member of the channel.
@@ -16,30 +25,33 @@ pub struct SendCheck {
     pub existing: Option<MessageRow>,
 }
 
-/// Membership and earlier sends of each (channel, sender, client_msg_id), in input order,
-/// in one statement.
+/// One row of [`check_sends`]'s statement: request `i` (from 1), its sender's membership,
+/// and the columns of the message it sent before, if any (all `None` when none).
+#[derive(sqlx::FromRow)]
+struct Found {
+    i: i64,
+    member: bool,
+    id: Option<Uuid>,
+    seq: Option<i64>,
+    body: Option<String>,
+    created_at: Option<DateTime<Utc>>,
+    edited_at: Option<DateTime<Utc>>,
+    deleted: Option<bool>,
+}
+
+/// Membership and earlier sends of each request, in input order, in one statement.
 pub async fn check_sends<'a>(
     conn: &mut PgConnection,
-    requests: impl Iterator<Item = (Uuid, &'a str, &'a str)>,
+    requests: impl Iterator<Item = SendKey<'a>>,
 ) -> Result<Vec<SendCheck>, Error> {
     let (mut channels, mut senders, mut cids) = (Vec::new(), Vec::new(), Vec::new());
-    for (c, s, m) in requests {
-        channels.push(c);
-        senders.push(s);
-        cids.push(m);
+    for k in requests {
+        channels.push(k.channel);
+        senders.push(k.sender);
+        cids.push(k.client_msg_id);
     }
-    type Found = (
-        i64,
-        bool,
-        Option<Uuid>,
-        Option<i64>,
-        Option<String>,
-        Option<DateTime<Utc>>,
-        Option<DateTime<Utc>>,
-        Option<bool>,
-    );
     let rows: Vec<Found> = sqlx::query_as(
-        "SELECT r.i, m.user_id IS NOT NULL, e.id, e.seq, e.body, e.created_at, e.edited_at, e.deleted
+        "SELECT r.i, m.user_id IS NOT NULL AS member, e.id, e.seq, e.body, e.created_at, e.edited_at, e.deleted
          FROM unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS r(channel_id, sender_id, client_msg_id, i)
          LEFT JOIN members m ON m.channel_id = r.channel_id AND m.user_id = r.sender_id
          LEFT JOIN messages e ON e.channel_id = r.channel_id AND e.sender_id = r.sender_id
@@ -53,28 +65,29 @@ pub async fn check_sends<'a>(
     .await?;
     Ok(rows
         .into_iter()
-        .map(
-            |(i, member, id, seq, body, created_at, edited_at, deleted)| {
-                let k = usize::try_from(i - 1).unwrap_or_default();
-                let existing = match (id, seq, body, created_at, deleted) {
-                    (Some(id), Some(seq), Some(body), Some(created_at), Some(deleted)) => {
-                        Some(MessageRow {
-                            id,
-                            channel_id: channels[k],
-                            seq,
-                            sender_id: senders[k].to_owned(),
-                            client_msg_id: cids[k].to_owned(),
-                            body,
-                            created_at,
-                            edited_at,
-                            deleted,
-                        })
-                    }
-                    _ => None,
-                };
-                SendCheck { member, existing }
-            },
-        )
+        .map(|f| {
+            let k = usize::try_from(f.i - 1).unwrap_or_default();
+            let existing = match (f.id, f.seq, f.body, f.created_at, f.deleted) {
+                (Some(id), Some(seq), Some(body), Some(created_at), Some(deleted)) => {
+                    Some(MessageRow {
+                        id,
+                        channel_id: channels[k],
+                        seq,
+                        sender_id: senders[k].to_owned(),
+                        client_msg_id: cids[k].to_owned(),
+                        body,
+                        created_at,
+                        edited_at: f.edited_at,
+                        deleted,
+                    })
+                }
+                _ => None,
+            };
+            SendCheck {
+                member: f.member,
+                existing,
+            }
+        })
         .collect())
 }
 
