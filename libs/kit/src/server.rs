@@ -127,11 +127,74 @@ impl Background {
         self.tracker.spawn(task);
     }
 
-    /// Cancels the token and waits for every task to end.
-    pub async fn stop(self) {
+    /// Cancels the token and waits for every task to end (again: returns at once).
+    pub async fn stop(&self) {
         self.token.cancel();
         self.tracker.close();
         self.tracker.wait().await;
+    }
+}
+
+/// What a service runs on: its pool (when it owns a schema), its Redis, and its
+/// background tasks — the health sampler (`db_up`, `redis_up`, pool gauges) among them.
+pub struct Runtime {
+    name: &'static str,
+    /// The schema's pool, migrated.
+    pub pool: Option<sqlx::PgPool>,
+    /// For connections of their own (pub/sub, blocking stream reads).
+    pub redis_client: redis::Client,
+    /// A managed connection with the one policy (`crate::connect::redis`).
+    pub redis: redis::aio::ConnectionManager,
+    pub background: Background,
+}
+
+impl Runtime {
+    /// Opens (and migrates) the schema, connects to Redis, starts the health sampler.
+    pub async fn start(
+        name: &'static str,
+        schema: Option<(&crate::db::Schema, &crate::db::DatabaseConfig)>,
+        redis_url: &str,
+        redis_timeout: Duration,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        // Install the metrics recorder before anything is recorded (process-wide, lazy).
+        crate::metrics::handle();
+        let pool = match schema {
+            Some((schema, cfg)) => Some(schema.open(cfg).await?),
+            None => None,
+        };
+        let redis_client = redis::Client::open(redis_url)?;
+        let redis = crate::connect::redis(&redis_client, redis_timeout).await?;
+        let background = Background::new(shutdown);
+        background.spawn(crate::health::sample(
+            name,
+            pool.clone(),
+            Some(redis.clone()),
+            background.token(),
+        ));
+        Ok(Self {
+            name,
+            pool,
+            redis_client,
+            redis,
+            background,
+        })
+    }
+
+    /// The schema's pool (a service that owns none has none).
+    pub fn pool(&self) -> anyhow::Result<sqlx::PgPool> {
+        self.pool
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("{} owns no schema", self.name))
+    }
+
+    /// After the server returned: stops the background tasks and closes the pool.
+    pub async fn stop(self) {
+        self.background.stop().await;
+        if let Some(p) = &self.pool {
+            p.close().await;
+        }
+        tracing::info!(service = self.name, "stopped");
     }
 }
 

@@ -11,7 +11,7 @@ mod store;
 
 use std::sync::Arc;
 
-use parley_kit::{db::Schema, server::Background};
+use parley_kit::{db::Schema, server::Runtime};
 use parley_proto::messaging::v1::messaging_service_server::MessagingServiceServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -160,25 +160,24 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pool = SCHEMA.open(&config.database).await?;
-    let redis = redis::Client::open(config.redis.url.as_str())?;
-    let redis = parley_kit::connect::redis(&redis, parley_kit::connect::REDIS_TIMEOUT).await?;
-    let background = Background::new(&shutdown);
-    background.spawn(parley_kit::health::sample(
+    let rt = Runtime::start(
         "messaging",
-        Some(pool.clone()),
-        Some(redis.clone()),
-        background.token(),
-    ));
+        Some((&SCHEMA, &config.database)),
+        &config.redis.url,
+        parley_kit::connect::REDIS_TIMEOUT,
+        &shutdown,
+    )
+    .await?;
+    let (pool, redis) = (rt.pool()?, rt.redis.clone());
     let publisher =
         outbox::Publisher::new(redis, &config.redis.prefix, config.outbox.stream_maxlen);
     let config = Arc::new(config);
     if config.outbox.sweep_enabled {
-        background.spawn(outbox::sweep(
+        rt.background.spawn(outbox::sweep(
             pool.clone(),
             publisher.clone(),
             config.outbox.clone(),
-            background.token(),
+            rt.background.token(),
         ));
     }
 
@@ -203,9 +202,7 @@ pub async fn serve(
     )
     .await;
     // However the server ended (shutdown or an I/O error), the sweeper stops with it.
-    background.stop().await;
-    pool.close().await;
-    tracing::info!("messaging stopped");
+    rt.stop().await;
     Ok(served?)
 }
 

@@ -19,7 +19,7 @@ mod upstream;
 
 use std::{sync::Arc, time::Duration};
 
-use parley_kit::{db::Schema, server::Background};
+use parley_kit::{db::Schema, server::Runtime};
 use parley_proto::notification::v1::notification_service_server::NotificationServiceServer;
 use secrecy::SecretString as Secret;
 use serde::Deserialize;
@@ -221,18 +221,15 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    parley_kit::metrics::handle();
-    let pool = SCHEMA.open(&config.database).await?;
-    let redis = redis::Client::open(config.redis.url.as_str())?;
-    let health_redis =
-        parley_kit::connect::redis(&redis, parley_kit::connect::REDIS_TIMEOUT).await?;
-    let background = Background::new(&shutdown);
-    background.spawn(parley_kit::health::sample(
+    let rt = Runtime::start(
         "notification",
-        Some(pool.clone()),
-        Some(health_redis),
-        background.token(),
-    ));
+        Some((&SCHEMA, &config.database)),
+        &config.redis.url,
+        parley_kit::connect::REDIS_TIMEOUT,
+        &shutdown,
+    )
+    .await?;
+    let (pool, redis, background) = (rt.pool()?, rt.redis_client.clone(), &rt.background);
     let config = Arc::new(config);
     let allow = Arc::new(allowlist::Allowlist::new(&config.webhook).map_err(anyhow::Error::msg)?);
     let messaging = upstream::Messaging::new(&config.messaging)?;
@@ -277,9 +274,7 @@ pub async fn serve(
     .await;
     // However the server ended (shutdown or an I/O error), the loops stop with it; the
     // caller's token is left alone.
-    background.stop().await;
-    pool.close().await;
-    tracing::info!("notification stopped");
+    rt.stop().await;
     Ok(served?)
 }
 

@@ -11,7 +11,7 @@ mod sweeper;
 
 use std::{sync::Arc, time::Duration};
 
-use parley_kit::server::Background;
+use parley_kit::server::Runtime;
 use parley_proto::presence::v1::presence_service_server::PresenceServiceServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -141,23 +141,24 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let redis = connect_redis(&config.redis).await?;
-    let background = Background::new(&shutdown);
-    background.spawn(parley_kit::health::sample(
+    let rt = Runtime::start(
         "presence",
         None,
-        Some(redis.clone()),
-        background.token(),
-    ));
+        &config.redis.url,
+        Duration::from_millis(config.redis.timeout_ms),
+        &shutdown,
+    )
+    .await?;
+    let redis = rt.redis.clone();
     let store = store::Store::new(redis.clone(), &config.redis.prefix);
     let publisher = events::Publisher::new(redis, &config.redis.prefix);
     let config = Arc::new(config);
     if config.sweeper.enabled {
-        background.spawn(sweeper::run(
+        rt.background.spawn(sweeper::run(
             store.clone(),
             publisher.clone(),
             config.clone(),
-            background.token(),
+            rt.background.token(),
         ));
     }
 
@@ -175,8 +176,7 @@ pub async fn serve(
         shutdown,
     )
     .await;
-    background.stop().await;
-    tracing::info!("presence stopped");
+    rt.stop().await;
     Ok(served?)
 }
 

@@ -16,7 +16,7 @@ mod store;
 
 use std::{sync::Arc, time::Duration};
 
-use parley_kit::{db::Schema, server::Background};
+use parley_kit::{db::Schema, server::Runtime};
 use parley_proto::receipts::v1::receipts_service_server::ReceiptsServiceServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -119,18 +119,15 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    parley_kit::metrics::handle();
-    let pool = SCHEMA.open(&config.database).await?;
-    let redis = redis::Client::open(config.redis.url.as_str())?;
-    let publish_conn =
-        parley_kit::connect::redis(&redis, parley_kit::connect::REDIS_TIMEOUT).await?;
-    let background = Background::new(&shutdown);
-    background.spawn(parley_kit::health::sample(
+    let rt = Runtime::start(
         "receipts",
-        Some(pool.clone()),
-        Some(publish_conn.clone()),
-        background.token(),
-    ));
+        Some((&SCHEMA, &config.database)),
+        &config.redis.url,
+        parley_kit::connect::REDIS_TIMEOUT,
+        &shutdown,
+    )
+    .await?;
+    let (pool, redis, publish_conn) = (rt.pool()?, rt.redis_client.clone(), rt.redis.clone());
     let config = Arc::new(config);
     let messaging = authority::Messaging::new(&config.messaging)?;
 
@@ -152,7 +149,7 @@ pub async fn serve(
             config.consumer.clone(),
             &config.redis.prefix,
         );
-        background.spawn(c.run(background.token()));
+        rt.background.spawn(c.run(rt.background.token()));
     }
 
     let (health, health_svc) = parley_kit::server::health();
@@ -171,11 +168,10 @@ pub async fn serve(
     .await;
     // However the server ended (shutdown or an I/O error): the consumer stops, then the
     // publisher flushes what is pending.
-    background.stop().await;
+    rt.background.stop().await;
     done.cancel();
     let _ = publisher.await;
-    pool.close().await;
-    tracing::info!("receipts stopped");
+    rt.stop().await;
     Ok(served?)
 }
 
