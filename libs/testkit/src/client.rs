@@ -288,6 +288,69 @@ impl Ws {
         }
     }
 
+    /// The frames before the first one for which `marker` holds (that one is read, not
+    /// returned); errors when none does within `within`.
+    pub async fn before(
+        &mut self,
+        within: Duration,
+        marker: impl FnMut(&Value) -> bool,
+    ) -> anyhow::Result<Vec<Value>> {
+        let mut frames = self.until(within, marker).await?;
+        frames.pop();
+        Ok(frames)
+    }
+
+    /// A barrier in `channel` (one of this user's): `via`, a member, sends one more message
+    /// there, and the frames that arrive before it are returned. A connection gets a
+    /// channel's messages in seq order, and a gateway node reads every topic on one Redis
+    /// subscription in publish order: whatever of `channel` was published before this call
+    /// and is due to this connection has arrived by then, and so has anything else published
+    /// before it for this connection, unless held back (see [`Ws::joined_barrier`]).
+    pub async fn barrier(
+        &mut self,
+        via: &Client,
+        channel: &str,
+        within: Duration,
+    ) -> anyhow::Result<Vec<Value>> {
+        let cid = format!("barrier-{}", uuid::Uuid::new_v4().simple());
+        let marker = via.send(channel, &cid, "barrier").await?;
+        let seq = marker["seq"].as_u64().context("seq of the marker")?;
+        self.before(within, |f| {
+            f["type"] == "message"
+                && f["message"]["channel_id"] == channel
+                && f["message"]["seq"] == seq
+        })
+        .await
+    }
+
+    /// A barrier on this user's own topic: `me` (this connection's user) creates a channel
+    /// with nobody else, and the frames that arrive before its `member_joined` are returned.
+    /// A gateway node reads every topic on one Redis subscription in publish order, so
+    /// whatever was published before this call and is due to this connection has arrived by
+    /// then. A `ping` (answered first, its `pong` left out) ends the hold of messages that a
+    /// connection keeps until the client's first frame (see `resume`). Messages held for a
+    /// gap in their channel are fetched later: the barrier does not wait for those. (It
+    /// costs one of the user's channel creations.)
+    pub async fn joined_barrier(
+        &mut self,
+        me: &Client,
+        within: Duration,
+    ) -> anyhow::Result<Vec<Value>> {
+        let r = format!("barrier-{}", uuid::Uuid::new_v4().simple());
+        self.send(json!({"type": "ping", "ref": r})).await?;
+        let mut frames = self
+            .before(within, |f| f["type"] == "pong" && f["ref"] == r.as_str())
+            .await?;
+        let channel = me.group("barrier", &[]).await?;
+        frames.extend(
+            self.before(within, |f| {
+                f["type"] == "member_joined" && f["channel_id"] == channel.as_str()
+            })
+            .await?,
+        );
+        Ok(frames)
+    }
+
     /// The next JSON frame, or `None` on timeout / close.
     pub async fn next_frame(&mut self, within: Duration) -> anyhow::Result<Option<Value>> {
         let deadline = tokio::time::Instant::now() + within;

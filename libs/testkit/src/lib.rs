@@ -4,19 +4,29 @@
 //!
 //! Servers come from `PARLEY_TEST_PG_URL` (an admin URL, database `postgres`) and
 //! `PARLEY_TEST_REDIS_URL`, which `make test` sets to the private instances it starts.
+//!
+//! Also for the tests of single services: [`Running`] (a `serve` future on an ephemeral
+//! port, ready once it answers gRPC health), [`eventually`] / [`wait_for`] (polls with a
+//! deadline), [`KeyPrefix`], [`Messaging`] and [`as_user`] (gRPC calls on behalf of a user).
 
 mod client;
+mod grpc;
+mod harness;
 mod private_redis;
 
 pub use client::{Client, Reply, Ws, token, token_with};
+pub use grpc::{Messaging, as_user};
+pub use harness::{
+    KeyPrefix, PATIENCE, Running, delete_keys, eventually, on_own_runtime, redis_url, settings,
+    wait_for,
+};
 pub use private_redis::PrivateRedis;
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The HS256 secret test gateways use.
@@ -31,78 +41,6 @@ fn pg_admin_url() -> String {
 /// run with `synchronous_commit = off`. Unsafe for any data that matters; tests only.
 fn unsafe_async_commit() -> bool {
     std::env::var("PARLEY_TEST_UNSAFE_ASYNC_COMMIT").is_ok_and(|v| v == "1")
-}
-
-fn redis_url() -> String {
-    std::env::var("PARLEY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// A running service task and the token that stops it.
-pub struct Running {
-    pub addr: SocketAddr,
-    pub shutdown: CancellationToken,
-    pub task: JoinHandle<anyhow::Result<()>>,
-    /// The service's own runtime, when it has one: dropping it drops every task the service
-    /// spawned, which is what a killed process looks like from outside.
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl Running {
-    /// SIGTERM-like stop: cancels and waits for the drain to finish.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
-            .await
-            .context("stop timed out")??
-    }
-
-    /// kill -9-like stop: nothing drains. A service on its own runtime loses every task
-    /// at once (connections, heartbeats, background loops); otherwise only its main task
-    /// is aborted.
-    pub fn kill(mut self) {
-        match self.rt.take() {
-            Some(rt) => rt.shutdown_background(),
-            None => self.task.abort(),
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        self.task.abort();
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-/// Runs `serve` on a runtime of its own, on a listener bound to an ephemeral port.
-fn spawn_isolated<F, Fut>(serve: F) -> anyhow::Result<Running>
-where
-    F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    std_listener.set_nonblocking(true)?;
-    let addr = std_listener.local_addr()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    let task = rt.spawn(async move {
-        // Registered with this runtime's reactor, not the test's.
-        let listener = tokio::net::TcpListener::from_std(std_listener)?;
-        serve(listener, token).await
-    });
-    Ok(Running {
-        addr,
-        shutdown,
-        task,
-        rt: Some(rt),
-    })
 }
 
 /// A fresh database + key prefix, and the services started on them.
@@ -160,192 +98,158 @@ impl Stack {
         Ok(s)
     }
 
+    /// The settings that connect a service to this stack: its database, Redis and prefix.
+    pub fn wiring(&self) -> [(&'static str, String); 3] {
+        [
+            ("PARLEY__DATABASE__URL", self.db_url.clone()),
+            ("PARLEY__REDIS__URL", self.redis_url.clone()),
+            ("PARLEY__REDIS__PREFIX", self.prefix.clone()),
+        ]
+    }
+
+    /// The address of messaging instance `0`.
+    fn messaging_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self
+            .messaging
+            .first()
+            .context("start messaging first")?
+            .addr)
+    }
+
+    /// `http://{addr}` of the first instance in `running`, or "" (not configured).
+    fn url_of(running: &[Running]) -> String {
+        running
+            .first()
+            .map(|r| format!("http://{}", r.addr))
+            .unwrap_or_default()
+    }
+
     /// Starts a messaging instance with extra `PARLEY__…` settings.
     pub async fn add_messaging(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<SocketAddr> {
-        let mut vars: HashMap<String, String> = HashMap::from([
-            ("PARLEY__DATABASE__URL".into(), self.db_url.clone()),
-            ("PARLEY__REDIS__URL".into(), self.redis_url.clone()),
-            ("PARLEY__REDIS__PREFIX".into(), self.prefix.clone()),
-            ("PARLEY__OUTBOX__SWEEP_INTERVAL_MS".into(), "200".into()),
-            ("PARLEY__OUTBOX__SWEEP_MIN_AGE_MS".into(), "500".into()),
-        ]);
-        vars.extend(
-            extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
-        let config = parley_messaging::Config::load(&parley_kit::config::Sources::from_vars(vars))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(parley_messaging::serve(config, listener, shutdown.clone()));
-        wait_port(addr).await?;
-        self.messaging.push(Running {
-            addr,
-            shutdown,
-            task,
-            rt: None,
-        });
+        let config = parley_messaging::Config::load(&settings(
+            self.wiring().into_iter().chain([
+                ("PARLEY__OUTBOX__SWEEP_INTERVAL_MS", "200".into()),
+                ("PARLEY__OUTBOX__SWEEP_MIN_AGE_MS", "500".into()),
+            ]),
+            extra,
+        ))?;
+        let running = Running::grpc(move |l, t| parley_messaging::serve(config, l, t)).await?;
+        let addr = running.addr;
+        self.messaging.push(running);
         Ok(addr)
     }
 
     /// Starts a gateway talking to messaging instance `0` (or `PARLEY__MESSAGING__URL` in
     /// `extra`), with dev tokens on.
     pub async fn add_gateway(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<SocketAddr> {
-        let messaging = self
-            .messaging
-            .first()
-            .context("start messaging first")?
-            .addr;
-        let mut vars: HashMap<String, String> = HashMap::from([
-            (
-                "PARLEY__MESSAGING__URL".into(),
-                format!("http://{messaging}"),
-            ),
-            ("PARLEY__REDIS__URL".into(), self.redis_url.clone()),
-            ("PARLEY__REDIS__PREFIX".into(), self.prefix.clone()),
-            ("PARLEY__AUTH__HS256_SECRET".into(), SECRET.into()),
-            ("PARLEY__AUTH__DEV_TOKENS".into(), "true".into()),
-            ("PARLEY__WS__GAP_WAIT_MS".into(), "100".into()),
-            // Presence and receipts run only where a test starts them.
-            (
-                "PARLEY__PRESENCE__URL".into(),
-                self.presence
-                    .first()
-                    .map(|r| format!("http://{}", r.addr))
-                    .unwrap_or_default(),
-            ),
-            (
-                "PARLEY__RECEIPTS__URL".into(),
-                self.receipts
-                    .first()
-                    .map(|r| format!("http://{}", r.addr))
-                    .unwrap_or_default(),
-            ),
-            ("PARLEY__PRESENCE__HEARTBEAT_MS".into(), "1000".into()),
-            (
-                "PARLEY__NOTIFICATION__URL".into(),
-                self.notification
-                    .first()
-                    .map(|r| format!("http://{}", r.addr))
-                    .unwrap_or_default(),
-            ),
-        ]);
-        vars.extend(
-            extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
-        let config = parley_gateway::Config::load(&parley_kit::config::Sources::from_vars(vars))?;
+        let messaging = self.messaging_addr()?;
+        let config = parley_gateway::Config::load(&settings(
+            [
+                ("PARLEY__MESSAGING__URL", format!("http://{messaging}")),
+                ("PARLEY__REDIS__URL", self.redis_url.clone()),
+                ("PARLEY__REDIS__PREFIX", self.prefix.clone()),
+                ("PARLEY__AUTH__HS256_SECRET", SECRET.into()),
+                ("PARLEY__AUTH__DEV_TOKENS", "true".into()),
+                ("PARLEY__WS__GAP_WAIT_MS", "100".into()),
+                // Presence, receipts and notification run only where a test starts them.
+                ("PARLEY__PRESENCE__URL", Self::url_of(&self.presence)),
+                ("PARLEY__RECEIPTS__URL", Self::url_of(&self.receipts)),
+                ("PARLEY__PRESENCE__HEARTBEAT_MS", "1000".into()),
+                (
+                    "PARLEY__NOTIFICATION__URL",
+                    Self::url_of(&self.notification),
+                ),
+            ],
+            extra,
+        ))?;
         // Its own runtime, so `kill()` is a faithful kill -9 (see Running::kill).
-        let running = spawn_isolated(move |l, t| parley_gateway::serve(config, l, t))?;
+        let running = Running::isolated(move |l, t| parley_gateway::serve(config, l, t))?;
         let addr = running.addr;
         let ready = format!("http://{addr}/readyz");
         let http = reqwest::Client::new();
-        for _ in 0..100 {
-            if http
-                .get(&ready)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                self.gateways.push(running);
-                return Ok(addr);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        anyhow::bail!("gateway at {addr} never became ready")
+        eventually(
+            PATIENCE,
+            format_args!("the gateway at {addr} ready"),
+            || async {
+                let answer = http.get(&ready).send().await;
+                Ok(answer.is_ok_and(|r| r.status().is_success()).then_some(()))
+            },
+        )
+        .await?;
+        self.gateways.push(running);
+        Ok(addr)
+    }
+
+    /// Starts an instance on its own runtime (see [`Running::kill`]) and waits until it
+    /// answers gRPC health.
+    async fn add_isolated<F, Fut>(to: &mut Vec<Running>, serve: F) -> anyhow::Result<SocketAddr>
+    where
+        F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let mut running = Running::isolated(serve)?;
+        running.ready().await?;
+        let addr = running.addr;
+        to.push(running);
+        Ok(addr)
     }
 
     /// Starts a presence instance (gateways started afterwards use the first one).
     pub async fn add_presence(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<SocketAddr> {
-        let mut vars: HashMap<String, String> = HashMap::from([
-            ("PARLEY__REDIS__URL".into(), self.redis_url.clone()),
-            ("PARLEY__REDIS__PREFIX".into(), self.prefix.clone()),
-            ("PARLEY__SWEEPER__INTERVAL_MS".into(), "200".into()),
-        ]);
-        vars.extend(
-            extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
-        let config = parley_presence::Config::load(&parley_kit::config::Sources::from_vars(vars))?;
-        let running = spawn_isolated(move |l, t| parley_presence::serve(config, l, t))?;
-        let addr = running.addr;
-        wait_port(addr).await?;
-        self.presence.push(running);
-        Ok(addr)
+        let config = parley_presence::Config::load(&settings(
+            [
+                ("PARLEY__REDIS__URL", self.redis_url.clone()),
+                ("PARLEY__REDIS__PREFIX", self.prefix.clone()),
+                ("PARLEY__SWEEPER__INTERVAL_MS", "200".into()),
+            ],
+            extra,
+        ))?;
+        Self::add_isolated(&mut self.presence, move |l, t| {
+            parley_presence::serve(config, l, t)
+        })
+        .await
     }
 
     /// Starts a receipts instance consuming this stack's event stream (gateways started
     /// afterwards use the first one).
     pub async fn add_receipts(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<SocketAddr> {
-        let messaging = self
-            .messaging
-            .first()
-            .context("start messaging first")?
-            .addr;
-        let mut vars: HashMap<String, String> = HashMap::from([
-            ("PARLEY__DATABASE__URL".into(), self.db_url.clone()),
-            ("PARLEY__REDIS__URL".into(), self.redis_url.clone()),
-            ("PARLEY__REDIS__PREFIX".into(), self.prefix.clone()),
-            (
-                "PARLEY__MESSAGING__URL".into(),
-                format!("http://{messaging}"),
-            ),
-            ("PARLEY__CONSUMER__BLOCK_MS".into(), "200".into()),
-        ]);
-        vars.extend(
-            extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
-        let config = parley_receipts::Config::load(&parley_kit::config::Sources::from_vars(vars))?;
-        let running = spawn_isolated(move |l, t| parley_receipts::serve(config, l, t))?;
-        let addr = running.addr;
-        wait_port(addr).await?;
-        self.receipts.push(running);
-        Ok(addr)
+        let messaging = self.messaging_addr()?;
+        let config = parley_receipts::Config::load(&settings(
+            self.wiring().into_iter().chain([
+                ("PARLEY__MESSAGING__URL", format!("http://{messaging}")),
+                ("PARLEY__CONSUMER__BLOCK_MS", "200".into()),
+            ]),
+            extra,
+        ))?;
+        Self::add_isolated(&mut self.receipts, move |l, t| {
+            parley_receipts::serve(config, l, t)
+        })
+        .await
     }
 
     /// Starts a notification instance on this stack's stream, messaging and presence (start
     /// those first; gateways started afterwards use the first instance). Pushes go out at
     /// once (no coalescing window) unless `extra` says otherwise.
     pub async fn add_notification(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<SocketAddr> {
-        let messaging = self
-            .messaging
-            .first()
-            .context("start messaging first")?
-            .addr;
+        let messaging = self.messaging_addr()?;
         let presence = self.presence.first().context("start presence first")?.addr;
-        let mut vars: HashMap<String, String> = HashMap::from([
-            ("PARLEY__DATABASE__URL".into(), self.db_url.clone()),
-            ("PARLEY__REDIS__URL".into(), self.redis_url.clone()),
-            ("PARLEY__REDIS__PREFIX".into(), self.prefix.clone()),
-            // Webhook receivers in tests listen on loopback (development opt-in).
-            ("PARLEY__WEBHOOK__ALLOW_INTERNAL".into(), "true".into()),
-            (
-                "PARLEY__MESSAGING__URL".into(),
-                format!("http://{messaging}"),
-            ),
-            ("PARLEY__PRESENCE__URL".into(), format!("http://{presence}")),
-            ("PARLEY__CONSUMER__BLOCK_MS".into(), "200".into()),
-            ("PARLEY__DELIVERY__COALESCE_WINDOW_MS".into(), "0".into()),
-            ("PARLEY__DELIVERY__POLL_INTERVAL_MS".into(), "50".into()),
-            ("PARLEY__DELIVERY__BACKOFF_BASE_MS".into(), "100".into()),
-        ]);
-        vars.extend(
-            extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
-        let config =
-            parley_notification::Config::load(&parley_kit::config::Sources::from_vars(vars))?;
-        let running = spawn_isolated(move |l, t| parley_notification::serve(config, l, t))?;
-        let addr = running.addr;
-        wait_port(addr).await?;
-        self.notification.push(running);
-        Ok(addr)
+        let config = parley_notification::Config::load(&settings(
+            self.wiring().into_iter().chain([
+                // Webhook receivers in tests listen on loopback (development opt-in).
+                ("PARLEY__WEBHOOK__ALLOW_INTERNAL", "true".into()),
+                ("PARLEY__MESSAGING__URL", format!("http://{messaging}")),
+                ("PARLEY__PRESENCE__URL", format!("http://{presence}")),
+                ("PARLEY__CONSUMER__BLOCK_MS", "200".into()),
+                ("PARLEY__DELIVERY__COALESCE_WINDOW_MS", "0".into()),
+                ("PARLEY__DELIVERY__POLL_INTERVAL_MS", "50".into()),
+                ("PARLEY__DELIVERY__BACKOFF_BASE_MS", "100".into()),
+            ]),
+            extra,
+        ))?;
+        Self::add_isolated(&mut self.notification, move |l, t| {
+            parley_notification::serve(config, l, t)
+        })
+        .await
     }
 
     /// Base URL of gateway `i`.
@@ -353,9 +257,79 @@ impl Stack {
         format!("http://{}", self.gateways[i].addr)
     }
 
+    /// A client of messaging instance `0`'s gRPC API.
+    pub async fn messaging_client(&self) -> anyhow::Result<Messaging> {
+        Messaging::connect(self.messaging_addr()?).await
+    }
+
     /// A direct connection to the test database (qualify tables: `messaging.outbox`).
     pub async fn db(&self) -> anyhow::Result<sqlx::PgPool> {
         Ok(sqlx::PgPool::connect(&self.db_url).await?)
+    }
+
+    /// A connection to the stack's Redis.
+    pub async fn redis(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        Ok(redis::Client::open(self.redis_url.as_str())?
+            .get_multiplexed_async_connection()
+            .await?)
+    }
+
+    /// The key of the event stream messaging appends to (under this stack's prefix).
+    pub fn stream_key(&self) -> String {
+        format!("{}{}", self.prefix, parley_kit::stream::EVENTS)
+    }
+
+    /// Waits (at most [`PATIENCE`]) until the consumer group `group` has been handed every
+    /// entry of the event stream and has acknowledged all of them, i.e. the service behind
+    /// it applied everything published so far (messaging appends before it answers).
+    pub async fn wait_consumed(&self, group: &str) -> anyhow::Result<()> {
+        let r = self.redis().await?;
+        let key = self.stream_key();
+        wait_for(
+            PATIENCE,
+            format_args!("the {group} group caught up with {key}"),
+            || async {
+                let mut c = r.clone();
+                let stream: redis::streams::StreamInfoStreamReply = redis::cmd("XINFO")
+                    .arg("STREAM")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await?;
+                let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await?;
+                let caught_up = groups.groups.iter().any(|g| {
+                    g.name == group
+                        && g.last_delivered_id == stream.last_generated_id
+                        && g.pending == 0
+                });
+                anyhow::Ok((caught_up, groups))
+            },
+            |(caught_up, _)| *caught_up,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Waits until notification has settled everything published so far: its group caught
+    /// up with the stream (so every push it will make for those events is recorded) and no
+    /// delivery is pending (so each was made, or given up). A barrier for "no push came".
+    pub async fn wait_pushes_settled(&self) -> anyhow::Result<()> {
+        self.wait_consumed("notification").await?;
+        wait_for(
+            PATIENCE,
+            "no pending notification delivery",
+            || {
+                self.query_i64(
+                    "SELECT count(*) FROM notification.deliveries WHERE status = 'pending'",
+                )
+            },
+            |n| *n == 0,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Locks a channel's row (`FOR UPDATE`) in a transaction of its own and keeps it until
@@ -400,38 +374,16 @@ impl Drop for Stack {
             self.redis_url.clone(),
             self.prefix.clone(),
         );
-        // Cleanup needs a runtime of its own: Drop may run inside or outside one.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(mut c) = sqlx::postgres::PgConnection::connect_url(&admin).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-                    )))
-                    .execute(&mut c)
-                    .await;
-                }
-                if let Ok(client) = redis::Client::open(redis.as_str())
-                    && let Ok(mut c) = client.get_multiplexed_async_connection().await
-                {
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(format!("{prefix}*"))
-                        .query_async(&mut c)
-                        .await
-                        .unwrap_or_default();
-                    for chunk in keys.chunks(500) {
-                        let _: redis::RedisResult<()> =
-                            redis::cmd("DEL").arg(chunk).query_async(&mut c).await;
-                    }
-                }
-            });
-        })
-        .join();
+        on_own_runtime(async move {
+            if let Ok(mut c) = sqlx::postgres::PgConnection::connect_url(&admin).await {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+                )))
+                .execute(&mut c)
+                .await;
+            }
+            delete_keys(&redis, &prefix).await;
+        });
     }
 }
 
@@ -446,6 +398,17 @@ impl ConnectUrl for sqlx::postgres::PgConnection {
     }
 }
 
+/// The value of `series` (name and labels, exactly as exported) in a Prometheus text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 fn replace_db(url: &str, db: &str) -> String {
     match url.rsplit_once('/') {
         Some((base, last)) if !last.contains('@') && !last.contains(':') => {
@@ -457,14 +420,4 @@ fn replace_db(url: &str, db: &str) -> String {
         }
         _ => format!("{url}/{db}"),
     }
-}
-
-async fn wait_port(addr: SocketAddr) -> anyhow::Result<()> {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    anyhow::bail!("{addr} never accepted connections")
 }

@@ -69,18 +69,18 @@ impl PrivateRedis {
             .context("spawn redis-server")?;
         self.child = Some(child);
         let client = redis::Client::open(self.url().as_str())?;
-        for _ in 0..200 {
-            if let Ok(mut c) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok()
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        anyhow::bail!("redis-server on port {} never answered", self.port)
+        eventually(
+            Duration::from_secs(10),
+            format_args!("redis-server on port {} answering", self.port),
+            || async {
+                let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+                    return Ok(None);
+                };
+                let pong = redis::cmd("PING").query_async::<String>(&mut c).await;
+                Ok(pong.is_ok().then_some(()))
+            },
+        )
+        .await
     }
 }
 

@@ -93,7 +93,10 @@ async fn resume_from_the_largest_position_is_answered_and_cleans_up() -> anyhow:
     };
     assert!(online().await?);
     bob.close().await;
-    crate::eventually(T, || async { Ok((!online().await?).then_some(())) }).await?;
+    crate::eventually(T, "bob offline", || async {
+        Ok((!online().await?).then_some(()))
+    })
+    .await?;
     Ok(())
 }
 
@@ -140,9 +143,12 @@ async fn sends_to_made_up_channels_allocate_nothing() -> anyhow::Result<()> {
     assert_eq!(ws.expect("sent", T).await?["message"]["seq"], 1);
     assert_eq!(queues(&metrics(&alice).await?), 1.0);
     ws.close().await;
-    crate::eventually(T, || async {
-        Ok((queues(&metrics(&alice).await?) == 0.0).then_some(()))
-    })
+    crate::wait_for(
+        T,
+        "no send queue left",
+        || async { Ok(queues(&metrics(&alice).await?)) },
+        |n| *n == 0.0,
+    )
     .await?;
     Ok(())
 }
@@ -238,7 +244,7 @@ async fn connections_are_capped_per_user_across_replicas_and_per_node() -> anyho
     // Another user is not affected; a closed connection gives its place back.
     let _b1 = Ws::connect(&stack.url(0), "bob").await?;
     a2.close().await;
-    let a3 = crate::eventually(T, || async {
+    let a3 = crate::eventually(T, "a connection of alice accepted again", || async {
         Ok(Ws::try_connect(&stack.url(1), &token("alice", 3600))
             .await?
             .ok())
@@ -272,19 +278,25 @@ async fn held_messages_are_capped_and_the_rest_comes_from_history() -> anyhow::R
         alice.send(&ch, &format!("m{i}"), "hi").await?;
     }
     // Wait until the live events reached the connection (held: 3, let go: 7).
-    crate::eventually(T, || async {
-        let n = sample(&metrics(&alice).await?, "gateway_ws_held_dropped_total").unwrap_or(0.0);
-        Ok((n - before >= 7.0).then_some(()))
-    })
+    crate::wait_for(
+        T,
+        "7 more held messages let go",
+        || async {
+            let n = sample(&metrics(&alice).await?, "gateway_ws_held_dropped_total").unwrap_or(0.0);
+            Ok(n - before)
+        },
+        |n| *n >= 7.0,
+    )
     .await?;
     // The client's first frame ends the hold: all ten, in order, none twice.
     bob.send(json!({"type": "ping", "ref": "go"})).await?;
     let got = bob.messages(10, T).await?;
     let seqs: Vec<u64> = got.iter().filter_map(|m| m["seq"].as_u64()).collect();
     assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    let before_marker = bob.barrier(&alice, &ch, T).await?;
     assert!(
-        bob.messages(1, crate::QUIET).await?.is_empty(),
-        "nothing twice"
+        before_marker.iter().all(|f| f["type"] != "message"),
+        "nothing twice: {before_marker:?}"
     );
     Ok(())
 }
@@ -328,9 +340,12 @@ async fn a_client_that_stops_reading_is_dropped() -> anyhow::Result<()> {
     let dropped = |text: &str| {
         sample(text, "gateway_ws_closed_total{reason=\"slow_consumer\"}").unwrap_or(0.0)
     };
-    crate::eventually(crate::LONG, || async {
-        Ok((dropped(&metrics(&alice).await?) >= 1.0).then_some(()))
-    })
+    crate::wait_for(
+        crate::LONG,
+        "a connection dropped for not reading",
+        || async { Ok(dropped(&metrics(&alice).await?)) },
+        |n| *n >= 1.0,
+    )
     .await?;
     for s in senders {
         s.await??;

@@ -3,7 +3,7 @@
 use parley_testkit::{Client, Stack, Ws};
 use serde_json::json;
 
-use crate::{QUIET, T, assert_error, assert_error_frame, message_seqs, ping};
+use crate::{T, assert_error, assert_error_frame, message_seqs, ping};
 
 #[tokio::test]
 async fn non_member_is_denied_everywhere() -> anyhow::Result<()> {
@@ -92,7 +92,7 @@ async fn non_member_is_denied_everywhere() -> anyhow::Result<()> {
         message_seqs(&bob.until(T, |f| f["type"] == "resumed").await?, &ch),
         vec![2]
     );
-    let frames = ws.frames_for(QUIET).await?;
+    let frames = ws.joined_barrier(&mallory, T).await?;
     assert!(frames.iter().all(|f| f["type"] != "message"), "{frames:?}");
     Ok(())
 }

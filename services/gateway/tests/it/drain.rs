@@ -66,10 +66,12 @@ async fn readiness_fails_first_and_live_delivery_continues_during_the_drain_dela
 
     stack.gateways[0].shutdown.cancel();
     // Readiness turns 503 at once, so load balancers stop sending new clients...
-    crate::eventually(T, || async {
-        let (s, _, _) = alice.raw("GET", "/readyz", None, None).await?;
-        Ok((s == 503).then_some(()))
-    })
+    crate::wait_for(
+        T,
+        "/readyz answering 503",
+        || async { Ok(alice.raw("GET", "/readyz", None, None).await?.0) },
+        |s| *s == 503,
+    )
     .await?;
     // ...while connected clients are still served normally until the delay is over.
     assert!(

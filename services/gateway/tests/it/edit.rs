@@ -3,7 +3,7 @@
 use parley_testkit::{Client, Stack, Ws};
 use serde_json::{Value, json};
 
-use crate::{QUIET, T, assert_error, seqs};
+use crate::{T, assert_error, seqs};
 
 #[tokio::test]
 async fn edit_and_delete_rules_and_events() -> anyhow::Result<()> {
@@ -110,8 +110,8 @@ async fn edit_and_delete_rules_and_events() -> anyhow::Result<()> {
     assert_eq!(msgs[1]["id"], m2["id"]);
     assert_eq!(alice.channel(&ch).await?["last_seq"], 3);
 
-    // Exactly one event per change reached each member.
-    let rest = bob_ws.frames_for(QUIET).await?;
+    // Exactly one event per change reached each member: nothing else before a later message.
+    let rest = bob_ws.barrier(&alice, &ch, T).await?;
     let kinds: Vec<(&str, u64)> = rest
         .iter()
         .filter_map(|f| Some((f["type"].as_str()?, f["message"]["seq"].as_u64()?)))

@@ -28,13 +28,15 @@ mod tracing;
 use std::time::Duration;
 
 use parley_testkit::{Client, Reply, Ws};
+pub use parley_testkit::{eventually, sample, wait_for};
 use serde_json::Value;
 
 /// Generous wait for anything that should happen (the suite shares 2 cores).
 pub const T: Duration = Duration::from_secs(10);
 /// Longer wait for bulk work (hundreds of messages).
 pub const LONG: Duration = Duration::from_secs(60);
-/// How long a socket is watched for a frame that must NOT arrive.
+/// How long a socket is watched for a frame that must NOT arrive, where no marker is
+/// certain to come after it (elsewhere: `Ws::barrier`, `Ws::joined_barrier`).
 pub const QUIET: Duration = Duration::from_millis(1500);
 
 /// The gateway's `/metrics` text.
@@ -42,17 +44,6 @@ pub async fn metrics(client: &Client) -> anyhow::Result<String> {
     let (status, body, _) = client.raw("GET", "/metrics", None, None).await?;
     anyhow::ensure!(status == 200, "GET /metrics: {status}");
     Ok(body.as_str().unwrap_or_default().to_owned())
-}
-
-/// The value of `series` (name and labels, exactly as exported) in a `/metrics` text.
-pub fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
 }
 
 /// Asserts `reply` is an API error: the status, and a body that is exactly
@@ -123,28 +114,5 @@ pub fn seqs(messages: &[Value]) -> Vec<u64> {
 pub async fn ping(ws: &mut Ws, r: &str) -> anyhow::Result<Vec<Value>> {
     ws.send(serde_json::json!({"type": "ping", "ref": r}))
         .await?;
-    let mut frames = ws
-        .until(T, |f| f["type"] == "pong" && f["ref"] == r)
-        .await?;
-    frames.pop();
-    Ok(frames)
-}
-
-/// Polls `f` until it returns `Some` or `within` passes.
-pub async fn eventually<F, Fut, V>(within: Duration, mut f: F) -> anyhow::Result<V>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<V>>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = f().await? {
-            return Ok(v);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ws.before(T, |f| f["type"] == "pong" && f["ref"] == r).await
 }

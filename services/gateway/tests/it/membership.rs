@@ -4,7 +4,7 @@
 use parley_testkit::{Client, Stack, Ws};
 use serde_json::{Value, json};
 
-use crate::{QUIET, T, assert_error, message_seqs};
+use crate::{T, assert_error, message_seqs};
 
 fn members_of(v: &Value) -> Vec<(String, String)> {
     v["members"]
@@ -51,7 +51,12 @@ async fn added_member_gets_member_joined_then_live_messages() -> anyhow::Result<
     // From now on carol receives the channel live (not what came before her join).
     alice.send(&ch, "after", "welcome carol").await?;
     let mut frames = carol.until(T, |f| f["type"] == "message").await?;
-    frames.extend(carol.frames_for(QUIET).await?);
+    // A marker on carol's own topic (a message in `ch` would change its history below).
+    frames.extend(
+        carol
+            .joined_barrier(&Client::new(&stack.url(0), "carol"), T)
+            .await?,
+    );
     assert_eq!(message_seqs(&frames, &ch), vec![2], "frames: {frames:?}");
     let m = frames
         .iter()
@@ -107,8 +112,8 @@ async fn removed_member_gets_member_left_and_nothing_more() -> anyhow::Result<()
     let got = carol.messages(1, T).await?;
     assert_eq!(got[0]["seq"], 2);
     assert_eq!(got[0]["body"], "without bob");
-    // carol has it, so it was published; bob must not get it.
-    let bobs = bob.frames_for(QUIET).await?;
+    // carol has it, so it was published; bob must not get it before a later marker.
+    let bobs = bob.joined_barrier(&bob_rest, T).await?;
     assert!(
         message_seqs(&bobs, &ch).is_empty(),
         "bob got messages after leaving: {bobs:?}"

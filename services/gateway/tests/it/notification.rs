@@ -10,7 +10,7 @@ use axum::{Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
 use parley_testkit::{Client, Stack, Ws};
 use serde_json::{Value, json};
 
-use crate::{QUIET, T};
+use crate::{T, wait_for};
 
 pub type Seen = Arc<Mutex<Vec<(HeaderMap, Value)>>>;
 
@@ -47,21 +47,19 @@ async fn stack_with(notification: &[(&str, &str)]) -> anyhow::Result<Stack> {
     Ok(s)
 }
 
-/// Pushes received for message `seq`, after waiting until `n` arrived (or `within`).
-async fn pushes(seen: &Seen, n: usize, within: Duration) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let got: Vec<Value> = seen
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|(_, b)| b.clone())
-            .collect();
-        if got.len() >= n || tokio::time::Instant::now() >= deadline {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// The pushes received so far.
+fn pushes(seen: &Seen) -> Vec<Value> {
+    seen.lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, b)| b.clone())
+        .collect()
+}
+
+/// The pushes received, once there are `n` (errors when not within `within`).
+async fn wait_pushes(seen: &Seen, n: usize, within: Duration) -> anyhow::Result<Vec<Value>> {
+    let got = || async { Ok(pushes(seen)) };
+    wait_for(within, format_args!("{n} pushes"), got, |p| p.len() >= n).await
 }
 
 #[tokio::test]
@@ -107,7 +105,7 @@ async fn offline_member_with_a_device_is_pushed_once() -> anyhow::Result<()> {
     let _carol_ws = Ws::connect(&stack.url(0), "carol").await?;
 
     let m = alice.send(&ch, "m1", "hello @bob").await?;
-    let got = pushes(&seen, 1, T).await;
+    let got = wait_pushes(&seen, 1, T).await?;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["user_id"], "bob");
     assert_eq!(got[0]["message_id"], m["id"]);
@@ -119,9 +117,9 @@ async fn offline_member_with_a_device_is_pushed_once() -> anyhow::Result<()> {
             .get("x-parley-signature")
             .is_some()
     );
-    // Exactly once, even after waiting.
-    tokio::time::sleep(QUIET).await;
-    assert_eq!(pushes(&seen, 2, Duration::ZERO).await.len(), 1);
+    // Exactly once, even once notification has settled everything published so far.
+    stack.wait_pushes_settled().await?;
+    assert_eq!(pushes(&seen).len(), 1);
 
     // Level none: nothing more for bob from this channel.
     let (s, _, _) = bob
@@ -133,8 +131,8 @@ async fn offline_member_with_a_device_is_pushed_once() -> anyhow::Result<()> {
         .await?;
     assert_eq!(s, 204);
     alice.send(&ch, "m2", "quiet please").await?;
-    tokio::time::sleep(QUIET).await;
-    assert_eq!(pushes(&seen, 2, Duration::ZERO).await.len(), 1);
+    stack.wait_pushes_settled().await?;
+    assert_eq!(pushes(&seen).len(), 1);
 
     // Back to all, then the device is removed: no push either.
     bob.req(
@@ -152,8 +150,8 @@ async fn offline_member_with_a_device_is_pushed_once() -> anyhow::Result<()> {
         .await?;
     assert_eq!(s, 404);
     alice.send(&ch, "m3", "anyone?").await?;
-    tokio::time::sleep(QUIET).await;
-    assert_eq!(pushes(&seen, 2, Duration::ZERO).await.len(), 1);
+    stack.wait_pushes_settled().await?;
+    assert_eq!(pushes(&seen).len(), 1);
     Ok(())
 }
 
@@ -239,7 +237,7 @@ async fn push_continues_the_trace_of_the_message_that_caused_it() -> anyhow::Res
         Some(trace_id)
     );
 
-    let got = pushes(&seen, 1, T).await;
+    let got = wait_pushes(&seen, 1, T).await?;
     assert_eq!(got.len(), 1, "{got:?}");
     let headers = seen.lock().expect("lock")[0].0.clone();
     let tp = headers

@@ -7,7 +7,7 @@ use futures::{StreamExt as _, stream};
 use parley_testkit::{Client, Stack, Ws};
 use serde_json::{Value, json};
 
-use crate::{LONG, QUIET, T, message_seqs, seqs};
+use crate::{LONG, T, message_seqs, seqs};
 
 const SENDERS: [&str; 4] = ["bob", "carol", "dave", "erin"];
 const PER_SENDER: usize = 50;
@@ -73,7 +73,9 @@ async fn concurrent_sends_arrive_in_order_without_gaps() -> anyhow::Result<()> {
     for s in senders {
         s.await??;
     }
-    frames.extend(listener.frames_for(QUIET).await?);
+    // Every send has been answered, so published: nothing more may come before a marker on
+    // alice's own topic (not one in `ch`, which would also be in the history compared below).
+    frames.extend(listener.joined_barrier(&alice, T).await?);
 
     assert_eq!(
         message_seqs(&frames, &ch),
@@ -187,7 +189,11 @@ async fn a_message_never_published_is_fetched_from_history() -> anyhow::Result<(
     let mut bob = Ws::connect(&stack.url(0), "bob").await?;
 
     assert_eq!(via_b.send(&ch, "b1", "unpublished 1").await?["seq"], 1);
-    let quiet = bob.frames_for(QUIET).await?;
+    // The marker is on bob's own topic: a later message in `ch` would have seq 1 fetched
+    // before it whether or not B published.
+    let quiet = bob
+        .joined_barrier(&Client::new(&stack.url(0), "bob"), T)
+        .await?;
     assert!(
         quiet.iter().all(|f| f["type"] != "message"),
         "B must not publish: {quiet:?}"
@@ -210,7 +216,7 @@ async fn a_message_never_published_is_fetched_from_history() -> anyhow::Result<(
     let mut frames = bob
         .until(T, |f| f["type"] == "message" && f["message"]["seq"] == 9)
         .await?;
-    frames.extend(bob.frames_for(QUIET).await?);
+    frames.extend(bob.barrier(&via_a, &ch, T).await?);
     assert_eq!(
         message_seqs(&frames, &ch),
         (3..=9).collect::<Vec<_>>(),
@@ -257,7 +263,7 @@ async fn an_overflowing_connection_catches_up_in_order() -> anyhow::Result<()> {
         .into_iter()
         .map(|m| json!({"type": "message", "message": m}))
         .collect();
-    frames.extend(listener.frames_for(QUIET).await?);
+    frames.extend(listener.barrier(&alice, &ch, LONG).await?);
     assert_eq!(message_seqs(&frames, &ch), (1..=100).collect::<Vec<_>>());
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use parley_testkit::{Client, Stack, Ws};
 
-use crate::{LONG, QUIET, T, eventually, message_seqs};
+use crate::{LONG, QUIET, T, message_seqs, wait_for};
 
 async fn outbox_rows(stack: &Stack) -> anyhow::Result<i64> {
     stack
@@ -32,7 +32,8 @@ async fn sweeper_publishes_what_a_crash_left_behind() -> anyhow::Result<()> {
     assert_eq!(s, 201, "{m}");
     assert_eq!(m["seq"], 1);
 
-    // Committed (history has it) but not published: no live frame.
+    // Committed (history has it) but not published: no live frame. No marker can tell
+    // (nothing publishes while A is the only replica), so this one waits.
     let quiet = bob.frames_for(QUIET).await?;
     assert!(
         quiet.iter().all(|f| f["type"] != "message"),
@@ -49,10 +50,7 @@ async fn sweeper_publishes_what_a_crash_left_behind() -> anyhow::Result<()> {
     let mut frames = bob.until(LONG, |f| f["type"] == "message").await?;
     let got = frames.last().expect("message")["message"].clone();
     assert_eq!(got, m, "the swept event is the committed message");
-    eventually(LONG, || async {
-        Ok((outbox_rows(&stack).await? == 0).then_some(()))
-    })
-    .await?;
+    wait_for(LONG, "an empty outbox", || outbox_rows(&stack), |n| *n == 0).await?;
 
     // A still never publishes; B keeps sweeping new rows.
     alice.send(&ch, "m2", "also durable").await?;
@@ -60,16 +58,13 @@ async fn sweeper_publishes_what_a_crash_left_behind() -> anyhow::Result<()> {
         bob.until(LONG, |f| f["type"] == "message" && f["message"]["seq"] == 2)
             .await?,
     );
-    frames.extend(bob.frames_for(QUIET).await?);
+    frames.extend(bob.barrier(&alice, &ch, LONG).await?);
     assert_eq!(
         message_seqs(&frames, &ch),
         vec![1, 2],
         "each message once: {frames:?}"
     );
-    eventually(T, || async {
-        Ok((outbox_rows(&stack).await? == 0).then_some(()))
-    })
-    .await?;
+    wait_for(T, "an empty outbox", || outbox_rows(&stack), |n| *n == 0).await?;
     Ok(())
 }
 
@@ -86,9 +81,6 @@ async fn inline_publishing_clears_the_outbox() -> anyhow::Result<()> {
     let mut bob = Ws::connect(&stack.url(0), "bob").await?;
     alice.send(&ch, "m1", "fast path").await?;
     assert_eq!(bob.messages(1, T).await?[0]["body"], "fast path");
-    eventually(T, || async {
-        Ok((outbox_rows(&stack).await? == 0).then_some(()))
-    })
-    .await?;
+    wait_for(T, "an empty outbox", || outbox_rows(&stack), |n| *n == 0).await?;
     Ok(())
 }

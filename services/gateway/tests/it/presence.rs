@@ -5,7 +5,7 @@ use std::time::Duration;
 use parley_testkit::{Client, Stack, Ws};
 use serde_json::{Value, json};
 
-use crate::{QUIET, T};
+use crate::{QUIET, T, metrics, sample, wait_for};
 
 /// One messaging, one presence, two gateways.
 async fn stack() -> anyhow::Result<Stack> {
@@ -26,6 +26,20 @@ async fn status(c: &Client, users: &str) -> anyhow::Result<Vec<Value>> {
     Ok(b["presence"].as_array().cloned().unwrap_or_default())
 }
 
+/// Waits until the gateways of this test process hold `n` WebSocket connections. A closed
+/// connection is counted out only after the gateway has unregistered it in presence (which
+/// publishes what changed before it answers): a barrier for the presence of its user.
+async fn connections_down_to(c: &Client, n: u32) -> anyhow::Result<()> {
+    wait_for(
+        T,
+        format_args!("{n} WebSocket connections left"),
+        || async { Ok(sample(&metrics(c).await?, "gateway_ws_connections")) },
+        |got| *got == Some(f64::from(n)),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Polls until `user`'s status is `want` (bounded), returning the entry.
 async fn wait_status(
     c: &Client,
@@ -33,19 +47,11 @@ async fn wait_status(
     want: &str,
     within: Duration,
 ) -> anyhow::Result<Value> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let p = status(c, user).await?;
-        if p[0]["status"] == want {
-            return Ok(p[0].clone());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{user} not {want} within {within:?}: {}",
-            p[0]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let seen = || async { Ok(status(c, user).await?[0].clone()) };
+    wait_for(within, format_args!("{user} {want}"), seen, |p| {
+        p["status"] == want
+    })
+    .await
 }
 
 #[tokio::test]
@@ -61,8 +67,9 @@ async fn online_while_any_connection_lives_then_offline_with_last_seen() -> anyh
     let b2 = Ws::connect(&stack.url(1), "bob").await?;
     wait_status(&carol, "bob", "online", T).await?;
     b1.close().await;
-    // Still online: the connection on the other replica lives.
-    tokio::time::sleep(QUIET).await;
+    // Still online once presence has been told about b1: the connection on the other
+    // replica lives.
+    connections_down_to(&carol, 1).await?;
     assert_eq!(status(&carol, "bob").await?[0]["status"], "online");
     b2.close().await;
     let p = wait_status(&carol, "bob", "offline", T).await?;
@@ -110,11 +117,17 @@ async fn typing_reaches_members_on_other_replica_not_the_typist() -> anyhow::Res
     let t = b.expect("typing", T).await?;
     assert_eq!(t["channel_id"], ch.as_str());
     assert_eq!(t["user_id"], "alice");
-    // Not echoed to the typist, not seen by a non-member.
-    for f in a.frames_for(QUIET).await? {
+    // Not echoed to the typist (before bob's typing, published after alice's on the same
+    // topic), not seen by a non-member (before a marker on her own topic).
+    b.send(json!({"type": "typing", "channel_id": ch})).await?;
+    let before_bobs = a
+        .before(T, |f| f["type"] == "typing" && f["user_id"] == "bob")
+        .await?;
+    for f in before_bobs {
         assert_ne!(f["type"], "typing", "typist got its own typing: {f}");
     }
-    for f in outsider.frames_for(Duration::from_millis(200)).await? {
+    let mallory = Client::new(&stack.url(1), "mallory");
+    for f in outsider.joined_barrier(&mallory, T).await? {
         assert_ne!(f["type"], "typing", "non-member got typing: {f}");
     }
 
@@ -125,6 +138,8 @@ async fn typing_reaches_members_on_other_replica_not_the_typist() -> anyhow::Res
     let e = outsider.expect("error", T).await?;
     assert_eq!(e["code"], "permission_denied");
     assert_eq!(e["ref"], 9);
+    // No marker is certain to follow: typing goes to presence fire-and-forget, so nothing
+    // the test sends is sure to be published after a typing the gateway let through.
     for f in b.frames_for(QUIET).await? {
         assert_ne!(
             f["type"], "typing",
@@ -241,7 +256,8 @@ async fn presence_is_visible_only_to_users_who_share_a_channel() -> anyhow::Resu
     let f = cw.expect("presence", T).await?;
     assert_eq!(f["status"], "offline");
     assert!(f["last_seen_at"].is_string());
-    for f in mw.frames_for(QUIET).await? {
+    // The change was published (carol got it): nothing of it before a later marker.
+    for f in mw.joined_barrier(&mallory, T).await? {
         assert_ne!(f["type"], "presence", "a stranger saw a change: {f}");
     }
     let p = status(&mallory, "bob").await?;
@@ -271,9 +287,11 @@ async fn a_watch_ends_when_the_last_shared_channel_goes() -> anyhow::Result<()> 
         f,
         json!({"type": "presence", "user_id": "bob", "status": "offline", "last_seen_at": null})
     );
-    // His later changes are not told to her.
+    // His later changes are not told to her: once his going offline is published, nothing
+    // of it before a later marker on her own topic.
     bob.close().await;
-    for f in cw.frames_for(QUIET).await? {
+    connections_down_to(&carol, 1).await?;
+    for f in cw.joined_barrier(&carol, T).await? {
         assert_ne!(
             f["type"], "presence",
             "a former contact's change was sent: {f}"

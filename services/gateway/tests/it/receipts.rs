@@ -1,12 +1,10 @@
 //! Receipts and unread through the gateway: real receipts service consuming the real
 //! event stream, two gateway replicas.
 
-use std::time::Duration;
-
 use parley_testkit::{Client, Stack, Ws};
 use serde_json::{Value, json};
 
-use crate::T;
+use crate::{T, wait_for};
 
 async fn stack() -> anyhow::Result<Stack> {
     let mut s = Stack::empty().await?;
@@ -19,19 +17,12 @@ async fn stack() -> anyhow::Result<Stack> {
 
 /// Polls `GET /v1/unread` until `pred` holds (the projection follows the stream).
 async fn unread_until(c: &Client, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
+    let unread = || async {
         let (s, b, _) = c.req("GET", "/v1/unread", None).await?;
         anyhow::ensure!(s == 200, "unread: {s} {b}");
-        if pred(&b) {
-            return Ok(b);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "unread never matched: {b}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(b)
+    };
+    wait_for(T, format_args!("unread of {}", c.user), unread, pred).await
 }
 
 #[tokio::test]
@@ -107,24 +98,17 @@ async fn read_marks_unread_and_receipt_frames_across_replicas() -> anyhow::Resul
     alice.send(&ch, "a6", "more").await?;
     b.send(json!({"type": "ack", "channel_id": ch, "seq": 6}))
         .await?;
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
+    let bobs_receipt = || async {
         let (_, r, _) = alice
             .req("GET", &format!("/v1/channels/{ch}/receipts"), None)
             .await?;
-        let e = r["receipts"]
+        Ok(r["receipts"]
             .as_array()
             .and_then(|l| l.iter().find(|e| e["user_id"] == "bob"))
-            .cloned();
-        if e == Some(json!({"user_id": "bob", "delivered_seq": 6, "read_seq": 5})) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ack never applied: {e:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .cloned())
+    };
+    let applied = Some(json!({"user_id": "bob", "delivered_seq": 6, "read_seq": 5}));
+    wait_for(T, "the ack applied", bobs_receipt, |e| *e == applied).await?;
     unread_until(&bob, |b| b["total"] == 1).await?;
     Ok(())
 }

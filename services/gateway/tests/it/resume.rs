@@ -4,7 +4,7 @@
 use parley_testkit::{Client, Stack, Ws};
 use serde_json::{Value, json};
 
-use crate::{LONG, QUIET, T, message_seqs, seqs};
+use crate::{LONG, T, message_seqs, seqs};
 
 async fn send_n(c: &Client, ch: &str, from: u64, to: u64) -> anyhow::Result<()> {
     for i in from..=to {
@@ -60,7 +60,7 @@ async fn reconnect_replays_exactly_the_missed_range() -> anyhow::Result<()> {
     let mut live = bob
         .until(T, |f| f["type"] == "message" && f["message"]["seq"] == 14)
         .await?;
-    live.extend(bob.frames_for(QUIET).await?);
+    live.extend(bob.barrier(&alice, &ch, T).await?);
     assert_eq!(message_seqs(&live, &ch), vec![13, 14], "frames: {live:?}");
     Ok(())
 }
@@ -107,7 +107,7 @@ async fn resume_while_messages_keep_coming_has_no_gap_or_duplicate() -> anyhow::
             .await?,
         );
     }
-    frames.extend(bob.frames_for(QUIET).await?);
+    frames.extend(bob.barrier(&alice, &ch, LONG).await?);
     assert_eq!(
         message_seqs(&frames, &ch),
         (11..=100).collect::<Vec<_>>(),
@@ -160,7 +160,7 @@ async fn resume_beyond_the_limit_replays_the_newest_only() -> anyhow::Result<()>
 
     send_n(&alice, &ch, 16, 16).await?;
     let mut live = bob.until(T, |f| f["type"] == "message").await?;
-    live.extend(bob.frames_for(QUIET).await?);
+    live.extend(bob.barrier(&alice, &ch, T).await?);
     assert_eq!(message_seqs(&live, &ch), vec![16]);
     assert!(message_seqs(&live, &other).is_empty());
     Ok(())

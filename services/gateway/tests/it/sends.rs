@@ -245,7 +245,7 @@ async fn a_send_no_call_takes_in_time_is_withdrawn_and_a_retry_sends_it_once() -
 
     // Messaging recovers (and the calls cut off are gone): retries with the same
     // client_msg_id send each message once.
-    crate::eventually(T, || async {
+    crate::eventually(T, "no call in flight", || async {
         Ok((ctl.in_flight.load(Ordering::SeqCst) == 0).then_some(()))
     })
     .await?;

@@ -16,19 +16,17 @@ use std::{
 };
 
 use anyhow::Context as _;
-use parley_kit::propagation::with_user;
 use parley_proto::{
-    messaging::v1::{self as mpb, messaging_service_client::MessagingServiceClient},
     notification::v1::{self as pb, notification_service_client::NotificationServiceClient},
     presence::v1::{self as ppb, presence_service_client::PresenceServiceClient},
 };
-use parley_testkit::Stack;
+pub use parley_testkit::as_user;
+use parley_testkit::{Messaging, Running, Stack, settings, wait_for};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 /// Bound of every wait.
-pub const PATIENCE: Duration = Duration::from_secs(20);
+pub const PATIENCE: Duration = parley_testkit::PATIENCE;
 
 /// The webhook secret the tests configure.
 pub const SECRET: &str = "test-webhook-secret";
@@ -162,19 +160,14 @@ impl Receiver {
 
     /// Waits until `path` got at least `n` requests; returns them.
     pub async fn wait(&self, path: &str, n: usize) -> anyhow::Result<Vec<Recorded>> {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let seen = self.seen(path);
-            if seen.len() >= n {
-                return Ok(seen);
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "{path}: {} requests, wanted {n}",
-                seen.len()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_for(
+            PATIENCE,
+            format_args!("{n} requests to {path}"),
+            || async { Ok(self.seen(path).len()) },
+            |got| *got >= n,
+        )
+        .await?;
+        Ok(self.seen(path))
     }
 }
 
@@ -192,51 +185,22 @@ pub fn pushed_messages(pushes: &[Recorded]) -> Vec<String> {
         .collect()
 }
 
-/// A running notification instance.
-pub struct Instance {
-    pub addr: SocketAddr,
-    pub shutdown: CancellationToken,
-    pub task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Instance {
-    /// SIGTERM-like stop.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task).await???;
-        Ok(())
-    }
-}
-
 /// Stack (messaging + presence), receiver and, once started, notification.
 pub struct Env {
+    /// Declared first: notification stops before the stack drops the database under it.
+    pub notification: Option<Running>,
     pub stack: Stack,
     pub receiver: Receiver,
-    pub notification: Option<Instance>,
-    messaging: MessagingServiceClient<Channel>,
+    messaging: Messaging,
     presence: PresenceServiceClient<Channel>,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Some(n) = self.notification.take() {
-            n.shutdown.cancel();
-            n.task.abort();
-        }
-    }
-}
-
-/// `msg` as a request made on behalf of `user`.
-pub fn as_user<T>(msg: T, user: &str) -> tonic::Request<T> {
-    with_user(tonic::Request::new(msg), user).expect("test user ids are valid metadata values")
 }
 
 /// Messaging, presence and the receiver; notification not started.
 pub async fn env() -> anyhow::Result<Env> {
     let mut stack = Stack::empty().await?;
-    let m = stack.add_messaging(&[]).await?;
+    stack.add_messaging(&[]).await?;
     let p = stack.add_presence(&[]).await?;
-    let messaging = MessagingServiceClient::connect(format!("http://{m}")).await?;
+    let messaging = stack.messaging_client().await?;
     let presence = PresenceServiceClient::connect(format!("http://{p}")).await?;
     Ok(Env {
         stack,
@@ -255,45 +219,38 @@ pub async fn spawn(extra: &[(&str, &str)]) -> anyhow::Result<Env> {
 }
 
 impl Env {
-    /// Starts a notification instance (it is returned, not stored).
-    pub async fn start(&self, extra: &[(&str, &str)]) -> anyhow::Result<Instance> {
+    /// Starts a notification instance (it is returned, not stored) and waits until it
+    /// serves.
+    pub async fn start(&self, extra: &[(&str, &str)]) -> anyhow::Result<Running> {
         let messaging = self.stack.messaging.first().context("messaging")?.addr;
         let presence = self.stack.presence.first().context("presence")?.addr;
         let recv = self.receiver.url("");
-        let mut vars: HashMap<String, String> = [
-            ("PARLEY__DATABASE__URL", self.stack.db_url.clone()),
-            ("PARLEY__DATABASE__MAX_CONNECTIONS", "8".into()),
-            ("PARLEY__REDIS__URL", self.stack.redis_url.clone()),
-            ("PARLEY__REDIS__PREFIX", self.stack.prefix.clone()),
-            ("PARLEY__MESSAGING__URL", format!("http://{messaging}")),
-            ("PARLEY__PRESENCE__URL", format!("http://{presence}")),
-            ("PARLEY__CONSUMER__BLOCK_MS", "200".into()),
-            ("PARLEY__CONSUMER__LAG_INTERVAL_MS", "200".into()),
-            ("PARLEY__CONSUMER__RETRY_BACKOFF_MS", "100".into()),
-            ("PARLEY__DELIVERY__POLL_INTERVAL_MS", "50".into()),
-            ("PARLEY__DELIVERY__COALESCE_WINDOW_MS", "0".into()),
-            ("PARLEY__DELIVERY__BACKOFF_BASE_MS", "50".into()),
-            ("PARLEY__DELIVERY__BACKOFF_MAX_MS", "200".into()),
-            ("PARLEY__DELIVERY__REQUEST_TIMEOUT_MS", "5000".into()),
-            ("PARLEY__WEBHOOK__SECRET", SECRET.into()),
-            ("PARLEY__WEBHOOK__ALLOW_INTERNAL", "true".into()),
-            ("PARLEY__FCM__ENDPOINT", format!("{recv}/fcm")),
-            ("PARLEY__FCM__PROJECT_ID", "parley-test".into()),
-            ("PARLEY__FCM__ACCESS_TOKEN", "fcm-access-token".into()),
-            ("PARLEY__APNS__ENDPOINT", format!("{recv}/apns")),
-            ("PARLEY__APNS__TOPIC", "app.parley.test".into()),
-            ("PARLEY__APNS__PROVIDER_TOKEN", "apns-provider-token".into()),
-            ("PARLEY__APNS__HTTP2_PRIOR_KNOWLEDGE", "true".into()),
-            ("PARLEY__WEBPUSH__VAPID_PRIVATE_KEY", VAPID_KEY.into()),
-            ("PARLEY__WEBPUSH__TTL_SECONDS", "60".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        vars.extend(
-            extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        let mut sources = settings(
+            self.stack.wiring().into_iter().chain([
+                ("PARLEY__DATABASE__MAX_CONNECTIONS", "8".into()),
+                ("PARLEY__MESSAGING__URL", format!("http://{messaging}")),
+                ("PARLEY__PRESENCE__URL", format!("http://{presence}")),
+                ("PARLEY__CONSUMER__BLOCK_MS", "200".into()),
+                ("PARLEY__CONSUMER__LAG_INTERVAL_MS", "200".into()),
+                ("PARLEY__CONSUMER__RETRY_BACKOFF_MS", "100".into()),
+                ("PARLEY__DELIVERY__POLL_INTERVAL_MS", "50".into()),
+                ("PARLEY__DELIVERY__COALESCE_WINDOW_MS", "0".into()),
+                ("PARLEY__DELIVERY__BACKOFF_BASE_MS", "50".into()),
+                ("PARLEY__DELIVERY__BACKOFF_MAX_MS", "200".into()),
+                ("PARLEY__DELIVERY__REQUEST_TIMEOUT_MS", "5000".into()),
+                ("PARLEY__WEBHOOK__SECRET", SECRET.into()),
+                ("PARLEY__WEBHOOK__ALLOW_INTERNAL", "true".into()),
+                ("PARLEY__FCM__ENDPOINT", format!("{recv}/fcm")),
+                ("PARLEY__FCM__PROJECT_ID", "parley-test".into()),
+                ("PARLEY__FCM__ACCESS_TOKEN", "fcm-access-token".into()),
+                ("PARLEY__APNS__ENDPOINT", format!("{recv}/apns")),
+                ("PARLEY__APNS__TOPIC", "app.parley.test".into()),
+                ("PARLEY__APNS__PROVIDER_TOKEN", "apns-provider-token".into()),
+                ("PARLEY__APNS__HTTP2_PRIOR_KNOWLEDGE", "true".into()),
+                ("PARLEY__WEBPUSH__VAPID_PRIVATE_KEY", VAPID_KEY.into()),
+                ("PARLEY__WEBPUSH__TTL_SECONDS", "60".into()),
+            ]),
+            extra,
         );
         // A list cannot be set through a flat variable map: use the file layer for it.
         let file = std::env::temp_dir().join(format!("parley-notif-{}.toml", uuid::Uuid::new_v4()));
@@ -301,36 +258,9 @@ impl Env {
             &file,
             "[webpush]\nallowed_host_suffixes = [\"127.0.0.1\"]\n",
         )?;
-        let mut sources = parley_kit::config::Sources::from_vars(vars);
         sources.file = Some(file);
         let config = parley_notification::Config::load(&sources)?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(parley_notification::serve(
-            config,
-            listener,
-            shutdown.clone(),
-        ));
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Ok(mut c) = NotificationServiceClient::connect(format!("http://{addr}")).await
-                && c.list_devices(as_user(pb::ListDevicesRequest {}, "probe"))
-                    .await
-                    .is_ok()
-            {
-                return Ok(Instance {
-                    addr,
-                    shutdown,
-                    task,
-                });
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "notification never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        Running::grpc(move |l, t| parley_notification::serve(config, l, t)).await
     }
 
     pub async fn client(&self) -> anyhow::Result<NotificationServiceClient<Channel>> {
@@ -340,57 +270,22 @@ impl Env {
 
     /// A group channel named "test" of `owner` with `members`; returns its id.
     pub async fn group(&self, owner: &str, members: &[&str]) -> anyhow::Result<String> {
-        let req = mpb::CreateChannelRequest {
-            kind: mpb::ChannelKind::Group as i32,
-            name: "test".into(),
-            members: members.iter().map(|m| (*m).to_owned()).collect(),
-        };
-        let c = self
-            .messaging
-            .clone()
-            .create_channel(as_user(req, owner))
-            .await?
-            .into_inner();
-        Ok(c.channel.context("channel")?.id)
+        self.messaging.group(owner, members).await
     }
 
     /// Sends `body` as `user`; returns the message id.
     pub async fn send(&self, user: &str, channel: &str, body: &str) -> anyhow::Result<String> {
-        let req = mpb::SendMessageRequest {
-            channel_id: channel.into(),
-            client_msg_id: uuid::Uuid::new_v4().to_string(),
-            body: body.into(),
-        };
-        let m = self
-            .messaging
-            .clone()
-            .send_message(as_user(req, user))
-            .await?
-            .into_inner();
-        Ok(m.message.context("message")?.id)
+        Ok(self.messaging.send(user, channel, body).await?.id)
     }
 
     /// Adds `user` to `channel`, as `by` (its owner).
     pub async fn add_member(&self, by: &str, channel: &str, user: &str) -> anyhow::Result<()> {
-        let req = mpb::AddMemberRequest {
-            channel_id: channel.into(),
-            user_id: user.into(),
-        };
-        self.messaging.clone().add_member(as_user(req, by)).await?;
-        Ok(())
+        self.messaging.add_member(by, channel, user).await
     }
 
     /// Removes `user` from `channel`, as `by` (its owner, or `user` leaving).
     pub async fn remove_member(&self, by: &str, channel: &str, user: &str) -> anyhow::Result<()> {
-        let req = mpb::RemoveMemberRequest {
-            channel_id: channel.into(),
-            user_id: user.into(),
-        };
-        self.messaging
-            .clone()
-            .remove_member(as_user(req, by))
-            .await?;
-        Ok(())
+        self.messaging.remove_member(by, channel, user).await
     }
 
     /// The value of the sample `series` (name and labels, as rendered) on notification's
@@ -401,10 +296,7 @@ impl Env {
             .await?
             .text()
             .await?;
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0))
+        Ok(parley_testkit::sample(&text, series).unwrap_or(0.0))
     }
 
     /// Makes `user` ONLINE (a live connection in presence).
@@ -480,65 +372,27 @@ impl Env {
 
     /// Waits until `sql` (one integer) returns `want`.
     pub async fn wait_count(&self, sql: &str, want: i64) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let got = self.count(sql).await?;
-            if got == want {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "{sql}: got {got}, want {want}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_for(
+            PATIENCE,
+            format_args!("{sql} = {want}"),
+            || self.count(sql),
+            |got| *got == want,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Waits until the notification group has read and acknowledged every stream entry.
     pub async fn wait_consumed(&self) -> anyhow::Result<()> {
-        let mut r = redis::Client::open(self.stack.redis_url.as_str())?
-            .get_multiplexed_async_connection()
-            .await?;
-        let key = self.stream_key();
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let stream: redis::streams::StreamInfoStreamReply = redis::cmd("XINFO")
-                .arg("STREAM")
-                .arg(&key)
-                .query_async(&mut r)
-                .await?;
-            let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(&key)
-                .query_async(&mut r)
-                .await?;
-            let done = groups.groups.iter().any(|g| {
-                g.name == "notification"
-                    && g.last_delivered_id == stream.last_generated_id
-                    && g.pending == 0
-            });
-            if done {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "the notification group never caught up: {groups:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.stack.wait_consumed("notification").await
     }
 
     pub fn stream_key(&self) -> String {
-        format!("{}{}", self.stack.prefix, parley_kit::stream::EVENTS)
+        self.stack.stream_key()
     }
 
     /// Waits until no delivery row is pending.
     pub async fn wait_settled(&self) -> anyhow::Result<()> {
-        self.wait_consumed().await?;
-        self.wait_count(
-            "SELECT count(*) FROM notification.deliveries WHERE status = 'pending'",
-            0,
-        )
-        .await
+        self.stack.wait_pushes_settled().await
     }
 }

@@ -79,7 +79,7 @@ forward! {
 /// Starts the counting proxy in front of the stack's messaging.
 async fn proxy(env: &Env) -> anyhow::Result<(SocketAddr, Counting)> {
     let counting = Counting {
-        upstream: env.messaging.clone(),
+        upstream: env.messaging.client.clone(),
         calls: Arc::default(),
     };
     let router = tonic::service::Routes::new(MessagingServiceServer::new(counting.clone()))

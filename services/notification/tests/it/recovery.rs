@@ -1,17 +1,15 @@
 //! Crashes: a consumer that read events but never acknowledged them, rows recorded but not
 //! sent, and events replayed after they were pushed.
 
-use std::time::Duration;
-
 use redis::streams::StreamRangeReply;
+
+use parley_testkit::wait_for;
 
 use crate::{PATIENCE, env, pushed_messages};
 
 /// Pending entries of the notification group (read, never acknowledged).
 async fn pending(env: &crate::Env) -> anyhow::Result<usize> {
-    let mut r = redis::Client::open(env.stack.redis_url.as_str())?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut r = env.stack.redis().await?;
     let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(env.stream_key())
@@ -43,15 +41,14 @@ async fn a_consumer_stopped_before_acknowledging_loses_nothing() -> anyhow::Resu
     for i in 0..3 {
         sent.push(env.send("alice", &ch, &format!("m{i}")).await?);
     }
-    let deadline = tokio::time::Instant::now() + PATIENCE;
     // The consumer retries its first failing batch, so at least that batch is pending.
-    while pending(&env).await? < 1 {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "A never read the events"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_for(
+        PATIENCE,
+        "A read the events (pending entries)",
+        || pending(&env),
+        |n| *n >= 1,
+    )
+    .await?;
     env.notification.take().expect("A").stop().await?;
     assert!(env.receiver.seen("/hook/bob").is_empty());
     assert_eq!(
@@ -110,9 +107,7 @@ async fn recorded_rows_survive_a_stop_and_replays_never_push_twice() -> anyhow::
 
     // The events come again (as after a crash between sending and XACK, or an outbox
     // republish): the delivery log already has the row, nothing is pushed again.
-    let mut r = redis::Client::open(env.stack.redis_url.as_str())?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut r = env.stack.redis().await?;
     let all: StreamRangeReply = redis::cmd("XRANGE")
         .arg(env.stream_key())
         .arg("-")

@@ -9,7 +9,7 @@ use std::{
 use parley_proto::presence::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Harness, T, changed, conn_id, cref, get, is_offline, is_online, register};
+use crate::{Harness, T, changed, conn_id, cref, get, is_offline, is_online, register, wait_for};
 
 /// TTL the simulated gateways use; they heartbeat every TTL/4.
 const TTL: u32 = 2;
@@ -53,17 +53,17 @@ async fn users_of_a_node_that_stops_heartbeating_go_offline_with_one_event() -> 
     let killed_at = Instant::now();
     let doomed = ["judy", "ken", "lena"];
 
-    let gone_at = loop {
-        let now = get(&mut c, &doomed).await?;
-        if now.iter().all(is_offline) {
-            break Instant::now();
-        }
-        assert!(
-            started.elapsed() < T,
-            "node-b's users still online after {T:?}: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    wait_for(
+        T,
+        "node-b's users offline",
+        || {
+            let mut c = c.clone();
+            async move { get(&mut c, &doomed).await }
+        },
+        |now| now.iter().all(is_offline),
+    )
+    .await?;
+    let gone_at = Instant::now();
     let ttl = Duration::from_secs(u64::from(TTL));
     // Never before the TTL has run out since their last registration...
     assert!(
@@ -79,7 +79,7 @@ async fn users_of_a_node_that_stops_heartbeating_go_offline_with_one_event() -> 
     );
 
     // Exactly one OFFLINE event per user, after its ONLINE one, with a greater version.
-    let evs = events.collect(2 * doomed.len()).await?;
+    let evs = events.collect_quiet(2 * doomed.len()).await?;
     let mut offline: HashMap<String, Vec<pb::UserPresence>> = HashMap::new();
     for e in &evs {
         let p = changed(e);
@@ -124,7 +124,7 @@ async fn two_replicas_sweeping_publish_exactly_one_offline_event_per_user() -> a
     ];
     let mut h = Harness::start(&settings).await?;
     let second = h.add(&settings).await?;
-    let mut c = h.client();
+    let c = h.client();
     let mut events = h.subscribe(parley_presence::EVENTS_TOPIC).await?;
 
     const USERS: usize = 120;
@@ -147,14 +147,19 @@ async fn two_replicas_sweeping_publish_exactly_one_offline_event_per_user() -> a
     }
     // Nobody heartbeats: both replicas' sweepers race for the expiries.
     let refs: Vec<&str> = users.iter().map(String::as_str).collect();
-    let started = Instant::now();
-    while !get(&mut c, &refs).await?.iter().all(is_offline) {
-        assert!(started.elapsed() < T, "users still online after {T:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        T,
+        "every user offline",
+        || {
+            let (mut c, refs) = (c.clone(), refs.as_slice());
+            async move { get(&mut c, refs).await }
+        },
+        |now| now.iter().all(is_offline),
+    )
+    .await?;
     // Every user: exactly one ONLINE event (the restore) and exactly one OFFLINE event.
     let mut per_user: HashMap<(String, bool), usize> = HashMap::new();
-    for e in &events.collect(2 * USERS).await? {
+    for e in &events.collect_quiet(2 * USERS).await? {
         let p = changed(e);
         *per_user
             .entry((p.user_id.clone(), is_online(&p)))
@@ -169,9 +174,9 @@ async fn two_replicas_sweeping_publish_exactly_one_offline_event_per_user() -> a
     assert!(dup.is_empty(), "duplicate events: {dup:?}");
 
     // Nothing is left behind in the expiry index.
-    let mut r = h.redis().await?;
+    let mut r = h.keys.redis().await?;
     let left: usize = redis::cmd("ZCARD")
-        .arg(format!("{}presence:expiries", h.prefix))
+        .arg(format!("{}presence:expiries", h.keys.prefix))
         .query_async(&mut r)
         .await?;
     assert_eq!(left, 0);

@@ -3,7 +3,7 @@
 //!
 //! Redis comes from `PARLEY_TEST_REDIS_URL`, else `PARLEY_REDIS_URL` (what
 //! `. .local/deps.env` exports), else `redis://127.0.0.1:6379`. The harness needs nothing
-//! else (no Postgres), so it does not use `parley-testkit`'s `Stack`.
+//! else (no Postgres), so it uses `parley-testkit`'s service harness, not its `Stack`.
 
 mod connections;
 mod expiry;
@@ -11,53 +11,42 @@ mod ops;
 mod query;
 mod typing;
 
-use std::{collections::HashMap, net::SocketAddr, sync::OnceLock, time::Duration};
+use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use parley_proto::presence::v1::{self as pb, presence_service_client::PresenceServiceClient};
 use prost::Message as _;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use parley_testkit as harness;
+pub use parley_testkit::{KeyPrefix, Running, eventually, wait_for};
+
 /// Generous wait for anything that should happen (the suite shares 2 cores).
-pub const T: Duration = Duration::from_secs(20);
+pub const T: Duration = harness::PATIENCE;
 /// How long a topic is watched for an event that must NOT arrive.
 pub const QUIET: Duration = Duration::from_millis(1500);
 
 pub type Client = PresenceServiceClient<Channel>;
 
-fn redis_url() -> String {
-    std::env::var("PARLEY_TEST_REDIS_URL")
-        .or_else(|_| std::env::var("PARLEY_REDIS_URL"))
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// One presence replica.
+/// One presence replica and its client.
 pub struct Replica {
-    pub addr: SocketAddr,
+    pub running: Running,
     pub client: Client,
-    shutdown: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Replica {
-    /// SIGTERM-like stop: cancels and waits for the drain.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        tokio::time::timeout(T, self.task)
-            .await
-            .context("stop timed out")??
+    pub fn addr(&self) -> SocketAddr {
+        self.running.addr
     }
 }
 
 /// A key prefix of its own and the presence replicas started on it. Dropping it stops the
-/// replicas and deletes the prefix's keys.
+/// replicas, then deletes the prefix's keys.
 pub struct Harness {
-    pub redis_url: String,
-    pub prefix: String,
+    /// Declared first: the replicas stop before the keys go.
     pub replicas: Vec<Replica>,
+    pub keys: KeyPrefix,
 }
 
 impl Harness {
@@ -70,11 +59,9 @@ impl Harness {
 
     /// A fresh prefix; starts nothing.
     pub fn empty() -> Self {
-        let id = uuid::Uuid::new_v4().simple().to_string();
         Self {
-            redis_url: redis_url(),
-            prefix: format!("tp{}:", &id[..12]),
             replicas: Vec::new(),
+            keys: KeyPrefix::new("tp"),
         }
     }
 
@@ -83,105 +70,49 @@ impl Harness {
         self.replicas[0].client.clone()
     }
 
-    /// Starts a replica on this prefix. Test settings: TTLs down to 1 s, a sweeper that
-    /// wakes at least every 200 ms; `extra` (`PARLEY__…` pairs) overrides them.
+    /// Starts a replica on this prefix and waits until it serves. Test settings: TTLs down
+    /// to 1 s, a sweeper that wakes at least every 200 ms; `extra` (`PARLEY__…` pairs)
+    /// overrides them.
     pub async fn add(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<Client> {
-        let mut vars: HashMap<String, String> = HashMap::from([
-            ("PARLEY__REDIS__URL".into(), self.redis_url.clone()),
-            ("PARLEY__REDIS__PREFIX".into(), self.prefix.clone()),
-            ("PARLEY__CONNECTIONS__MIN_TTL_SECS".into(), "1".into()),
-            ("PARLEY__SWEEPER__INTERVAL_MS".into(), "200".into()),
-            ("PARLEY__SWEEPER__MIN_INTERVAL_MS".into(), "20".into()),
-        ]);
-        vars.extend(
-            extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
-        let config = parley_presence::Config::load(&parley_kit::config::Sources::from_vars(vars))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(parley_presence::serve(config, listener, shutdown.clone()));
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?;
-        let mut last = None;
-        for _ in 0..200 {
-            match endpoint.connect().await {
-                Ok(channel) => {
-                    let client = PresenceServiceClient::new(channel);
-                    self.replicas.push(Replica {
-                        addr,
-                        client: client.clone(),
-                        shutdown,
-                        task,
-                    });
-                    return Ok(client);
-                }
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        anyhow::bail!("presence at {addr} never accepted connections: {last:?}")
+        let config = parley_presence::Config::load(&harness::settings(
+            [
+                ("PARLEY__REDIS__URL", self.keys.redis_url.as_str()),
+                ("PARLEY__REDIS__PREFIX", self.keys.prefix.as_str()),
+                ("PARLEY__CONNECTIONS__MIN_TTL_SECS", "1"),
+                ("PARLEY__SWEEPER__INTERVAL_MS", "200"),
+                ("PARLEY__SWEEPER__MIN_INTERVAL_MS", "20"),
+            ],
+            extra,
+        ))?;
+        let running = Running::grpc(move |l, t| parley_presence::serve(config, l, t)).await?;
+        let client = PresenceServiceClient::connect(format!("http://{}", running.addr)).await?;
+        self.replicas.push(Replica {
+            running,
+            client: client.clone(),
+        });
+        Ok(client)
     }
 
     /// Subscribes to `topic` (without the prefix) and returns its events.
     pub async fn subscribe(&self, topic: &str) -> anyhow::Result<Events> {
-        let client = redis::Client::open(self.redis_url.as_str())?;
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(format!("{}{topic}", self.prefix)).await?;
+        let redis = redis::Client::open(self.keys.redis_url.as_str())?;
+        let topic = format!("{}{topic}", self.keys.prefix);
+        let mut pubsub = redis.get_async_pubsub().await?;
+        pubsub.subscribe(&topic).await?;
         Ok(Events {
             stream: Box::pin(pubsub.into_on_message()),
+            topic,
+            redis,
         })
-    }
-
-    /// A raw Redis connection (for checks of the keyspace).
-    pub async fn redis(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-        Ok(redis::Client::open(self.redis_url.as_str())?
-            .get_multiplexed_async_connection()
-            .await?)
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        for r in self.replicas.drain(..) {
-            r.shutdown.cancel();
-            r.task.abort();
-        }
-        let (url, prefix) = (self.redis_url.clone(), self.prefix.clone());
-        // Cleanup needs a runtime of its own: Drop may run inside or outside one.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(client) = redis::Client::open(url.as_str()) else {
-                    return;
-                };
-                let Ok(mut c) = client.get_multiplexed_async_connection().await else {
-                    return;
-                };
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{prefix}*"))
-                    .query_async(&mut c)
-                    .await
-                    .unwrap_or_default();
-                for chunk in keys.chunks(500) {
-                    let _: redis::RedisResult<()> =
-                        redis::cmd("DEL").arg(chunk).query_async(&mut c).await;
-                }
-            });
-        })
-        .join();
     }
 }
 
 /// Decoded events of one subscription.
 pub struct Events {
     stream: std::pin::Pin<Box<dyn futures::Stream<Item = redis::Msg> + Send>>,
+    /// The topic (with the prefix) and its server, for barriers.
+    topic: String,
+    redis: redis::Client,
 }
 
 impl Events {
@@ -199,9 +130,8 @@ impl Events {
         self.next(T).await?.context("no event arrived in time")
     }
 
-    /// Events until `n` have arrived (fails after [`T`] without a new one), then any that
-    /// arrive within [`QUIET`] after those.
-    pub async fn collect(&mut self, n: usize) -> anyhow::Result<Vec<pb::PresenceEvent>> {
+    /// Events until `n` have arrived (fails after [`T`] without a new one).
+    async fn first(&mut self, n: usize) -> anyhow::Result<Vec<pb::PresenceEvent>> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             out.push(
@@ -210,10 +140,51 @@ impl Events {
                     .with_context(|| format!("{} of {n} events arrived", out.len()))?,
             );
         }
+        Ok(out)
+    }
+
+    /// Events until `n` have arrived, then any others before a [`Events::barrier`]: for
+    /// events of calls that have returned.
+    pub async fn collect(&mut self, n: usize) -> anyhow::Result<Vec<pb::PresenceEvent>> {
+        let mut out = self.first(n).await?;
+        out.extend(self.barrier().await?);
+        Ok(out)
+    }
+
+    /// Events until `n` have arrived, then any that arrive within [`QUIET`] after those:
+    /// for events the sweeper publishes on its own schedule, which no marker the test can
+    /// publish is certain to follow.
+    pub async fn collect_quiet(&mut self, n: usize) -> anyhow::Result<Vec<pb::PresenceEvent>> {
+        let mut out = self.first(n).await?;
         while let Some(e) = self.next(QUIET).await? {
             out.push(e);
         }
         Ok(out)
+    }
+
+    /// The events that arrive before a marker the test publishes on the topic now. Redis
+    /// delivers a topic's messages in publish order, and presence publishes before it
+    /// answers: every event of a call that has returned comes before the marker.
+    pub async fn barrier(&mut self) -> anyhow::Result<Vec<pb::PresenceEvent>> {
+        let id = format!("barrier-{}", uuid::Uuid::new_v4().simple());
+        let marker = pb::PresenceEvent {
+            event_id: id.clone(),
+            ..Default::default()
+        };
+        let mut c = self.redis.get_multiplexed_async_connection().await?;
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&self.topic)
+            .arg(marker.encode_to_vec())
+            .query_async(&mut c)
+            .await?;
+        let mut before = Vec::new();
+        loop {
+            let e = self.expect().await.context("the barrier did not arrive")?;
+            if e.event_id == id {
+                return Ok(before);
+            }
+            before.push(e);
+        }
     }
 }
 

@@ -1,10 +1,8 @@
 //! Operations: health, `/metrics`, graceful stop.
 
-use std::time::Duration;
-
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::{Harness, register};
+use crate::{Harness, register, wait_for};
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
@@ -21,7 +19,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Stri
 async fn health_metrics_and_graceful_stop() -> anyhow::Result<()> {
     let mut h = Harness::start(&[]).await?;
     let mut c = h.client();
-    let addr = h.replicas[0].addr;
+    let addr = h.replicas[0].addr();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect()
         .await?;
@@ -40,14 +38,13 @@ async fn health_metrics_and_graceful_stop() -> anyhow::Result<()> {
 
     register(&mut c, "uma", "n", 0).await?;
     // The gauge is set by the sweeper; wait for one sweep to have run.
-    let mut metrics = String::new();
-    for _ in 0..100 {
-        metrics = http_get(addr, "/metrics").await?;
-        if metrics.contains("presence_online_users") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let metrics = wait_for(
+        crate::T,
+        "presence_online_users on /metrics",
+        || http_get(addr, "/metrics"),
+        |m| m.contains("presence_online_users"),
+    )
+    .await?;
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     for name in [
         "presence_events_published_total",
@@ -61,6 +58,6 @@ async fn health_metrics_and_graceful_stop() -> anyhow::Result<()> {
     }
 
     let r = h.replicas.remove(0);
-    r.stop().await?;
+    r.running.stop().await?;
     Ok(())
 }

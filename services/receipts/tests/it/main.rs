@@ -7,55 +7,32 @@ mod stream;
 mod unread;
 mod watermarks;
 
-use std::{collections::BTreeMap, collections::HashMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use parley_kit::propagation::with_user;
 use parley_proto::{
-    messaging::v1::{self as mpb, messaging_service_client::MessagingServiceClient},
+    messaging::v1::messaging_service_client::MessagingServiceClient,
     receipts::v1::{self as pb, receipts_service_client::ReceiptsServiceClient},
 };
-use parley_testkit::Stack;
-use tokio_util::sync::CancellationToken;
+pub use parley_testkit::as_user;
+use parley_testkit::{Messaging, Stack, wait_for};
 use tonic::transport::Channel;
 
 /// How long any wait for the projection may take before a test fails.
-pub const PATIENCE: Duration = Duration::from_secs(20);
-
-/// A receipts instance started by a test.
-pub struct Receipts {
-    pub addr: SocketAddr,
-    pub shutdown: CancellationToken,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
+pub const PATIENCE: Duration = parley_testkit::PATIENCE;
 
 /// A stack (fresh database + Redis prefix + one messaging) and, once started, receipts.
 pub struct Env {
-    pub receipts: Option<Receipts>,
     pub stack: Stack,
-    messaging: MessagingServiceClient<Channel>,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        // Stop receipts before the stack drops the database under it.
-        if let Some(r) = self.receipts.take() {
-            r.shutdown.cancel();
-            r.task.abort();
-        }
-    }
+    messaging: Messaging,
 }
 
 /// Messaging only; receipts is started with [`Env::start_receipts`].
 pub async fn messaging_only() -> anyhow::Result<Env> {
     let mut stack = Stack::empty().await?;
-    let addr = stack.add_messaging(&[]).await?;
-    let messaging = MessagingServiceClient::connect(format!("http://{addr}")).await?;
-    Ok(Env {
-        receipts: None,
-        stack,
-        messaging,
-    })
+    stack.add_messaging(&[]).await?;
+    let messaging = stack.messaging_client().await?;
+    Ok(Env { stack, messaging })
 }
 
 /// Messaging and receipts (with extra `PARLEY__…` settings for receipts).
@@ -65,114 +42,49 @@ pub async fn spawn(extra: &[(&str, &str)]) -> anyhow::Result<Env> {
     Ok(env)
 }
 
-/// `msg` as a request made on behalf of `user`.
-pub fn as_user<T>(msg: T, user: &str) -> tonic::Request<T> {
-    with_user(tonic::Request::new(msg), user).expect("test user ids are valid metadata values")
-}
-
 impl Env {
+    /// Starts receipts (with the tests' settings, then `extra`) and waits until it serves
+    /// (migrations run before it does).
     pub async fn start_receipts(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<SocketAddr> {
-        let messaging = self.stack.messaging.first().context("messaging")?.addr;
-        let mut vars: HashMap<String, String> = HashMap::from([
-            ("PARLEY__DATABASE__URL".into(), self.stack.db_url.clone()),
-            ("PARLEY__DATABASE__MAX_CONNECTIONS".into(), "8".into()),
-            ("PARLEY__REDIS__URL".into(), self.stack.redis_url.clone()),
-            ("PARLEY__REDIS__PREFIX".into(), self.stack.prefix.clone()),
-            (
-                "PARLEY__MESSAGING__URL".into(),
-                format!("http://{messaging}"),
-            ),
-            ("PARLEY__CONSUMER__BLOCK_MS".into(), "500".into()),
-            ("PARLEY__CONSUMER__LAG_INTERVAL_MS".into(), "500".into()),
-        ]);
-        vars.extend(
-            extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
-        let config = parley_receipts::Config::load(&parley_kit::config::Sources::from_vars(vars))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(parley_receipts::serve(config, listener, shutdown.clone()));
-        self.receipts = Some(Receipts {
-            addr,
-            shutdown,
-            task,
-        });
-        // Ready once it answers (migrations run before it serves).
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Ok(mut c) = ReceiptsServiceClient::connect(format!("http://{addr}")).await
-                && c.get_unread(as_user(pb::GetUnreadRequest {}, "probe"))
-                    .await
-                    .is_ok()
-            {
-                return Ok(addr);
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "receipts never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let mut settings = vec![
+            ("PARLEY__DATABASE__MAX_CONNECTIONS", "8"),
+            ("PARLEY__CONSUMER__BLOCK_MS", "500"),
+            ("PARLEY__CONSUMER__LAG_INTERVAL_MS", "500"),
+        ];
+        settings.extend_from_slice(extra);
+        self.stack.add_receipts(&settings).await
     }
 
     pub async fn receipts(&self) -> anyhow::Result<ReceiptsServiceClient<Channel>> {
-        let addr = self.receipts.as_ref().context("receipts not started")?.addr;
+        let addr = self
+            .stack
+            .receipts
+            .first()
+            .context("receipts not started")?
+            .addr;
         Ok(ReceiptsServiceClient::connect(format!("http://{addr}")).await?)
     }
 
     pub fn messaging(&self) -> MessagingServiceClient<Channel> {
-        self.messaging.clone()
+        self.messaging.client.clone()
     }
 
     /// A group channel of `owner` with `members`; returns its id.
     pub async fn group(&self, owner: &str, members: &[&str]) -> anyhow::Result<String> {
-        let req = mpb::CreateChannelRequest {
-            kind: mpb::ChannelKind::Group as i32,
-            name: "test".into(),
-            members: members.iter().map(|m| (*m).to_owned()).collect(),
-        };
-        let c = self
-            .messaging()
-            .create_channel(as_user(req, owner))
-            .await?
-            .into_inner();
-        Ok(c.channel.context("channel")?.id)
+        self.messaging.group(owner, members).await
     }
 
     /// Sends a message as `user`; returns its seq.
     pub async fn send(&self, user: &str, channel: &str) -> anyhow::Result<u64> {
-        let req = mpb::SendMessageRequest {
-            channel_id: channel.into(),
-            client_msg_id: uuid::Uuid::new_v4().to_string(),
-            body: "hello".into(),
-        };
-        let m = self
-            .messaging()
-            .send_message(as_user(req, user))
-            .await?
-            .into_inner();
-        Ok(m.message.context("message")?.seq)
+        Ok(self.messaging.send(user, channel, "hello").await?.seq)
     }
 
     pub async fn add_member(&self, by: &str, channel: &str, user: &str) -> anyhow::Result<()> {
-        let req = mpb::AddMemberRequest {
-            channel_id: channel.into(),
-            user_id: user.into(),
-        };
-        self.messaging().add_member(as_user(req, by)).await?;
-        Ok(())
+        self.messaging.add_member(by, channel, user).await
     }
 
     pub async fn remove_member(&self, by: &str, channel: &str, user: &str) -> anyhow::Result<()> {
-        let req = mpb::RemoveMemberRequest {
-            channel_id: channel.into(),
-            user_id: user.into(),
-        };
-        self.messaging().remove_member(as_user(req, by)).await?;
-        Ok(())
+        self.messaging.remove_member(by, channel, user).await
     }
 
     pub async fn mark_read(
@@ -268,62 +180,28 @@ impl Env {
         user: &str,
         want: &BTreeMap<String, u64>,
     ) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let got = self.unread(user).await?;
-            if &got == want {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "unread of {user}: got {got:?}, want {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_for(
+            PATIENCE,
+            format_args!("unread of {user} = {want:?}"),
+            || self.unread(user),
+            |got| got == want,
+        )
+        .await?;
+        Ok(())
     }
 
     pub fn stream_key(&self) -> String {
-        format!("{}{}", self.stack.prefix, parley_kit::stream::EVENTS)
+        self.stack.stream_key()
     }
 
     pub async fn redis(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-        Ok(redis::Client::open(self.stack.redis_url.as_str())?
-            .get_multiplexed_async_connection()
-            .await?)
+        self.stack.redis().await
     }
 
     /// Waits until the receipts group has been handed every entry of the stream and has
-    /// acknowledged all of them (i.e. the projection applied everything published so far;
-    /// messaging publishes before it answers).
+    /// acknowledged all of them (i.e. the projection applied everything published so far).
     pub async fn wait_consumed(&self) -> anyhow::Result<()> {
-        let mut r = self.redis().await?;
-        let key = self.stream_key();
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let stream: redis::streams::StreamInfoStreamReply = redis::cmd("XINFO")
-                .arg("STREAM")
-                .arg(&key)
-                .query_async(&mut r)
-                .await?;
-            let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(&key)
-                .query_async(&mut r)
-                .await?;
-            let done = groups
-                .groups
-                .iter()
-                .find(|g| g.name == "receipts")
-                .is_some_and(|g| g.last_delivered_id == stream.last_generated_id && g.pending == 0);
-            if done {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "the receipts group never caught up: {groups:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.stack.wait_consumed("receipts").await
     }
 }
 
