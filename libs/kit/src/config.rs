@@ -82,8 +82,8 @@ pub trait Settings: DeserializeOwned {
         Ok(())
     }
 
-    /// Loads and validates.
-    fn load_from(sources: &Sources) -> Result<Self, config::ConfigError> {
+    /// Loads defaults < file < environment, then validates.
+    fn load(sources: &Sources) -> Result<Self, config::ConfigError> {
         let c: Self = load(Self::DEFAULTS, sources)?;
         c.validate().map_err(config::ConfigError::Message)?;
         Ok(c)

@@ -145,6 +145,61 @@ impl From<Status> for Upstream {
     }
 }
 
+/// The errors of a service that owns a schema (messaging, receipts, notification), with
+/// their one mapping to gRPC statuses. Presence (Redis only) has its own.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Invalid(#[from] crate::domain::Invalid),
+    /// A bad argument in a service's own terms (a webhook URL not allowed, a bad id in an
+    /// event).
+    #[error("{0}")]
+    BadArgument(String),
+    /// Unknown channel, message, device… (or not visible to the caller).
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller may not do this (not a member, not an owner…).
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// A service this one calls could not be asked (down, slow, restarting): retryable.
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Invalid(i) => i.into(),
+            ServiceError::BadArgument(m) => ErrorCode::InvalidArgument.status(m),
+            ServiceError::NotFound(m) => ErrorCode::NotFound.status(m),
+            ServiceError::PermissionDenied(m) => ErrorCode::PermissionDenied.status(m),
+            ServiceError::Conflict(m) => ErrorCode::Conflict.status(m),
+            ServiceError::Unavailable(m) => {
+                tracing::warn!(error = %m, "upstream unavailable");
+                ErrorCode::Unavailable.status("messaging unavailable")
+            }
+            ServiceError::Db(e) => crate::db::status(&e),
+            ServiceError::Migrate(e) => crate::db::migrate_status(&e),
+        }
+    }
+}
+
+impl From<Upstream> for ServiceError {
+    fn from(u: Upstream) -> Self {
+        match u {
+            Upstream::NotFound(m) => Self::NotFound(m),
+            Upstream::PermissionDenied(m) => Self::PermissionDenied(m),
+            Upstream::Unavailable(m) => Self::Unavailable(m),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -188,6 +188,31 @@ impl Runtime {
             .ok_or_else(|| anyhow::anyhow!("{} owns no schema", self.name))
     }
 
+    /// Serves `service` with gRPC health and `/metrics` on `listener` until `shutdown`,
+    /// then drains ([`serve_grpc`]). Call [`Runtime::stop`] after it returns.
+    pub async fn serve<S>(
+        &self,
+        listener: TcpListener,
+        service: S,
+        cfg: &GrpcConfig,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()>
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+            + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        let (health, health_svc) = health();
+        let routes = tonic::service::Routes::new(health_svc).add_service(service);
+        tracing::info!(service = self.name, addr = %listener.local_addr()?, "serving");
+        serve_grpc::<S>(self.name, listener, routes, health, cfg, shutdown).await
+    }
+
     /// After the server returned: stops the background tasks and closes the pool.
     pub async fn stop(self) {
         self.background.stop().await;

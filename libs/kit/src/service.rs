@@ -43,7 +43,7 @@ where
     C: Settings + std::fmt::Debug,
     F: Future<Output = anyhow::Result<()>>,
 {
-    let config = C::load_from(&Sources::from_process()).context("loading configuration")?;
+    let config = C::load(&Sources::from_process()).context("loading configuration")?;
     if crate::config::print_requested() {
         println!("{config:#?}");
         return Ok(());

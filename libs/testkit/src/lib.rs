@@ -22,6 +22,7 @@ pub use harness::{
 };
 pub use private_redis::PrivateRedis;
 
+use parley_kit::config::Settings as _;
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;

@@ -20,6 +20,7 @@ mod ws;
 
 use std::{sync::Arc, time::Duration};
 
+pub use parley_kit::config::Settings;
 use parley_kit::propagation::Outbound;
 use parley_kit::server::Background;
 use parley_proto::messaging::v1::messaging_service_client::MessagingServiceClient;
@@ -140,16 +141,7 @@ pub struct WsConfig {
     pub flood_ban_secs: u64,
 }
 
-impl Config {
-    /// Loads defaults < file < environment and validates.
-    pub fn load(
-        sources: &parley_kit::config::Sources,
-    ) -> Result<Self, parley_kit::config::ConfigError> {
-        <Self as parley_kit::config::Settings>::load_from(sources)
-    }
-}
-
-impl parley_kit::config::Settings for Config {
+impl Settings for Config {
     const DEFAULTS: &'static str = DEFAULTS;
 
     fn validate(&self) -> Result<(), String> {

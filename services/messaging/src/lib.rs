@@ -11,6 +11,7 @@ mod store;
 
 use std::sync::Arc;
 
+pub use parley_kit::config::Settings;
 use parley_kit::{db::Schema, server::Runtime};
 use parley_proto::messaging::v1::messaging_service_server::MessagingServiceServer;
 use serde::Deserialize;
@@ -84,16 +85,7 @@ pub struct OutboxConfig {
     pub stream_maxlen: usize,
 }
 
-impl Config {
-    /// Loads defaults < file < environment.
-    pub fn load(
-        sources: &parley_kit::config::Sources,
-    ) -> Result<Self, parley_kit::config::ConfigError> {
-        <Self as parley_kit::config::Settings>::load_from(sources)
-    }
-}
-
-impl parley_kit::config::Settings for Config {
+impl Settings for Config {
     const DEFAULTS: &'static str = DEFAULTS;
 
     fn validate(&self) -> Result<(), String> {
@@ -181,7 +173,6 @@ pub async fn serve(
         ));
     }
 
-    let (health, health_svc) = parley_kit::server::health();
     let batcher = batch::Batcher::start(
         pool.clone(),
         publisher.clone(),
@@ -189,18 +180,14 @@ pub async fn serve(
         config.outbox.publish_inline,
     );
     let svc = grpc::Messaging::new(pool.clone(), publisher, batcher, config.clone());
-    let routes =
-        tonic::service::Routes::new(health_svc).add_service(MessagingServiceServer::new(svc));
-    tracing::info!(addr = %listener.local_addr()?, "messaging serving");
-    let served = parley_kit::server::serve_grpc::<MessagingServiceServer<grpc::Messaging>>(
-        "messaging",
-        listener,
-        routes,
-        health,
-        &config.grpc,
-        shutdown,
-    )
-    .await;
+    let served = rt
+        .serve(
+            listener,
+            MessagingServiceServer::new(svc),
+            &config.grpc,
+            shutdown,
+        )
+        .await;
     // However the server ended (shutdown or an I/O error), the sweeper stops with it.
     rt.stop().await;
     Ok(served?)

@@ -19,6 +19,7 @@ mod upstream;
 
 use std::{sync::Arc, time::Duration};
 
+pub use parley_kit::config::Settings;
 use parley_kit::{db::Schema, server::Runtime};
 use parley_proto::notification::v1::notification_service_server::NotificationServiceServer;
 use secrecy::SecretString as Secret;
@@ -128,16 +129,7 @@ pub struct WebPushConfig {
     pub allowed_host_suffixes: Vec<String>,
 }
 
-impl Config {
-    /// Loads defaults < file < environment.
-    pub fn load(
-        sources: &parley_kit::config::Sources,
-    ) -> Result<Self, parley_kit::config::ConfigError> {
-        <Self as parley_kit::config::Settings>::load_from(sources)
-    }
-}
-
-impl parley_kit::config::Settings for Config {
+impl Settings for Config {
     const DEFAULTS: &'static str = DEFAULTS;
 
     fn validate(&self) -> Result<(), String> {
@@ -258,20 +250,15 @@ pub async fn serve(
         background.token(),
     ));
 
-    let (health, health_svc) = parley_kit::server::health();
     let svc = grpc::Notification::new(pool.clone(), messaging, allow, config.clone());
-    let routes =
-        tonic::service::Routes::new(health_svc).add_service(NotificationServiceServer::new(svc));
-    tracing::info!(addr = %listener.local_addr()?, "notification serving");
-    let served = parley_kit::server::serve_grpc::<NotificationServiceServer<grpc::Notification>>(
-        "notification",
-        listener,
-        routes,
-        health,
-        &config.grpc,
-        shutdown,
-    )
-    .await;
+    let served = rt
+        .serve(
+            listener,
+            NotificationServiceServer::new(svc),
+            &config.grpc,
+            shutdown,
+        )
+        .await;
     // However the server ended (shutdown or an I/O error), the loops stop with it; the
     // caller's token is left alone.
     rt.stop().await;

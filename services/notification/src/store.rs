@@ -85,7 +85,7 @@ pub async fn register_device(
             return Ok((d, true));
         }
     }
-    Err(Error::Upstream(
+    Err(Error::Unavailable(
         "device registration raced too often; retry".into(),
     ))
 }

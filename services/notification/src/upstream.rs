@@ -63,7 +63,7 @@ impl Messaging {
             .map_err(map_status)?;
         resp.into_inner()
             .channel
-            .ok_or_else(|| Error::Upstream("GetChannel returned no channel".into()))
+            .ok_or_else(|| Error::Unavailable("GetChannel returned no channel".into()))
     }
 
     /// The channel's member ids and the membership version they were read at, asked as
@@ -124,7 +124,7 @@ impl Presence {
                 })
                 .await
                 .map_err(|s| {
-                    Error::Upstream(format!("presence {:?}: {}", s.code(), s.message()))
+                    Error::Unavailable(format!("presence {:?}: {}", s.code(), s.message()))
                 })?;
             let online: HashSet<String> = resp
                 .into_inner()

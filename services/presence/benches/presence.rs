@@ -8,6 +8,7 @@
 //! latency of GetPresence for 100 users, idle and while heartbeats run. Everything it writes
 //! lives under a fresh key prefix, deleted at the end.
 
+use parley_kit::config::Settings as _;
 use std::time::{Duration, Instant};
 
 use parley_proto::presence::v1::{self as pb, presence_service_client::PresenceServiceClient};

@@ -11,6 +11,7 @@ mod sweeper;
 
 use std::{sync::Arc, time::Duration};
 
+pub use parley_kit::config::Settings;
 use parley_kit::server::Runtime;
 use parley_proto::presence::v1::presence_service_server::PresenceServiceServer;
 use serde::Deserialize;
@@ -75,16 +76,7 @@ pub struct RetentionConfig {
     pub last_seen_secs: u64,
 }
 
-impl Config {
-    /// Loads defaults < file < environment.
-    pub fn load(
-        sources: &parley_kit::config::Sources,
-    ) -> Result<Self, parley_kit::config::ConfigError> {
-        <Self as parley_kit::config::Settings>::load_from(sources)
-    }
-}
-
-impl parley_kit::config::Settings for Config {
+impl Settings for Config {
     const DEFAULTS: &'static str = DEFAULTS;
 
     fn validate(&self) -> Result<(), String> {
@@ -162,20 +154,15 @@ pub async fn serve(
         ));
     }
 
-    let (health, health_svc) = parley_kit::server::health();
     let svc = grpc::Presence::new(store, publisher, config.clone());
-    let routes =
-        tonic::service::Routes::new(health_svc).add_service(PresenceServiceServer::new(svc));
-    tracing::info!(addr = %listener.local_addr()?, "presence serving");
-    let served = parley_kit::server::serve_grpc::<PresenceServiceServer<grpc::Presence>>(
-        "presence",
-        listener,
-        routes,
-        health,
-        &config.grpc,
-        shutdown,
-    )
-    .await;
+    let served = rt
+        .serve(
+            listener,
+            PresenceServiceServer::new(svc),
+            &config.grpc,
+            shutdown,
+        )
+        .await;
     rt.stop().await;
     Ok(served?)
 }

@@ -11,6 +11,7 @@
 //! channels' last_seq values); the stream consumer is off and messaging is never asked
 //! (every mark is for a known member and a seq within the projected last_seq).
 
+use parley_kit::config::Settings as _;
 use std::{
     sync::{
         Arc,

@@ -43,7 +43,7 @@ impl Messaging {
             }),
             user.as_str(),
         )
-        .map_err(|s| Error::Messaging(s.message().to_owned()))?;
+        .map_err(|s| Error::Unavailable(s.message().to_owned()))?;
         let mut client = self.client.clone();
         let outcome = client.get_channel(req).await;
         let label = match &outcome {
@@ -58,7 +58,7 @@ impl Messaging {
                 let channel = resp
                     .into_inner()
                     .channel
-                    .ok_or_else(|| Error::Messaging("GetChannel returned no channel".into()))?;
+                    .ok_or_else(|| Error::Unavailable("GetChannel returned no channel".into()))?;
                 Ok(i64::try_from(channel.last_seq).unwrap_or(i64::MAX))
             }
             Err(s) => Err(parley_kit::error::Upstream::from(s).into()),

@@ -16,6 +16,7 @@ mod store;
 
 use std::{sync::Arc, time::Duration};
 
+pub use parley_kit::config::Settings;
 use parley_kit::{db::Schema, server::Runtime};
 use parley_proto::receipts::v1::receipts_service_server::ReceiptsServiceServer;
 use serde::Deserialize;
@@ -64,16 +65,7 @@ pub struct PublishConfig {
     pub queue: usize,
 }
 
-impl Config {
-    /// Loads defaults < file < environment.
-    pub fn load(
-        sources: &parley_kit::config::Sources,
-    ) -> Result<Self, parley_kit::config::ConfigError> {
-        <Self as parley_kit::config::Settings>::load_from(sources)
-    }
-}
-
-impl parley_kit::config::Settings for Config {
+impl Settings for Config {
     const DEFAULTS: &'static str = DEFAULTS;
 
     fn validate(&self) -> Result<(), String> {
@@ -152,20 +144,15 @@ pub async fn serve(
         rt.background.spawn(c.run(rt.background.token()));
     }
 
-    let (health, health_svc) = parley_kit::server::health();
     let svc = grpc::Receipts::new(pool.clone(), messaging, changes);
-    let routes =
-        tonic::service::Routes::new(health_svc).add_service(ReceiptsServiceServer::new(svc));
-    tracing::info!(addr = %listener.local_addr()?, "receipts serving");
-    let served = parley_kit::server::serve_grpc::<ReceiptsServiceServer<grpc::Receipts>>(
-        "receipts",
-        listener,
-        routes,
-        health,
-        &config.grpc,
-        shutdown,
-    )
-    .await;
+    let served = rt
+        .serve(
+            listener,
+            ReceiptsServiceServer::new(svc),
+            &config.grpc,
+            shutdown,
+        )
+        .await;
     // However the server ended (shutdown or an I/O error): the consumer stops, then the
     // publisher flushes what is pending.
     rt.background.stop().await;

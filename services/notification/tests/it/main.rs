@@ -8,6 +8,7 @@ mod members;
 mod providers;
 mod recovery;
 
+use parley_kit::config::Settings as _;
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,

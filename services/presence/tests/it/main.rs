@@ -11,6 +11,7 @@ mod ops;
 mod query;
 mod typing;
 
+use parley_kit::config::Settings as _;
 use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 
 use anyhow::Context as _;
