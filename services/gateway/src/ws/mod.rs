@@ -1,19 +1,20 @@
-//! One WebSocket connection: the upgrade, the connection loop and its writes. By concern:
-//! `client` (client frames), `events` (live events and send answers), `ordering`
-//! (per-channel order, gaps, catch-up, resume), `watch` (presence), `sends` (per-channel
-//! send queues), `limits` (frame rate).
+//! One WebSocket connection: the connection loop and its writes. By concern: `upgrade`
+//! (`GET /v1/ws`), `client` (client frames), `events` (live events and send answers),
+//! `ordering` (runs the ordering engine: per-channel order, gaps, catch-up, resume),
+//! `watch` (presence), `sends` (per-channel send queues), `limits` (frame rate).
 //!
-//! For every channel of the user the connection keeps `delivered` (the highest seq sent to
-//! this client) and holds back messages that arrive ahead of it. A gap that is not closed
-//! by pub/sub within `gap_wait_ms` is fetched from messaging history, so the client sees
-//! each channel's messages in strictly increasing seq with no gaps, live or replayed.
+//! Per channel the client sees messages in strictly increasing seq with no gaps, live or
+//! replayed: `crate::ordering::Engine` decides what to send, hold or fetch from history.
 
 mod client;
 mod events;
 mod limits;
 mod ordering;
 mod sends;
+mod upgrade;
 mod watch;
+
+pub use upgrade::upgrade;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -24,20 +25,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{
-    extract::{
-        State,
-        ws::{
-            Message as WsMessage, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
-        },
-    },
-    http::HeaderMap,
-    response::{IntoResponse, Response},
-};
+use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures::{FutureExt as _, SinkExt as _};
-use parley_kit::{ErrorCode, domain::UserId};
+use parley_kit::domain::UserId;
 use parley_proto::messaging::v1 as pb;
-use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 
@@ -57,51 +48,6 @@ use crate::{
 };
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
-
-#[derive(Deserialize)]
-pub struct WsQuery {
-    token: Option<String>,
-}
-
-/// `GET /v1/ws`: authenticates, then upgrades.
-pub async fn upgrade(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    crate::extract::Q(q): crate::extract::Q<WsQuery>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    let user =
-        match crate::auth::bearer(&headers, q.token.as_deref()).and_then(|t| app.auth.verify(&t)) {
-            Ok(u) => u,
-            Err(e) => return e.into_response(),
-        };
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(e) => {
-            return ApiError::invalid(format!("not a WebSocket upgrade: {}", e.body_text()))
-                .into_response();
-        }
-    };
-    if app.draining.is_cancelled() {
-        return ApiError::new(
-            ErrorCode::Unavailable,
-            "this node is draining; connect to another",
-        )
-        .into_response();
-    }
-    let session = uuid::Uuid::now_v7().to_string();
-    let ticket = match app.admission.admit(user.as_str(), &session).await {
-        Ok(t) => t,
-        Err(e) => return e.into_response(),
-    };
-    let tracker = app.connections.clone();
-    ws.max_message_size(app.config.ws.max_frame_bytes)
-        .max_frame_size(app.config.ws.max_frame_bytes)
-        .read_buffer_size(app.config.ws.read_buffer_bytes)
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move { Conn::run(app, user, socket, session, ticket).await })
-        })
-}
 
 struct Conn {
     app: Arc<App>,
