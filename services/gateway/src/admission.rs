@@ -177,28 +177,23 @@ impl Admission {
     }
 
     /// `user` kept flooding: their new connections are refused for `ws.flood_ban_secs`, on
-    /// every replica (so a flooder cannot just reconnect and flood again).
-    pub fn ban(&self, user: &str) {
+    /// every replica (so a flooder cannot just reconnect and flood again). Waits for Redis
+    /// (bounded by the connection's response timeout).
+    pub async fn ban(&self, user: &str) {
         if self.inner.ban.is_zero() {
             return;
         }
-        let (key, secs, mut conn) = (
-            self.ban_key(user),
-            self.inner.ban.as_secs(),
-            self.inner.redis.clone(),
-        );
-        tokio::spawn(async move {
-            let set: redis::RedisResult<()> = redis::cmd("SET")
-                .arg(&key)
-                .arg(1)
-                .arg("EX")
-                .arg(secs)
-                .query_async(&mut conn)
-                .await;
-            if let Err(e) = set {
-                tracing::warn!(error = %e, "admission: could not record a flood ban");
-            }
-        });
+        let mut conn = self.inner.redis.clone();
+        let set: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(self.ban_key(user))
+            .arg(1)
+            .arg("EX")
+            .arg(self.inner.ban.as_secs())
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = set {
+            tracing::warn!(error = %e, "admission: could not record a flood ban");
+        }
     }
 }
 

@@ -49,7 +49,9 @@ impl Conn {
                 Err(Flood::Close) => {
                     metrics::counter!("gateway_ws_closed_total", "reason" => "flood").increment(1);
                     tracing::info!(user = %self.user, conn = self.id, "websocket closed: frame flood");
-                    self.app.admission.ban(self.user.as_str());
+                    // Recorded before the close goes out: a reconnect right after it is
+                    // refused (the client cannot beat the ban to Redis).
+                    self.app.admission.ban(self.user.as_str()).await;
                     return Err(self.close(CLOSE_POLICY, "frame rate exceeded").await);
                 }
             }
