@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::{
     ApiError,
-    view::{Message, Role, Status},
+    view::{Channel, Message, Role, Status},
 };
 
 /// A frame from the client. Field values are validated as they are read; what depends on
@@ -212,6 +212,11 @@ pub enum ServerFrame {
         channel_id: String,
         user_id: String,
         removed_by: String,
+    },
+    /// A channel's name, topic or description changed.
+    ChannelUpdated {
+        channel: Channel,
+        updated_by: String,
     },
     /// The answer to a `send`.
     Sent {

@@ -14,26 +14,59 @@ pub fn time_str(t: Option<&prost_types::Timestamp>) -> Option<String> {
         .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
 
+/// A channel as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    pub id: String,
+    /// `group` or `direct`.
+    pub kind: String,
+    pub name: String,
+    pub created_by: String,
+    pub created_at: Option<String>,
+    pub member_count: u32,
+    pub last_seq: u64,
+    pub last_activity_at: Option<String>,
+    /// One line shown with the channel (empty when none).
+    pub topic: String,
+    /// What the channel is for (empty when none).
+    pub description: String,
+}
+
+impl From<&pb::Channel> for Channel {
+    fn from(c: &pb::Channel) -> Self {
+        let pb::Channel {
+            id,
+            kind,
+            name,
+            created_by,
+            created_at,
+            member_count,
+            last_seq,
+            last_activity_at,
+            topic,
+            description,
+        } = c;
+        let kind = match pb::ChannelKind::try_from(*kind) {
+            Ok(pb::ChannelKind::Direct) => "direct",
+            _ => "group",
+        };
+        Self {
+            id: id.clone(),
+            kind: kind.to_owned(),
+            name: name.clone(),
+            created_by: created_by.clone(),
+            created_at: time_str(created_at.as_ref()),
+            member_count: *member_count,
+            last_seq: *last_seq,
+            last_activity_at: time_str(last_activity_at.as_ref()),
+            topic: topic.clone(),
+            description: description.clone(),
+        }
+    }
+}
+
 pub fn channel(c: &pb::Channel) -> Value {
-    let pb::Channel {
-        id,
-        kind,
-        name,
-        created_by,
-        created_at,
-        member_count,
-        last_seq,
-        last_activity_at,
-    } = c;
-    let kind = match pb::ChannelKind::try_from(*kind) {
-        Ok(pb::ChannelKind::Direct) => "direct",
-        _ => "group",
-    };
-    json!({
-        "id": id, "kind": kind, "name": name, "created_by": created_by,
-        "created_at": time(created_at.as_ref()), "member_count": member_count,
-        "last_seq": last_seq, "last_activity_at": time(last_activity_at.as_ref()),
-    })
+    serde_json::to_value(Channel::from(c)).unwrap_or(Value::Null)
 }
 
 /// A member's role in a channel.

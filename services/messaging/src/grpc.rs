@@ -102,6 +102,68 @@ fn user<T>(req: &Request<T>) -> Result<UserId, Status> {
     Ok(UserId::parse(&caller(req)?)?)
 }
 
+impl Messaging {
+    /// A group channel's name: trimmed, 1 to `limits.max_name_chars` characters, no control
+    /// characters.
+    fn group_name(&self, name: &str) -> Result<String, Status> {
+        let name = name.trim();
+        parley_kit::domain::check_text("name", name)?;
+        let chars = name.chars().count();
+        let max = self.config.limits.max_name_chars;
+        if chars == 0 || chars > max {
+            return Err(invalid(format!(
+                "a group channel needs a name of 1-{max} characters"
+            )));
+        }
+        Ok(name.to_owned())
+    }
+
+    /// What an UpdateChannel sets, validated: the name as at creation, a topic of one line
+    /// and a description within their limits (empty clears them).
+    fn channel_changes(
+        &self,
+        req: &pb::UpdateChannelRequest,
+    ) -> Result<store::ChannelChanges, Status> {
+        let limits = &self.config.limits;
+        let text = |field: &str,
+                    v: &Option<String>,
+                    max: usize,
+                    one_line: bool|
+         -> Result<Option<String>, Status> {
+            let Some(v) = v else { return Ok(None) };
+            let v = v.trim();
+            parley_kit::domain::check_text(field, v)?;
+            if one_line && v.contains(['\n', '\r']) {
+                return Err(invalid(format!("{field} must be one line")));
+            }
+            if v.chars().count() > max {
+                return Err(invalid(format!("{field} is longer than {max} characters")));
+            }
+            Ok(Some(v.to_owned()))
+        };
+        let changes = store::ChannelChanges {
+            name: req
+                .name
+                .as_deref()
+                .map(|n| self.group_name(n))
+                .transpose()?,
+            topic: text("topic", &req.topic, limits.max_topic_chars, true)?,
+            description: text(
+                "description",
+                &req.description,
+                limits.max_description_chars,
+                false,
+            )?,
+        };
+        if changes.name.is_none() && changes.topic.is_none() && changes.description.is_none() {
+            return Err(invalid(
+                "nothing to change: give a name, topic or description",
+            ));
+        }
+        Ok(changes)
+    }
+}
+
 fn channel_id(s: &str) -> Result<Uuid, Status> {
     Ok(parse_uuid("channel_id", s)?)
 }
@@ -158,19 +220,11 @@ impl MessagingService for Messaging {
             .collect::<Result<Vec<_>, _>>()?;
         let change = match pb::ChannelKind::try_from(kind) {
             Ok(pb::ChannelKind::Group) => {
-                let name = name.trim();
-                parley_kit::domain::check_text("name", name)?;
-                let chars = name.chars().count();
-                if chars == 0 || chars > self.config.limits.max_name_chars {
-                    return Err(invalid(format!(
-                        "a group channel needs a name of 1-{} characters",
-                        self.config.limits.max_name_chars
-                    )));
-                }
+                let name = self.group_name(&name)?;
                 store::create_group(
                     self.tx().await?,
                     &caller,
-                    name,
+                    &name,
                     &members,
                     self.config.limits.max_members,
                     self.config.limits.max_channels_per_user,
@@ -211,6 +265,22 @@ impl MessagingService for Messaging {
         let c = store::get_channel(&mut *self.conn().await?, &caller, id).await?;
         Ok(Response::new(pb::GetChannelResponse {
             channel: Some(c.into()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(channel = %req.get_ref().channel_id))]
+    async fn update_channel(
+        &self,
+        req: Request<pb::UpdateChannelRequest>,
+    ) -> Result<Response<pb::UpdateChannelResponse>, Status> {
+        let caller = user(&req)?;
+        let id = channel_id(&req.get_ref().channel_id)?;
+        let changes = self.channel_changes(req.get_ref())?;
+        let done = store::update_channel(self.tx().await?, &caller, id, changes).await?;
+        self.publish(done.pending).await;
+        Ok(Response::new(pb::UpdateChannelResponse {
+            channel: Some(done.row.into()),
+            changed: done.created,
         }))
     }
 
@@ -514,6 +584,8 @@ mod tests {
             member_count: 1,
             last_seq: 0,
             last_activity_at: at,
+            topic: String::new(),
+            description: String::new(),
         };
         assert_eq!(
             decode_cursor(&encode_cursor(&row)).expect("decodes"),

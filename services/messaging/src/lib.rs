@@ -72,6 +72,8 @@ pub struct Limits {
     pub default_page: u32,
     pub max_page: u32,
     pub max_name_chars: usize,
+    pub max_topic_chars: usize,
+    pub max_description_chars: usize,
     pub max_send_items: usize,
 }
 

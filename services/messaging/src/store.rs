@@ -30,6 +30,8 @@ pub struct ChannelRow {
     pub member_count: i32,
     pub last_seq: i64,
     pub last_activity_at: DateTime<Utc>,
+    pub topic: String,
+    pub description: String,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -70,8 +72,8 @@ pub struct Pending {
     pub payload: Vec<u8>,
 }
 
-const CHANNEL_COLS: &str =
-    "id, kind, name, created_by, created_at, member_count, last_seq, last_activity_at";
+const CHANNEL_COLS: &str = "id, kind, name, created_by, created_at, member_count, last_seq, \
+     last_activity_at, topic, description";
 const MESSAGE_COLS: &str =
     "id, channel_id, seq, sender_id, client_msg_id, body, created_at, edited_at, deleted";
 
@@ -93,6 +95,8 @@ impl From<ChannelRow> for pb::Channel {
             member_count,
             last_seq,
             last_activity_at,
+            topic,
+            description,
         } = r;
         pb::Channel {
             id: id.to_string(),
@@ -107,6 +111,8 @@ impl From<ChannelRow> for pb::Channel {
             member_count: member_count.max(0) as u32,
             last_seq: last_seq.max(0) as u64,
             last_activity_at: Some(ts(last_activity_at)),
+            topic,
+            description,
         }
     }
 }
@@ -404,6 +410,75 @@ pub async fn get_channel(
     channel_row(conn, channel, false).await
 }
 
+/// What an update sets (`None`: unchanged). Validated by the caller.
+#[derive(Debug, Default)]
+pub struct ChannelChanges {
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub description: Option<String>,
+}
+
+/// Changes a group channel's name, topic and/or description (owners and admins). A change
+/// that changes nothing publishes no event (`Created::created` false, no pending).
+pub async fn update_channel(
+    mut tx: Tx,
+    caller: &UserId,
+    channel: Uuid,
+    changes: ChannelChanges,
+) -> Result<Created<ChannelRow>, Error> {
+    let role = require_member(&mut tx, channel, caller).await?;
+    let before = channel_row(&mut tx, channel, true).await?;
+    if before.kind == "direct" {
+        return Err(Error::Conflict(
+            "a direct channel has no name, topic or description".into(),
+        ));
+    }
+    if !role.manages() {
+        return Err(Error::PermissionDenied(
+            "only an owner or admin changes a channel's name, topic or description".into(),
+        ));
+    }
+    let ChannelChanges {
+        name,
+        topic,
+        description,
+    } = changes;
+    let unchanged = name.as_ref().is_none_or(|n| *n == before.name)
+        && topic.as_ref().is_none_or(|t| *t == before.topic)
+        && description
+            .as_ref()
+            .is_none_or(|d| *d == before.description);
+    if unchanged {
+        tx.commit().await?;
+        return Ok(Created {
+            row: before,
+            created: false,
+            pending: Vec::new(),
+        });
+    }
+    let row = sqlx::query_as::<_, ChannelRow>(sqlx::AssertSqlSafe(format!(
+        "UPDATE channels SET name = COALESCE($2, name), topic = COALESCE($3, topic), \
+         description = COALESCE($4, description) WHERE id = $1 RETURNING {CHANNEL_COLS}"
+    )))
+    .bind(channel)
+    .bind(name)
+    .bind(topic)
+    .bind(description)
+    .fetch_one(&mut *tx)
+    .await?;
+    let payload = ev::event::Payload::ChannelUpdated(ev::ChannelUpdated {
+        channel: Some(row.clone().into()),
+        updated_by: caller.to_string(),
+    });
+    let p = enqueue(&mut tx, channel, payload, vec![channel_topic(channel)]).await?;
+    tx.commit().await?;
+    Ok(Created {
+        row,
+        created: true,
+        pending: vec![p],
+    })
+}
+
 /// One page of the caller's channels, most recently active first.
 pub async fn list_channels(
     conn: &mut PgConnection,
@@ -413,7 +488,8 @@ pub async fn list_channels(
 ) -> Result<(Vec<ChannelRow>, bool), Error> {
     let (at, id) = after.map_or((None, None), |(t, i)| (Some(t), Some(i)));
     let mut rows = sqlx::query_as::<_, ChannelRow>(
-        "SELECT c.id, c.kind, c.name, c.created_by, c.created_at, c.member_count, c.last_seq, c.last_activity_at
+        "SELECT c.id, c.kind, c.name, c.created_by, c.created_at, c.member_count, c.last_seq, c.last_activity_at,
+                c.topic, c.description
          FROM members m JOIN channels c ON c.id = m.channel_id
          WHERE m.user_id = $1
            AND ($2::timestamptz IS NULL OR (c.last_activity_at, c.id) < ($2::timestamptz, $3::uuid))

@@ -112,6 +112,8 @@ impl Delta {
                 self.channel(channel, seq_of(message)?.0);
                 Ok("message_deleted")
             }
+            // Name, topic and description are not receipts' concern.
+            ev::event::Payload::ChannelUpdated(_) => Ok("channel_updated"),
             ev::event::Payload::MemberJoined(ev::MemberJoined {
                 member,
                 added_by: _,

@@ -130,6 +130,49 @@ pub async fn get(
     Ok(resp.channel)
 }
 
+/// What a channel update sets (`None`: unchanged).
+#[derive(Debug, Default)]
+pub struct ChannelChanges {
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub description: Option<String>,
+}
+
+/// Changes a group channel's name, topic and/or description (owners and admins; messaging
+/// decides). Counts against `rate.edits`. Members get a `channel_updated` event when
+/// something changed.
+pub async fn update(
+    app: &App,
+    user: &UserId,
+    channel: &ChannelId,
+    changes: ChannelChanges,
+) -> Result<Option<pb::Channel>, ApiError> {
+    let ChannelChanges {
+        name,
+        topic,
+        description,
+    } = changes;
+    if name.is_none() && topic.is_none() && description.is_none() {
+        return Err(ApiError::invalid(
+            "nothing to change: give a name, topic or description",
+        ));
+    }
+    app.limiter.check(Kind::Edits, user.as_str()).await?;
+    let req = pb::UpdateChannelRequest {
+        channel_id: channel.to_string(),
+        name,
+        topic,
+        description,
+    };
+    let resp = app
+        .messaging
+        .clone()
+        .update_channel(request(user, req)?)
+        .await?
+        .into_inner();
+    Ok(resp.channel)
+}
+
 /// Every channel of the caller with its last seq (where a connection starts).
 pub async fn positions(app: &App, user: &UserId) -> Result<Vec<(String, u64)>, ApiError> {
     let req = request(user, pb::ListChannelPositionsRequest {})?;

@@ -91,6 +91,31 @@ pub(super) async fn list_members(
 }
 
 #[derive(Deserialize)]
+pub(super) struct UpdateChannelBody {
+    name: Option<String>,
+    topic: Option<String>,
+    description: Option<String>,
+}
+
+pub(super) async fn update_channel(
+    State(app): AppState,
+    Caller(user): Caller,
+    P(id): P<String>,
+    JsonBody(b): JsonBody<UpdateChannelBody>,
+) -> Result<Json<Value>, ApiError> {
+    let channel = channel_path(&id)?;
+    let changes = channels::ChannelChanges {
+        name: b.name,
+        topic: b.topic,
+        description: b.description,
+    };
+    let channel = channels::update(&app, &user, &channel, changes).await?;
+    Ok(Json(
+        channel.as_ref().map(view::channel).unwrap_or(Value::Null),
+    ))
+}
+
+#[derive(Deserialize)]
 pub(super) struct AddMemberBody {
     user_id: String,
 }

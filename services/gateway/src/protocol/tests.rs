@@ -158,6 +158,39 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
+fn channel() -> impl Strategy<Value = Channel> {
+    (
+        (
+            ".{0,8}",
+            prop_oneof![Just("group"), Just("direct")],
+            ".{0,8}",
+            ".{0,8}",
+        ),
+        (proptest::option::of(".{0,8}"), any::<u32>(), any::<u64>()),
+        (proptest::option::of(".{0,8}"), ".{0,8}", ".{0,8}"),
+    )
+        .prop_map(
+            |(
+                (id, kind, name, created_by),
+                (created_at, member_count, last_seq),
+                (last_activity_at, topic, description),
+            )| {
+                Channel {
+                    id,
+                    kind: kind.to_owned(),
+                    name,
+                    created_by,
+                    created_at,
+                    member_count,
+                    last_seq,
+                    last_activity_at,
+                    topic,
+                    description,
+                }
+            },
+        )
+}
+
 fn message() -> impl Strategy<Value = Message> {
     (
         (
@@ -225,6 +258,10 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 user_id,
                 removed_by,
             }
+        }),
+        (channel(), s()).prop_map(|(channel, updated_by)| ServerFrame::ChannelUpdated {
+            channel,
+            updated_by
         }),
         (r(), proptest::option::of(message()))
             .prop_map(|(r, message)| ServerFrame::Sent { r, message }),

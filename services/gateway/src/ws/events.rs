@@ -106,6 +106,19 @@ impl Conn {
                 }
                 Ok(())
             }
+            Some(Payload::ChannelUpdated(u)) => {
+                let Some(c) = &u.channel else {
+                    return Ok(());
+                };
+                if !self.engine.follows(&c.id) {
+                    return Ok(());
+                }
+                self.frame(ServerFrame::ChannelUpdated {
+                    channel: view::Channel::from(c),
+                    updated_by: u.updated_by.clone(),
+                })
+                .await
+            }
             Some(Payload::MemberLeft(l)) => {
                 let me = l.user_id == self.user.as_str();
                 if me != d.via_user_topic || self.seen_event(&event.event_id) {

@@ -3,6 +3,7 @@
 
 mod abuse;
 mod authz;
+mod channels;
 mod chat;
 mod direct;
 mod drain;

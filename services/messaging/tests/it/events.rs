@@ -56,6 +56,11 @@ fn describe(e: &ev::Event) -> String {
             )
         }
         Some(Payload::MemberLeft(p)) => format!("left {} by {}", p.user_id, p.removed_by),
+        Some(Payload::ChannelUpdated(p)) => format!(
+            "updated channel {:?} by {}",
+            p.channel.as_ref().map_or("", |c| c.name.as_str()),
+            p.updated_by
+        ),
         None => "empty".into(),
     }
 }

@@ -64,6 +64,7 @@ macro_rules! forward {
 forward! {
     create_channel(CreateChannelRequest) -> CreateChannelResponse;
     get_channel(GetChannelRequest) -> GetChannelResponse;
+    update_channel(UpdateChannelRequest) -> UpdateChannelResponse;
     list_channels(ListChannelsRequest) -> ListChannelsResponse;
     list_channel_positions(ListChannelPositionsRequest) -> ListChannelPositionsResponse;
     list_members(ListMembersRequest) -> ListMembersResponse;

@@ -1,0 +1,176 @@
+//! Channel metadata: `PATCH /v1/channels/{id}` (name, topic, description), who may change
+//! it, what members see live, and bad input that changes nothing.
+
+use parley_testkit::{Client, Stack, Ws};
+use serde_json::json;
+
+use crate::{T, assert_error};
+
+#[tokio::test]
+async fn owners_change_name_topic_and_description_and_members_see_it_live() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let bob = Client::new(&stack.url(0), "bob");
+    let ch = alice.group("ops", &["bob"]).await?;
+    let path = format!("/v1/channels/{ch}");
+    let mut bob_ws = Ws::connect(&stack.url(0), "bob").await?;
+
+    // A new channel has an empty topic and description.
+    let before = alice.channel(&ch).await?;
+    assert_eq!(
+        (before["topic"].clone(), before["description"].clone()),
+        (json!(""), json!(""))
+    );
+
+    let (s, c, _) = alice
+        .req(
+            "PATCH",
+            &path,
+            Some(json!({"topic": "  incidents only  ", "description": "Pager rota\nand runbooks"})),
+        )
+        .await?;
+    assert_eq!(s, 200, "{c}");
+    assert_eq!(c["name"], "ops", "unset fields keep their value");
+    assert_eq!(c["topic"], "incidents only", "trimmed");
+    assert_eq!(c["description"], "Pager rota\nand runbooks");
+    assert_eq!(c["id"], before["id"]);
+    assert_eq!(c["last_seq"], before["last_seq"]);
+
+    let live = bob_ws.expect("channel_updated", T).await?;
+    assert_eq!(
+        live["channel"], c,
+        "the event carries the channel as it is now"
+    );
+    assert_eq!(live["updated_by"], "alice");
+    assert_eq!(bob.channel(&ch).await?, c, "bob reads it too");
+
+    // Changing nothing answers the channel and publishes nothing: the next event bob gets
+    // is the rename after it.
+    let (s, same, _) = alice
+        .req("PATCH", &path, Some(json!({"topic": "incidents only"})))
+        .await?;
+    assert_eq!((s, same), (200, c.clone()));
+    let (s, renamed, _) = alice
+        .req(
+            "PATCH",
+            &path,
+            Some(json!({"name": "ops-team", "topic": ""})),
+        )
+        .await?;
+    assert_eq!(s, 200, "{renamed}");
+    assert_eq!(
+        (renamed["name"].clone(), renamed["topic"].clone()),
+        (json!("ops-team"), json!(""))
+    );
+    let live = bob_ws.expect("channel_updated", T).await?;
+    assert_eq!(live["channel"], renamed);
+
+    // The channel list shows the metadata.
+    let (s, list, _) = bob.req("GET", "/v1/channels", None).await?;
+    assert_eq!(s, 200);
+    let entry = list["channels"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["id"] == json!(ch)))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(entry["name"], "ops-team");
+    assert_eq!(entry["description"], "Pager rota\nand runbooks");
+    Ok(())
+}
+
+#[tokio::test]
+async fn members_strangers_and_direct_channels_are_refused() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let bob = Client::new(&stack.url(0), "bob");
+    let dave = Client::new(&stack.url(0), "dave");
+    let ch = alice.group("ops", &["bob"]).await?;
+    let path = format!("/v1/channels/{ch}");
+    let body = Some(json!({"name": "mine now"}));
+
+    assert_error(
+        &bob.req("PATCH", &path, body.clone()).await?,
+        403,
+        "permission_denied",
+    );
+    assert_error(
+        &dave.req("PATCH", &path, body.clone()).await?,
+        403,
+        "permission_denied",
+    );
+    let unknown = format!("/v1/channels/{}", uuid::Uuid::now_v7());
+    assert_error(
+        &alice.req("PATCH", &unknown, body.clone()).await?,
+        404,
+        "not_found",
+    );
+
+    let (s, d, _) = alice
+        .req(
+            "POST",
+            "/v1/channels",
+            Some(json!({"kind": "direct", "members": ["bob"]})),
+        )
+        .await?;
+    assert_eq!(s, 201, "{d}");
+    let direct = format!("/v1/channels/{}", d["id"].as_str().unwrap_or_default());
+    assert_error(
+        &alice
+            .req("PATCH", &direct, Some(json!({"topic": "us"})))
+            .await?,
+        409,
+        "conflict",
+    );
+    assert_eq!(alice.channel(&ch).await?["name"], "ops", "nothing changed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_metadata_is_invalid_and_changes_nothing() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let ch = alice.group("ops", &[]).await?;
+    let path = format!("/v1/channels/{ch}");
+    let before = alice.channel(&ch).await?;
+    for bad in [
+        json!({}),
+        json!({"name": null, "topic": null}),
+        json!({"name": ""}),
+        json!({"name": "   "}),
+        json!({"name": "x".repeat(101)}),
+        json!({"name": "nul\u{0}"}),
+        json!({"topic": "two\nlines"}),
+        json!({"topic": "t".repeat(251)}),
+        json!({"topic": "bell\u{7}"}),
+        json!({"description": "d".repeat(1001)}),
+        json!({"description": "esc\u{9b}[2J"}),
+        json!({"name": 5}),
+    ] {
+        let reply = alice.req("PATCH", &path, Some(bad.clone())).await?;
+        assert_eq!(reply.0, 400, "{bad} → {}", reply.1);
+        assert_eq!(reply.1["error"]["code"], "invalid_argument", "{bad}");
+    }
+    assert_error(
+        &alice
+            .req(
+                "PATCH",
+                "/v1/channels/not-a-uuid",
+                Some(json!({"name": "x"})),
+            )
+            .await?,
+        400,
+        "invalid_argument",
+    );
+    // At the limits exactly: accepted.
+    let (s, c, _) = alice
+        .req(
+            "PATCH",
+            &path,
+            Some(json!({"name": "n".repeat(100), "topic": "t".repeat(250), "description": "d".repeat(1000)})),
+        )
+        .await?;
+    assert_eq!(s, 200, "{c}");
+    assert_eq!(c["topic"].as_str().map(str::len), Some(250));
+    assert_eq!(c["id"], before["id"]);
+    Ok(())
+}
