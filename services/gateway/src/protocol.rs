@@ -213,6 +213,13 @@ pub enum ServerFrame {
         user_id: String,
         removed_by: String,
     },
+    /// A member's role changed.
+    MemberUpdated {
+        channel_id: String,
+        user_id: String,
+        role: Role,
+        updated_by: String,
+    },
     /// A channel's name, topic or description changed.
     ChannelUpdated {
         channel: Channel,

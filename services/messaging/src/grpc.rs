@@ -408,6 +408,57 @@ impl MessagingService for Messaging {
         Ok(Response::new(pb::RemoveMemberResponse {}))
     }
 
+    #[tracing::instrument(skip_all, fields(channel = %req.get_ref().channel_id))]
+    async fn set_member_role(
+        &self,
+        req: Request<pb::SetMemberRoleRequest>,
+    ) -> Result<Response<pb::SetMemberRoleResponse>, Status> {
+        let caller = user(&req)?;
+        let pb::SetMemberRoleRequest {
+            channel_id: ch,
+            user_id,
+            role,
+        } = req.into_inner();
+        let id = channel_id(&ch)?;
+        let target = UserId::parse(&user_id)?;
+        let role = match pb::Role::try_from(role) {
+            Ok(pb::Role::Admin) => store::Role::Admin,
+            Ok(pb::Role::Member) => store::Role::Member,
+            _ => {
+                return Err(invalid(
+                    "role must be admin or member (ownership moves by a transfer)",
+                ));
+            }
+        };
+        let done = store::set_role(self.tx().await?, &caller, id, &target, role).await?;
+        self.publish(done.pending).await;
+        Ok(Response::new(pb::SetMemberRoleResponse {
+            member: Some(done.row.into()),
+            changed: done.created,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(channel = %req.get_ref().channel_id))]
+    async fn transfer_ownership(
+        &self,
+        req: Request<pb::TransferOwnershipRequest>,
+    ) -> Result<Response<pb::TransferOwnershipResponse>, Status> {
+        let caller = user(&req)?;
+        let pb::TransferOwnershipRequest {
+            channel_id: ch,
+            user_id,
+        } = req.into_inner();
+        let id = channel_id(&ch)?;
+        let target = UserId::parse(&user_id)?;
+        let (owner, previous, pending) =
+            store::transfer_ownership(self.tx().await?, &caller, id, &target).await?;
+        self.publish(pending).await;
+        Ok(Response::new(pb::TransferOwnershipResponse {
+            owner: Some(owner.into()),
+            previous: Some(previous.into()),
+        }))
+    }
+
     #[tracing::instrument(skip_all, fields(channel = %req.get_ref().channel_id, seq))]
     async fn send_message(
         &self,

@@ -14,7 +14,9 @@ mod members;
 mod role;
 mod send;
 use members::check_channels_of;
-pub use members::{add_member, contacts, list_members, remove_member};
+pub use members::{
+    add_member, contacts, list_members, remove_member, set_role, transfer_ownership,
+};
 pub use role::Role;
 pub use send::{Assumed, SendKey, check_sends, write_sends, write_sends_checked};
 
@@ -387,7 +389,7 @@ pub async fn create_direct(
     };
     check_channels_of(&mut tx, &[caller.as_str(), other.as_str()], max_channels).await?;
     let me = caller.as_str();
-    let p1 = insert_member(&mut tx, &channel, me, Role::Owner, me)
+    let p1 = insert_member(&mut tx, &channel, me, Role::Member, me)
         .await?
         .1;
     let p2 = insert_member(&mut tx, &channel, other.as_str(), Role::Member, me)

@@ -112,8 +112,9 @@ impl Delta {
                 self.channel(channel, seq_of(message)?.0);
                 Ok("message_deleted")
             }
-            // Name, topic and description are not receipts' concern.
+            // Names, topics, descriptions and roles are not receipts' concern.
             ev::event::Payload::ChannelUpdated(_) => Ok("channel_updated"),
+            ev::event::Payload::MemberRoleChanged(_) => Ok("member_role_changed"),
             ev::event::Payload::MemberJoined(ev::MemberJoined {
                 member,
                 added_by: _,

@@ -231,6 +231,60 @@ pub async fn add_member(
     Ok(resp)
 }
 
+/// Makes `target` an admin or a plain member (`role`: `"admin"` or `"member"`); the rank
+/// rules are messaging's. Counts against `rate.edits`.
+pub async fn set_role(
+    app: &App,
+    user: &UserId,
+    channel: &ChannelId,
+    target: &UserId,
+    role: &str,
+) -> Result<Option<pb::Member>, ApiError> {
+    let role = match role {
+        "admin" => pb::Role::Admin,
+        "member" => pb::Role::Member,
+        _ => {
+            return Err(ApiError::invalid(
+                "role must be \"admin\" or \"member\" (ownership moves by POST …/owner)",
+            ));
+        }
+    };
+    app.limiter.check(Kind::Edits, user.as_str()).await?;
+    let req = pb::SetMemberRoleRequest {
+        channel_id: channel.to_string(),
+        user_id: target.to_string(),
+        role: role as i32,
+    };
+    let resp = app
+        .messaging
+        .clone()
+        .set_member_role(request(user, req)?)
+        .await?
+        .into_inner();
+    Ok(resp.member)
+}
+
+/// The owner hands the channel to `target`; the caller becomes an admin. Counts against
+/// `rate.edits`.
+pub async fn transfer_ownership(
+    app: &App,
+    user: &UserId,
+    channel: &ChannelId,
+    target: &UserId,
+) -> Result<pb::TransferOwnershipResponse, ApiError> {
+    app.limiter.check(Kind::Edits, user.as_str()).await?;
+    let req = pb::TransferOwnershipRequest {
+        channel_id: channel.to_string(),
+        user_id: target.to_string(),
+    };
+    Ok(app
+        .messaging
+        .clone()
+        .transfer_ownership(request(user, req)?)
+        .await?
+        .into_inner())
+}
+
 /// Removes `target` (or the caller leaves, when `target` is the caller).
 pub async fn remove_member(
     app: &App,

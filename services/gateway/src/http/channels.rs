@@ -136,6 +136,40 @@ pub(super) async fn add_member(
     Ok(created_or_existing(resp.created, body))
 }
 
+#[derive(Deserialize)]
+pub(super) struct RoleBody {
+    role: String,
+}
+
+pub(super) async fn set_member_role(
+    State(app): AppState,
+    Caller(user): Caller,
+    P((id, target)): P<(String, String)>,
+    JsonBody(b): JsonBody<RoleBody>,
+) -> Result<Json<Value>, ApiError> {
+    let target = UserId::parse(&target)?;
+    let member = channels::set_role(&app, &user, &channel_path(&id)?, &target, &b.role).await?;
+    Ok(Json(
+        member.as_ref().map(view::member).unwrap_or(Value::Null),
+    ))
+}
+
+pub(super) async fn transfer_ownership(
+    State(app): AppState,
+    Caller(user): Caller,
+    P(id): P<String>,
+    JsonBody(b): JsonBody<AddMemberBody>,
+) -> Result<Json<Value>, ApiError> {
+    let target = UserId::parse(&b.user_id)?;
+    let resp = channels::transfer_ownership(&app, &user, &channel_path(&id)?, &target).await?;
+    let member = |m: &Option<parley_proto::messaging::v1::Member>| {
+        m.as_ref().map(view::member).unwrap_or(Value::Null)
+    };
+    Ok(Json(
+        json!({"owner": member(&resp.owner), "previous": member(&resp.previous)}),
+    ))
+}
+
 pub(super) async fn remove_member(
     State(app): AppState,
     Caller(user): Caller,

@@ -46,8 +46,9 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route(
             "/v1/channels/{id}/members/{user_id}",
-            axum::routing::delete(remove_member),
+            axum::routing::delete(remove_member).put(set_member_role),
         )
+        .route("/v1/channels/{id}/owner", post(transfer_ownership))
         .route(
             "/v1/channels/{id}/messages",
             post(send_message).get(list_messages),

@@ -259,6 +259,20 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 removed_by,
             }
         }),
+        (
+            s(),
+            s(),
+            prop_oneof![Just(Role::Owner), Just(Role::Admin), Just(Role::Member)],
+            s()
+        )
+            .prop_map(|(channel_id, user_id, role, updated_by)| {
+                ServerFrame::MemberUpdated {
+                    channel_id,
+                    user_id,
+                    role,
+                    updated_by,
+                }
+            }),
         (channel(), s()).prop_map(|(channel, updated_by)| ServerFrame::ChannelUpdated {
             channel,
             updated_by

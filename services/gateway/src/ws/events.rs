@@ -106,6 +106,26 @@ impl Conn {
                 }
                 Ok(())
             }
+            Some(Payload::MemberRoleChanged(c)) => {
+                let Some(member) = &c.member else {
+                    return Ok(());
+                };
+                let me = member.user_id == self.user.as_str();
+                // About this user it comes on the user topic too: one copy.
+                if me != d.via_user_topic
+                    || self.seen_event(&event.event_id)
+                    || !self.engine.follows(&member.channel_id)
+                {
+                    return Ok(());
+                }
+                self.frame(ServerFrame::MemberUpdated {
+                    channel_id: member.channel_id.clone(),
+                    user_id: member.user_id.clone(),
+                    role: view::Role::of(member.role),
+                    updated_by: c.changed_by.clone(),
+                })
+                .await
+            }
             Some(Payload::ChannelUpdated(u)) => {
                 let Some(c) = &u.channel else {
                     return Ok(());

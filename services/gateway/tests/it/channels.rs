@@ -174,3 +174,266 @@ async fn bad_metadata_is_invalid_and_changes_nothing() -> anyhow::Result<()> {
     assert_eq!(c["id"], before["id"]);
     Ok(())
 }
+
+fn role_of(members: &serde_json::Value, user: &str) -> String {
+    members["members"]
+        .as_array()
+        .and_then(|a| a.iter().find(|m| m["user_id"] == user))
+        .and_then(|m| m["role"].as_str())
+        .unwrap_or("none")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn owners_name_admins_admins_manage_members_and_nobody_outranks_themselves()
+-> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let bob = Client::new(&stack.url(0), "bob");
+    let carol = Client::new(&stack.url(0), "carol");
+    let ch = alice.group("ops", &["bob", "carol"]).await?;
+    let member = |u: &str| format!("/v1/channels/{ch}/members/{u}");
+    let mut carol_ws = Ws::connect(&stack.url(0), "carol").await?;
+    let mut bob_ws = Ws::connect(&stack.url(0), "bob").await?;
+
+    // A plain member changes no one's role.
+    assert_error(
+        &carol
+            .req("PUT", &member("bob"), Some(json!({"role": "admin"})))
+            .await?,
+        403,
+        "permission_denied",
+    );
+    // The owner makes bob an admin: everyone sees it live, bob once.
+    let (s, m, _) = alice
+        .req("PUT", &member("bob"), Some(json!({"role": "admin"})))
+        .await?;
+    assert_eq!(s, 200, "{m}");
+    assert_eq!(
+        (m["user_id"].clone(), m["role"].clone()),
+        (json!("bob"), json!("admin"))
+    );
+    for ws in [&mut carol_ws, &mut bob_ws] {
+        let f = ws.expect("member_updated", T).await?;
+        assert_eq!(
+            (
+                f["channel_id"].clone(),
+                f["user_id"].clone(),
+                f["role"].clone(),
+                f["updated_by"].clone()
+            ),
+            (json!(ch), json!("bob"), json!("admin"), json!("alice"))
+        );
+    }
+    let frames = bob_ws
+        .joined_barrier(&Client::new(&stack.url(0), "bob"), T)
+        .await?;
+    assert!(
+        !frames.iter().any(|f| f["type"] == "member_updated"),
+        "bob got his change twice: {frames:?}"
+    );
+
+    // Admins manage members (add, change metadata) but name no admins and touch no one at
+    // or above their rank.
+    let (s, _, _) = bob
+        .req(
+            "POST",
+            &format!("/v1/channels/{ch}/members"),
+            Some(json!({"user_id": "dave"})),
+        )
+        .await?;
+    assert_eq!(s, 201);
+    let (s, _, _) = bob
+        .req(
+            "PATCH",
+            &format!("/v1/channels/{ch}"),
+            Some(json!({"topic": "by bob"})),
+        )
+        .await?;
+    assert_eq!(s, 200);
+    for (target, role) in [("carol", "admin"), ("alice", "member"), ("bob", "member")] {
+        assert_error(
+            &bob.req("PUT", &member(target), Some(json!({"role": role})))
+                .await?,
+            403,
+            "permission_denied",
+        );
+    }
+    // Setting the role someone has changes nothing, and answers the member.
+    let (s, m, _) = alice
+        .req("PUT", &member("carol"), Some(json!({"role": "member"})))
+        .await?;
+    assert_eq!((s, m["role"].clone()), (200, json!("member")));
+
+    // Bad input and unknown members change nothing.
+    assert_error(
+        &alice
+            .req("PUT", &member("carol"), Some(json!({"role": "owner"})))
+            .await?,
+        400,
+        "invalid_argument",
+    );
+    assert_error(
+        &alice
+            .req("PUT", &member("carol"), Some(json!({"role": "king"})))
+            .await?,
+        400,
+        "invalid_argument",
+    );
+    assert_error(
+        &alice
+            .req("PUT", &member("zed"), Some(json!({"role": "admin"})))
+            .await?,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &alice
+            .req("PUT", &member("bad id"), Some(json!({"role": "admin"})))
+            .await?,
+        400,
+        "invalid_argument",
+    );
+
+    // The owner demotes the admin.
+    let (s, m, _) = alice
+        .req("PUT", &member("bob"), Some(json!({"role": "member"})))
+        .await?;
+    assert_eq!((s, m["role"].clone()), (200, json!("member")));
+    let (_, members, _) = alice
+        .req("GET", &format!("/v1/channels/{ch}/members"), None)
+        .await?;
+    assert_eq!(
+        ["alice", "bob", "carol", "dave"].map(|u| role_of(&members, u)),
+        ["owner", "member", "member", "member"]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn ownership_moves_by_a_transfer_and_the_old_owner_becomes_admin() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let carol = Client::new(&stack.url(0), "carol");
+    let ch = alice.group("ops", &["carol"]).await?;
+    let owner = format!("/v1/channels/{ch}/owner");
+
+    assert_error(
+        &carol
+            .req("POST", &owner, Some(json!({"user_id": "carol"})))
+            .await?,
+        403,
+        "permission_denied",
+    );
+    assert_error(
+        &alice
+            .req("POST", &owner, Some(json!({"user_id": "alice"})))
+            .await?,
+        400,
+        "invalid_argument",
+    );
+    assert_error(
+        &alice
+            .req("POST", &owner, Some(json!({"user_id": "zed"})))
+            .await?,
+        404,
+        "not_found",
+    );
+    let (s, t, _) = alice
+        .req("POST", &owner, Some(json!({"user_id": "carol"})))
+        .await?;
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(
+        (t["owner"]["user_id"].clone(), t["owner"]["role"].clone()),
+        (json!("carol"), json!("owner"))
+    );
+    assert_eq!(
+        (
+            t["previous"]["user_id"].clone(),
+            t["previous"]["role"].clone()
+        ),
+        (json!("alice"), json!("admin"))
+    );
+    // The new owner rules: the old one (an admin now) may no longer transfer, and may be
+    // removed by the owner.
+    assert_error(
+        &alice
+            .req("POST", &owner, Some(json!({"user_id": "alice"})))
+            .await?,
+        403,
+        "permission_denied",
+    );
+    let (s, _, _) = carol
+        .req("DELETE", &format!("/v1/channels/{ch}/members/alice"), None)
+        .await?;
+    assert_eq!(s, 204);
+    Ok(())
+}
+
+#[tokio::test]
+async fn direct_channels_have_two_equal_members_and_no_roles() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let bob = Client::new(&stack.url(0), "bob");
+    let (s, d, _) = alice
+        .req(
+            "POST",
+            "/v1/channels",
+            Some(json!({"kind": "direct", "members": ["bob"]})),
+        )
+        .await?;
+    assert_eq!(s, 201, "{d}");
+    let ch = d["id"].as_str().unwrap_or_default().to_owned();
+    let (_, members, _) = alice
+        .req("GET", &format!("/v1/channels/{ch}/members"), None)
+        .await?;
+    assert_eq!(
+        [role_of(&members, "alice"), role_of(&members, "bob")],
+        ["member", "member"],
+        "the creator is no owner"
+    );
+    // The creator may neither delete bob's message nor remove bob.
+    bob.send(&ch, "b1", "mine").await?;
+    assert_error(
+        &alice
+            .req("DELETE", &format!("/v1/channels/{ch}/messages/1"), None)
+            .await?,
+        403,
+        "permission_denied",
+    );
+    assert_error(
+        &alice
+            .req("DELETE", &format!("/v1/channels/{ch}/members/bob"), None)
+            .await?,
+        403,
+        "permission_denied",
+    );
+    assert_error(
+        &alice
+            .req(
+                "PUT",
+                &format!("/v1/channels/{ch}/members/bob"),
+                Some(json!({"role": "admin"})),
+            )
+            .await?,
+        409,
+        "conflict",
+    );
+    assert_error(
+        &alice
+            .req(
+                "POST",
+                &format!("/v1/channels/{ch}/owner"),
+                Some(json!({"user_id": "bob"})),
+            )
+            .await?,
+        409,
+        "conflict",
+    );
+    // Each still deletes their own.
+    let (s, _, _) = bob
+        .req("DELETE", &format!("/v1/channels/{ch}/messages/1"), None)
+        .await?;
+    assert_eq!(s, 204);
+    Ok(())
+}

@@ -93,17 +93,17 @@ pub async fn add_member(
     max_channels: u32,
 ) -> Result<Created<MemberRow>, Error> {
     let role = require_member(&mut tx, channel, caller).await?;
-    if !role.manages() {
-        return Err(Error::PermissionDenied(
-            "only owners and admins add members".into(),
-        ));
-    }
     // Lock the channel row: serialises with sends (consistent channel_last_seq in the
     // event) and with other adds (member limit).
     let ch = channel_row(&mut tx, channel, true).await?;
     if ch.kind == "direct" {
         return Err(Error::Conflict(
             "a direct channel has exactly two members".into(),
+        ));
+    }
+    if !role.manages() {
+        return Err(Error::PermissionDenied(
+            "only owners and admins add members".into(),
         ));
     }
     let existing = sqlx::query_as::<_, MemberRow>(
@@ -139,6 +139,143 @@ pub async fn add_member(
         created: true,
         pending: vec![pending],
     })
+}
+
+/// The role of `user` in `channel`, or `NotFound` when they are not a member.
+async fn member_row(tx: &mut Tx, channel: Uuid, user: &str) -> Result<MemberRow, Error> {
+    sqlx::query_as::<_, MemberRow>(
+        "SELECT channel_id, user_id, role, joined_at FROM members WHERE channel_id = $1 AND user_id = $2",
+    )
+    .bind(channel)
+    .bind(user)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| Error::NotFound(format!("{user} is not a member of channel {channel}")))
+}
+
+/// Sets `role` on `user`, publishing `MemberRoleChanged` on the channel's and the user's
+/// topics.
+async fn write_role(
+    tx: &mut Tx,
+    channel: Uuid,
+    user: &str,
+    role: Role,
+    changed_by: &str,
+) -> Result<(MemberRow, Pending), Error> {
+    let row = sqlx::query_as::<_, MemberRow>(
+        "UPDATE members SET role = $3 WHERE channel_id = $1 AND user_id = $2
+         RETURNING channel_id, user_id, role, joined_at",
+    )
+    .bind(channel)
+    .bind(user)
+    .bind(role)
+    .fetch_one(&mut **tx)
+    .await?;
+    let payload = ev::event::Payload::MemberRoleChanged(ev::MemberRoleChanged {
+        member: Some(row.clone().into()),
+        changed_by: changed_by.to_owned(),
+    });
+    let p = enqueue(
+        tx,
+        channel,
+        payload,
+        vec![channel_topic(channel), user_topic(user)],
+    )
+    .await?;
+    Ok((row, p))
+}
+
+/// The caller's role in a group channel (locked): roles do not exist in direct channels.
+async fn group_role(tx: &mut Tx, caller: &UserId, channel: Uuid) -> Result<Role, Error> {
+    let role = require_member(tx, channel, caller).await?;
+    let ch = channel_row(tx, channel, true).await?;
+    if ch.kind == "direct" {
+        return Err(Error::Conflict(
+            "a direct channel has no roles: both members are equal".into(),
+        ));
+    }
+    Ok(role)
+}
+
+/// Makes `user` an admin or a plain member (see [`Role::may_set`]). Setting the role they
+/// have changes nothing (`created` false, no event).
+pub async fn set_role(
+    mut tx: Tx,
+    caller: &UserId,
+    channel: Uuid,
+    user: &UserId,
+    role: Role,
+) -> Result<Created<MemberRow>, Error> {
+    let actor = group_role(&mut tx, caller, channel).await?;
+    let target = member_row(&mut tx, channel, user.as_str()).await?;
+    if !actor.may_set(target.role, role) {
+        return Err(Error::PermissionDenied(format!(
+            "a {} cannot make a {} {}: owners name and demote admins, nobody changes \
+             someone at or above their own rank",
+            actor.as_str(),
+            target.role.as_str(),
+            if role == Role::Admin {
+                "an admin"
+            } else {
+                "a member"
+            },
+        )));
+    }
+    if target.role == role {
+        tx.commit().await?;
+        return Ok(Created {
+            row: target,
+            created: false,
+            pending: Vec::new(),
+        });
+    }
+    let (row, p) = write_role(&mut tx, channel, user.as_str(), role, caller.as_str()).await?;
+    tx.commit().await?;
+    Ok(Created {
+        row,
+        created: true,
+        pending: vec![p],
+    })
+}
+
+/// The owner hands the channel to `user`, a member, who becomes owner; the caller becomes
+/// an admin. Returns (new owner, previous owner).
+pub async fn transfer_ownership(
+    mut tx: Tx,
+    caller: &UserId,
+    channel: Uuid,
+    user: &UserId,
+) -> Result<(MemberRow, MemberRow, Vec<Pending>), Error> {
+    let actor = group_role(&mut tx, caller, channel).await?;
+    if actor != Role::Owner {
+        return Err(Error::PermissionDenied(
+            "only the owner transfers ownership".into(),
+        ));
+    }
+    if user == caller {
+        return Err(Error::BadArgument(
+            "the caller already owns the channel".into(),
+        ));
+    }
+    member_row(&mut tx, channel, user.as_str()).await?;
+    let (owner, p1) = write_role(
+        &mut tx,
+        channel,
+        user.as_str(),
+        Role::Owner,
+        caller.as_str(),
+    )
+    .await?;
+    let (previous, p2) = write_role(
+        &mut tx,
+        channel,
+        caller.as_str(),
+        Role::Admin,
+        caller.as_str(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((owner, previous, vec![p1, p2]))
 }
 
 /// Removes `user` from `channel`: themselves, or others by an owner/admin.

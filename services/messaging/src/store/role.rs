@@ -42,6 +42,22 @@ impl Role {
     pub fn removable_by_others(self) -> bool {
         self != Self::Owner
     }
+
+    /// owner 3 > admin 2 > member 1.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Owner => 3,
+            Self::Admin => 2,
+            Self::Member => 1,
+        }
+    }
+
+    /// Whether a member of this role may give `to` to a member who has `from`: only to
+    /// someone below them, and only a role below their own (so owners name and demote
+    /// admins; admins change no one's role; ownership moves only by a transfer).
+    pub fn may_set(self, from: Role, to: Role) -> bool {
+        self.rank() > from.rank() && self.rank() > to.rank()
+    }
 }
 
 impl TryFrom<&str> for Role {
@@ -94,6 +110,40 @@ impl<'r> sqlx::Decode<'r, Postgres> for Role {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use proptest::prelude::*;
+
+    fn role() -> impl Strategy<Value = Role> {
+        prop_oneof![Just(Role::Owner), Just(Role::Admin), Just(Role::Member)]
+    }
+
+    proptest! {
+        /// The rank rules: nobody changes someone at or above their own rank, nobody gives
+        /// a role at or above their own, nobody is made owner and the owner is never changed
+        /// this way, and a plain member changes no one.
+        #[test]
+        fn nobody_changes_someone_at_or_above_their_rank(actor in role(), from in role(), to in role()) {
+            let allowed = actor.may_set(from, to);
+            if allowed {
+                prop_assert!(actor.rank() > from.rank() && actor.rank() > to.rank());
+                prop_assert!(to != Role::Owner && from != Role::Owner);
+                prop_assert!(actor.manages());
+            }
+            if actor == Role::Member || from.rank() >= actor.rank() || to.rank() >= actor.rank() {
+                prop_assert!(!allowed);
+            }
+        }
+    }
+
+    #[test]
+    fn who_sets_which_role() {
+        assert!(Role::Owner.may_set(Role::Member, Role::Admin));
+        assert!(Role::Owner.may_set(Role::Admin, Role::Member));
+        assert!(!Role::Admin.may_set(Role::Member, Role::Admin));
+        assert!(!Role::Admin.may_set(Role::Admin, Role::Member));
+        assert!(Role::Admin.may_set(Role::Member, Role::Member));
+        assert!(!Role::Owner.may_set(Role::Owner, Role::Admin));
+    }
 
     #[test]
     fn text_round_trips_and_unknown_is_refused() {

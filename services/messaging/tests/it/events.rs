@@ -56,6 +56,11 @@ fn describe(e: &ev::Event) -> String {
             )
         }
         Some(Payload::MemberLeft(p)) => format!("left {} by {}", p.user_id, p.removed_by),
+        Some(Payload::MemberRoleChanged(p)) => format!(
+            "role of {} by {}",
+            p.member.as_ref().map_or("", |m| m.user_id.as_str()),
+            p.changed_by
+        ),
         Some(Payload::ChannelUpdated(p)) => format!(
             "updated channel {:?} by {}",
             p.channel.as_ref().map_or("", |c| c.name.as_str()),

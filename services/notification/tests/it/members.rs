@@ -71,6 +71,8 @@ forward! {
     filter_contacts(FilterContactsRequest) -> FilterContactsResponse;
     add_member(AddMemberRequest) -> AddMemberResponse;
     remove_member(RemoveMemberRequest) -> RemoveMemberResponse;
+    set_member_role(SetMemberRoleRequest) -> SetMemberRoleResponse;
+    transfer_ownership(TransferOwnershipRequest) -> TransferOwnershipResponse;
     send_message(SendMessageRequest) -> SendMessageResponse;
     list_messages(ListMessagesRequest) -> ListMessagesResponse;
     edit_message(EditMessageRequest) -> EditMessageResponse;
