@@ -48,6 +48,7 @@ impl From<&pb::Channel> for Channel {
         } = c;
         let kind = match pb::ChannelKind::try_from(*kind) {
             Ok(pb::ChannelKind::Direct) => "direct",
+            Ok(pb::ChannelKind::Public) => "public",
             _ => "group",
         };
         Self {

@@ -184,6 +184,25 @@ fn encode_cursor(c: &store::ChannelRow) -> String {
     ))
 }
 
+/// Where a page of public channels ends: the name and id of its last channel.
+fn encode_name_cursor(c: &store::ChannelRow) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}:{}", c.id, c.name))
+}
+
+fn decode_name_cursor(s: &str) -> Result<(String, Uuid), Invalid> {
+    let bad = || Invalid {
+        code: parley_kit::ErrorCode::InvalidArgument,
+        message: "bad cursor".into(),
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| bad())?;
+    let raw = String::from_utf8(raw).map_err(|_| bad())?;
+    let (id, name) = raw.split_once(':').ok_or_else(bad)?;
+    let id = Uuid::parse_str(id).map_err(|_| bad())?;
+    Ok((name.to_owned(), id))
+}
+
 fn decode_cursor(s: &str) -> Result<(DateTime<Utc>, Uuid), Invalid> {
     let bad = || Invalid {
         code: parley_kit::ErrorCode::InvalidArgument,
@@ -219,11 +238,12 @@ impl MessagingService for Messaging {
             .map(|m| UserId::parse(m))
             .collect::<Result<Vec<_>, _>>()?;
         let change = match pb::ChannelKind::try_from(kind) {
-            Ok(pb::ChannelKind::Group) => {
+            Ok(kind @ (pb::ChannelKind::Group | pb::ChannelKind::Public)) => {
                 let name = self.group_name(&name)?;
                 store::create_group(
                     self.tx().await?,
                     &caller,
+                    kind == pb::ChannelKind::Public,
                     &name,
                     &members,
                     self.config.limits.max_members,
@@ -307,6 +327,66 @@ impl MessagingService for Messaging {
         Ok(Response::new(pb::ListChannelsResponse {
             channels: rows.into_iter().map(Into::into).collect(),
             next_cursor,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_public_channels(
+        &self,
+        req: Request<pb::ListPublicChannelsRequest>,
+    ) -> Result<Response<pb::ListPublicChannelsResponse>, Status> {
+        user(&req)?;
+        let pb::ListPublicChannelsRequest {
+            query,
+            limit,
+            cursor,
+        } = req.into_inner();
+        let limit = self.limit(limit)?;
+        let query = query.trim();
+        parley_kit::domain::check_text("query", query)?;
+        if query.chars().count() > self.config.limits.max_name_chars {
+            return Err(invalid(format!(
+                "query is longer than {} characters",
+                self.config.limits.max_name_chars
+            )));
+        }
+        let after = if cursor.is_empty() {
+            None
+        } else {
+            Some(decode_name_cursor(&cursor)?)
+        };
+        let (rows, more) =
+            store::public_channels(&mut *self.conn().await?, query, after, limit).await?;
+        let next_cursor = match rows.last() {
+            Some(last) if more => encode_name_cursor(last),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListPublicChannelsResponse {
+            channels: rows.into_iter().map(Into::into).collect(),
+            next_cursor,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(channel = %req.get_ref().channel_id))]
+    async fn join_channel(
+        &self,
+        req: Request<pb::JoinChannelRequest>,
+    ) -> Result<Response<pb::JoinChannelResponse>, Status> {
+        let caller = user(&req)?;
+        let id = channel_id(&req.get_ref().channel_id)?;
+        let limits = &self.config.limits;
+        let done = store::join(
+            self.tx().await?,
+            &caller,
+            id,
+            limits.max_members,
+            limits.max_channels_per_user,
+        )
+        .await?;
+        self.publish(done.pending).await;
+        Ok(Response::new(pb::JoinChannelResponse {
+            member: Some(done.row.into()),
+            created: done.created,
         }))
     }
 

@@ -15,7 +15,7 @@ mod role;
 mod send;
 use members::check_channels_of;
 pub use members::{
-    add_member, contacts, list_members, remove_member, set_role, transfer_ownership,
+    add_member, contacts, join, list_members, remove_member, set_role, transfer_ownership,
 };
 pub use role::Role;
 pub use send::{Assumed, SendKey, check_sends, write_sends, write_sends_checked};
@@ -102,10 +102,10 @@ impl From<ChannelRow> for pb::Channel {
         } = r;
         pb::Channel {
             id: id.to_string(),
-            kind: if kind == "direct" {
-                pb::ChannelKind::Direct
-            } else {
-                pb::ChannelKind::Group
+            kind: match kind.as_str() {
+                "direct" => pb::ChannelKind::Direct,
+                "public" => pb::ChannelKind::Public,
+                _ => pb::ChannelKind::Group,
             } as i32,
             name,
             created_by,
@@ -292,10 +292,12 @@ async fn insert_member(
     Ok((row, pending))
 }
 
-/// Creates a group channel with the caller as owner and `others` as members.
+/// Creates a group channel (`public`: anyone may find and join it) with the caller as
+/// owner and `others` as members.
 pub async fn create_group(
     mut tx: Tx,
     caller: &UserId,
+    public: bool,
     name: &str,
     others: &[UserId],
     max_members: u32,
@@ -318,13 +320,14 @@ pub async fn create_group(
     check_channels_of(&mut tx, &everyone, max_channels).await?;
     let id = Uuid::now_v7();
     let mut channel = sqlx::query_as::<_, ChannelRow>(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO channels (id, kind, name, created_by, member_count) VALUES ($1, 'group', $2, $3, $4)
+        "INSERT INTO channels (id, kind, name, created_by, member_count) VALUES ($1, $5, $2, $3, $4)
          RETURNING {CHANNEL_COLS}"
     )))
     .bind(id)
     .bind(name)
     .bind(caller.as_str())
     .bind((members.len() + 1) as i32)
+    .bind(if public { "public" } else { "group" })
     .fetch_one(&mut *tx)
     .await?;
     let me = caller.as_str();
@@ -479,6 +482,42 @@ pub async fn update_channel(
         created: true,
         pending: vec![p],
     })
+}
+
+/// Public channels whose name contains `query` (case-insensitive), by lower-case name then
+/// id, after `after` (the name and id of the previous page's last channel); and whether
+/// there are more.
+pub async fn public_channels(
+    conn: &mut PgConnection,
+    query: &str,
+    after: Option<(String, Uuid)>,
+    limit: u32,
+) -> Result<(Vec<ChannelRow>, bool), Error> {
+    // `%` and `_` in the query match themselves.
+    let pattern = format!(
+        "%{}%",
+        query
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    );
+    let (at, id) = after.map_or((None, None), |(n, i)| (Some(n), Some(i)));
+    let mut rows = sqlx::query_as::<_, ChannelRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {CHANNEL_COLS} FROM channels
+         WHERE kind = 'public' AND lower(name) LIKE lower($1)
+           AND ($2::text IS NULL OR (lower(name), id) > (lower($2::text), $3::uuid))
+         ORDER BY lower(name), id
+         LIMIT $4"
+    )))
+    .bind(pattern)
+    .bind(at)
+    .bind(id)
+    .bind(i64::from(limit) + 1)
+    .fetch_all(&mut *conn)
+    .await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    Ok((rows, more))
 }
 
 /// One page of the caller's channels, most recently active first.

@@ -25,7 +25,12 @@ pub async fn create(
     let kind = match c.kind.as_str() {
         "group" => pb::ChannelKind::Group,
         "direct" => pb::ChannelKind::Direct,
-        _ => return Err(ApiError::invalid("kind must be \"group\" or \"direct\"")),
+        "public" => pb::ChannelKind::Public,
+        _ => {
+            return Err(ApiError::invalid(
+                "kind must be \"group\", \"public\" or \"direct\"",
+            ));
+        }
     };
     let mut added: Vec<&str> = Vec::with_capacity(c.members.len());
     for m in &c.members {
@@ -36,7 +41,7 @@ pub async fn create(
     }
     // Members of a new group count as members added by its creator (`rate.joins`).
     let joins = match kind {
-        pb::ChannelKind::Group => added.len() as u32,
+        pb::ChannelKind::Group | pb::ChannelKind::Public => added.len() as u32,
         _ => 0,
     };
     let req = pb::CreateChannelRequest {
@@ -110,6 +115,54 @@ pub async fn list(
         channels,
         next_cursor,
     })
+}
+
+/// A page of public channels whose name contains `query` (case-insensitive), by name.
+pub async fn public(
+    app: &App,
+    user: &UserId,
+    query: String,
+    limit: u32,
+    cursor: String,
+) -> Result<(Vec<pb::Channel>, Option<String>), ApiError> {
+    let req = pb::ListPublicChannelsRequest {
+        query,
+        limit,
+        cursor,
+    };
+    let resp = app
+        .messaging
+        .clone()
+        .list_public_channels(request(user, req)?)
+        .await?
+        .into_inner();
+    let next = (!resp.next_cursor.is_empty()).then_some(resp.next_cursor);
+    Ok((resp.channels, next))
+}
+
+/// The caller joins a public channel (idempotent). A new membership counts against
+/// `rate.joins`.
+pub async fn join(
+    app: &App,
+    user: &UserId,
+    channel: &ChannelId,
+) -> Result<pb::JoinChannelResponse, ApiError> {
+    let req = request(
+        user,
+        pb::JoinChannelRequest {
+            channel_id: channel.to_string(),
+        },
+    )?;
+    let join = async {
+        let resp = app.messaging.clone().join_channel(req).await?.into_inner();
+        let created = resp.created;
+        Ok((resp, created))
+    };
+    let (resp, _) = app
+        .limiter
+        .counted(Kind::Joins, user.as_str(), 1, join)
+        .await?;
+    Ok(resp)
 }
 
 /// One channel of the caller's (`not_found` / `permission_denied` otherwise).

@@ -66,6 +66,40 @@ pub(super) async fn list_channels(
     ))
 }
 
+#[derive(Deserialize)]
+pub(super) struct PublicQuery {
+    #[serde(default)]
+    query: String,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+pub(super) async fn list_public(
+    State(app): AppState,
+    Caller(user): Caller,
+    Q(q): Q<PublicQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = parse_limit(&app, q.limit.as_deref())?;
+    let (channels, next) =
+        channels::public(&app, &user, q.query, limit, q.cursor.unwrap_or_default()).await?;
+    let channels: Vec<Value> = channels.iter().map(view::channel).collect();
+    Ok(Json(json!({"channels": channels, "next_cursor": next})))
+}
+
+pub(super) async fn join_channel(
+    State(app): AppState,
+    Caller(user): Caller,
+    P(id): P<String>,
+) -> Result<Response, ApiError> {
+    let resp = channels::join(&app, &user, &channel_path(&id)?).await?;
+    let body = resp
+        .member
+        .as_ref()
+        .map(view::member)
+        .unwrap_or(Value::Null);
+    Ok(created_or_existing(resp.created, body))
+}
+
 pub(super) async fn get_channel(
     State(app): AppState,
     Caller(user): Caller,

@@ -39,7 +39,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(parley_kit::metrics::render))
         .route("/v1/auth/dev-token", post(dev_token))
         .route("/v1/channels", post(create_channel).get(list_channels))
+        .route("/v1/channels/public", get(list_public))
         .route("/v1/channels/{id}", get(get_channel).patch(update_channel))
+        .route("/v1/channels/{id}/join", post(join_channel))
         .route(
             "/v1/channels/{id}/members",
             get(list_members).post(add_member),

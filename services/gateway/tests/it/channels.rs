@@ -437,3 +437,126 @@ async fn direct_channels_have_two_equal_members_and_no_roles() -> anyhow::Result
     assert_eq!(s, 204);
     Ok(())
 }
+
+#[tokio::test]
+async fn public_channels_are_found_by_name_and_joined_by_anyone() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let erin = Client::new(&stack.url(0), "erin");
+    let create = |kind: &'static str, name: &'static str| {
+        let alice = alice.clone();
+        async move {
+            let (s, c, _) = alice
+                .req(
+                    "POST",
+                    "/v1/channels",
+                    Some(json!({"kind": kind, "name": name})),
+                )
+                .await?;
+            anyhow::ensure!(s == 201, "{c}");
+            Ok::<_, anyhow::Error>(c)
+        }
+    };
+    let rust = create("public", "Rust lovers").await?;
+    assert_eq!(rust["kind"], "public");
+    create("public", "rustaceans_50%").await?;
+    create("public", "Gardening").await?;
+    create("group", "rust secret").await?;
+
+    // Case-insensitive substring; private groups never appear; `%`/`_` match themselves.
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v["channels"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (s, found, _) = erin
+        .req("GET", "/v1/channels/public?query=RUST", None)
+        .await?;
+    assert_eq!(s, 200, "{found}");
+    assert_eq!(names(&found), ["Rust lovers", "rustaceans_50%"]);
+    assert_eq!(found["next_cursor"], serde_json::Value::Null);
+    let (_, found, _) = erin
+        .req("GET", "/v1/channels/public?query=50%25", None)
+        .await?;
+    assert_eq!(names(&found), ["rustaceans_50%"]);
+    let (_, found, _) = erin
+        .req("GET", "/v1/channels/public?query=s_5", None)
+        .await?;
+    assert_eq!(names(&found), ["rustaceans_50%"], "`_` is not a wildcard");
+    // Pages of one, in name order, through the cursor.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (s, page, _) = erin
+            .req(
+                "GET",
+                &format!("/v1/channels/public?limit=1&cursor={cursor}"),
+                None,
+            )
+            .await?;
+        assert_eq!(s, 200, "{page}");
+        seen.extend(names(&page));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["Gardening", "Rust lovers", "rustaceans_50%"]);
+    assert_error(
+        &erin
+            .req("GET", "/v1/channels/public?cursor=nope", None)
+            .await?,
+        400,
+        "invalid_argument",
+    );
+
+    // Anyone joins a public channel: 201 once, 200 after; then it is theirs, live.
+    let id = rust["id"].as_str().unwrap_or_default().to_owned();
+    let mut erin_ws = Ws::connect(&stack.url(0), "erin").await?;
+    let (s, m, _) = erin
+        .req("POST", &format!("/v1/channels/{id}/join"), None)
+        .await?;
+    assert_eq!(s, 201, "{m}");
+    assert_eq!(
+        (m["user_id"].clone(), m["role"].clone()),
+        (json!("erin"), json!("member"))
+    );
+    let joined = erin_ws.expect("member_joined", T).await?;
+    assert_eq!(
+        (joined["channel_id"].clone(), joined["added_by"].clone()),
+        (json!(id), json!("erin"))
+    );
+    let (s, _, _) = erin
+        .req("POST", &format!("/v1/channels/{id}/join"), None)
+        .await?;
+    assert_eq!(s, 200, "joining again changes nothing");
+    alice.send(&id, "a1", "welcome").await?;
+    let got = erin_ws.messages(1, T).await?;
+    assert_eq!(got[0]["body"], "welcome");
+    assert_eq!(erin.channel(&id).await?["member_count"], 2);
+
+    // Private groups and direct channels are not joined; unknown ones are not found.
+    let secret = create("group", "hidden").await?;
+    let secret = secret["id"].as_str().unwrap_or_default().to_owned();
+    assert_error(
+        &erin
+            .req("POST", &format!("/v1/channels/{secret}/join"), None)
+            .await?,
+        403,
+        "permission_denied",
+    );
+    let unknown = uuid::Uuid::now_v7();
+    assert_error(
+        &erin
+            .req("POST", &format!("/v1/channels/{unknown}/join"), None)
+            .await?,
+        404,
+        "not_found",
+    );
+    Ok(())
+}

@@ -141,6 +141,49 @@ pub async fn add_member(
     })
 }
 
+/// The caller joins a public channel as a member; idempotent (`created` false when already
+/// a member). The member and channel-count limits apply.
+pub async fn join(
+    mut tx: Tx,
+    caller: &UserId,
+    channel: Uuid,
+    max_members: u32,
+    max_channels: u32,
+) -> Result<Created<MemberRow>, Error> {
+    let ch = channel_row(&mut tx, channel, true).await?;
+    if let Ok(m) = member_row(&mut tx, channel, caller.as_str()).await {
+        tx.commit().await?;
+        return Ok(Created {
+            row: m,
+            created: false,
+            pending: Vec::new(),
+        });
+    }
+    if ch.kind != "public" {
+        return Err(Error::PermissionDenied(
+            "only public channels can be joined; ask a member to add you".into(),
+        ));
+    }
+    if ch.member_count as u32 >= max_members {
+        return Err(Error::Conflict(format!(
+            "channel is full ({max_members} members)"
+        )));
+    }
+    check_channels_of(&mut tx, &[caller.as_str()], max_channels).await?;
+    let me = caller.as_str();
+    let (row, pending) = insert_member(&mut tx, &ch, me, Role::Member, me).await?;
+    sqlx::query("UPDATE channels SET member_count = member_count + 1, members_version = members_version + 1 WHERE id = $1")
+        .bind(channel)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Created {
+        row,
+        created: true,
+        pending: vec![pending],
+    })
+}
+
 /// The role of `user` in `channel`, or `NotFound` when they are not a member.
 async fn member_row(tx: &mut Tx, channel: Uuid, user: &str) -> Result<MemberRow, Error> {
     sqlx::query_as::<_, MemberRow>(

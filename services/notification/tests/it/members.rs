@@ -72,6 +72,8 @@ forward! {
     add_member(AddMemberRequest) -> AddMemberResponse;
     remove_member(RemoveMemberRequest) -> RemoveMemberResponse;
     set_member_role(SetMemberRoleRequest) -> SetMemberRoleResponse;
+    list_public_channels(ListPublicChannelsRequest) -> ListPublicChannelsResponse;
+    join_channel(JoinChannelRequest) -> JoinChannelResponse;
     transfer_ownership(TransferOwnershipRequest) -> TransferOwnershipResponse;
     send_message(SendMessageRequest) -> SendMessageResponse;
     list_messages(ListMessagesRequest) -> ListMessagesResponse;
