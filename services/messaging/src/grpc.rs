@@ -190,32 +190,33 @@ fn encode_name_cursor(c: &store::ChannelRow) -> String {
 }
 
 fn decode_name_cursor(s: &str) -> Result<(String, Uuid), Invalid> {
-    let bad = || Invalid {
+    let (id, name) = cursor_parts(s)?;
+    let id = Uuid::parse_str(&id).map_err(|_| bad_cursor())?;
+    Ok((name, id))
+}
+
+fn bad_cursor() -> Invalid {
+    Invalid {
         code: parley_kit::ErrorCode::InvalidArgument,
         message: "bad cursor".into(),
-    };
+    }
+}
+
+/// The two parts of an opaque cursor (base64 of `a:b`).
+fn cursor_parts(s: &str) -> Result<(String, String), Invalid> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s)
-        .map_err(|_| bad())?;
-    let raw = String::from_utf8(raw).map_err(|_| bad())?;
-    let (id, name) = raw.split_once(':').ok_or_else(bad)?;
-    let id = Uuid::parse_str(id).map_err(|_| bad())?;
-    Ok((name.to_owned(), id))
+        .map_err(|_| bad_cursor())?;
+    let raw = String::from_utf8(raw).map_err(|_| bad_cursor())?;
+    let (a, b) = raw.split_once(':').ok_or_else(bad_cursor)?;
+    Ok((a.to_owned(), b.to_owned()))
 }
 
 fn decode_cursor(s: &str) -> Result<(DateTime<Utc>, Uuid), Invalid> {
-    let bad = || Invalid {
-        code: parley_kit::ErrorCode::InvalidArgument,
-        message: "bad cursor".into(),
-    };
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| bad())?;
-    let raw = String::from_utf8(raw).map_err(|_| bad())?;
-    let (micros, id) = raw.split_once(':').ok_or_else(bad)?;
-    let micros: i64 = micros.parse().map_err(|_| bad())?;
-    let at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
-    let id = Uuid::parse_str(id).map_err(|_| bad())?;
+    let (micros, id) = cursor_parts(s)?;
+    let micros: i64 = micros.parse().map_err(|_| bad_cursor())?;
+    let at = DateTime::from_timestamp_micros(micros).ok_or_else(bad_cursor)?;
+    let id = Uuid::parse_str(&id).map_err(|_| bad_cursor())?;
     Ok((at, id))
 }
 

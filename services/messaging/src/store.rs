@@ -484,6 +484,13 @@ pub async fn update_channel(
     })
 }
 
+/// A page of at most `limit` rows out of `limit + 1` read, and whether there are more.
+fn one_page<T>(mut rows: Vec<T>, limit: u32) -> (Vec<T>, bool) {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    (rows, more)
+}
+
 /// Public channels whose name contains `query` (case-insensitive), by lower-case name then
 /// id, after `after` (the name and id of the previous page's last channel); and whether
 /// there are more.
@@ -502,7 +509,7 @@ pub async fn public_channels(
             .replace('_', "\\_")
     );
     let (at, id) = after.map_or((None, None), |(n, i)| (Some(n), Some(i)));
-    let mut rows = sqlx::query_as::<_, ChannelRow>(sqlx::AssertSqlSafe(format!(
+    let rows = sqlx::query_as::<_, ChannelRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {CHANNEL_COLS} FROM channels
          WHERE kind = 'public' AND lower(name) LIKE lower($1)
            AND ($2::text IS NULL OR (lower(name), id) > (lower($2::text), $3::uuid))
@@ -515,9 +522,7 @@ pub async fn public_channels(
     .bind(i64::from(limit) + 1)
     .fetch_all(&mut *conn)
     .await?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    Ok((rows, more))
+    Ok(one_page(rows, limit))
 }
 
 /// One page of the caller's channels, most recently active first.
@@ -528,7 +533,7 @@ pub async fn list_channels(
     limit: u32,
 ) -> Result<(Vec<ChannelRow>, bool), Error> {
     let (at, id) = after.map_or((None, None), |(t, i)| (Some(t), Some(i)));
-    let mut rows = sqlx::query_as::<_, ChannelRow>(
+    let rows = sqlx::query_as::<_, ChannelRow>(
         "SELECT c.id, c.kind, c.name, c.created_by, c.created_at, c.member_count, c.last_seq, c.last_activity_at,
                 c.topic, c.description
          FROM members m JOIN channels c ON c.id = m.channel_id
@@ -543,9 +548,7 @@ pub async fn list_channels(
     .bind(i64::from(limit) + 1)
     .fetch_all(&mut *conn)
     .await?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    Ok((rows, more))
+    Ok(one_page(rows, limit))
 }
 
 pub async fn channel_positions(

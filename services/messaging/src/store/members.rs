@@ -121,24 +121,54 @@ pub async fn add_member(
             pending: Vec::new(),
         });
     }
+    admit(
+        tx,
+        &ch,
+        user.as_str(),
+        caller.as_str(),
+        max_members,
+        max_channels,
+    )
+    .await
+}
+
+/// Makes `user` a member of `ch` (locked) within the member and channel-count limits, and
+/// commits.
+async fn admit(
+    mut tx: Tx,
+    ch: &ChannelRow,
+    user: &str,
+    added_by: &str,
+    max_members: u32,
+    max_channels: u32,
+) -> Result<Created<MemberRow>, Error> {
     if ch.member_count as u32 >= max_members {
         return Err(Error::Conflict(format!(
             "channel is full ({max_members} members)"
         )));
     }
-    check_channels_of(&mut tx, &[user.as_str()], max_channels).await?;
-    let (row, pending) =
-        insert_member(&mut tx, &ch, user.as_str(), Role::Member, caller.as_str()).await?;
-    sqlx::query("UPDATE channels SET member_count = member_count + 1, members_version = members_version + 1 WHERE id = $1")
-        .bind(channel)
-        .execute(&mut *tx)
-        .await?;
+    check_channels_of(&mut tx, &[user], max_channels).await?;
+    let (row, pending) = insert_member(&mut tx, ch, user, Role::Member, added_by).await?;
+    count_members(&mut tx, ch.id, 1).await?;
     tx.commit().await?;
     Ok(Created {
         row,
         created: true,
         pending: vec![pending],
     })
+}
+
+/// A member came (`1`) or went (`-1`): the count and the membership version move.
+async fn count_members(tx: &mut Tx, channel: Uuid, delta: i32) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE channels SET member_count = member_count + $2, \
+         members_version = members_version + 1 WHERE id = $1",
+    )
+    .bind(channel)
+    .bind(delta)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// The caller joins a public channel as a member; idempotent (`created` false when already
@@ -164,24 +194,15 @@ pub async fn join(
             "only public channels can be joined; ask a member to add you".into(),
         ));
     }
-    if ch.member_count as u32 >= max_members {
-        return Err(Error::Conflict(format!(
-            "channel is full ({max_members} members)"
-        )));
-    }
-    check_channels_of(&mut tx, &[caller.as_str()], max_channels).await?;
-    let me = caller.as_str();
-    let (row, pending) = insert_member(&mut tx, &ch, me, Role::Member, me).await?;
-    sqlx::query("UPDATE channels SET member_count = member_count + 1, members_version = members_version + 1 WHERE id = $1")
-        .bind(channel)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(Created {
-        row,
-        created: true,
-        pending: vec![pending],
-    })
+    admit(
+        tx,
+        &ch,
+        caller.as_str(),
+        caller.as_str(),
+        max_members,
+        max_channels,
+    )
+    .await
 }
 
 /// The role of `user` in `channel`, or `NotFound` when they are not a member.
@@ -358,10 +379,7 @@ pub async fn remove_member(
         .bind(user.as_str())
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE channels SET member_count = member_count - 1, members_version = members_version + 1 WHERE id = $1")
-        .bind(channel)
-        .execute(&mut *tx)
-        .await?;
+    count_members(&mut tx, channel, -1).await?;
     let payload = ev::event::Payload::MemberLeft(ev::MemberLeft {
         channel_id: channel.to_string(),
         user_id: user.to_string(),
