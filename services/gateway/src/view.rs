@@ -200,3 +200,19 @@ pub fn unread(u: &parley_proto::receipts::v1::GetUnreadResponse) -> Value {
         .collect();
     json!({"total": u.total, "channels": channels})
 }
+
+/// An invite (`POST /v1/channels/{id}/invites`).
+pub fn invite(i: &pb::Invite) -> Value {
+    let pb::Invite {
+        code,
+        channel_id,
+        created_by,
+        expires_at,
+        max_uses,
+        uses,
+    } = i;
+    json!({
+        "code": code, "channel_id": channel_id, "created_by": created_by,
+        "expires_at": time(expires_at.as_ref()), "max_uses": max_uses, "uses": uses,
+    })
+}

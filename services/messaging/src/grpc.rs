@@ -369,6 +369,73 @@ impl MessagingService for Messaging {
     }
 
     #[tracing::instrument(skip_all, fields(channel = %req.get_ref().channel_id))]
+    async fn create_invite(
+        &self,
+        req: Request<pb::CreateInviteRequest>,
+    ) -> Result<Response<pb::CreateInviteResponse>, Status> {
+        let caller = user(&req)?;
+        let pb::CreateInviteRequest {
+            channel_id: ch,
+            expires_in_secs,
+            max_uses,
+        } = req.into_inner();
+        let id = channel_id(&ch)?;
+        let limits = &self.config.limits;
+        let ttl = match expires_in_secs {
+            0 => limits.invite_default_ttl_secs,
+            s if s <= limits.invite_max_ttl_secs => s,
+            _ => {
+                return Err(invalid(format!(
+                    "an invite lasts at most {} s",
+                    limits.invite_max_ttl_secs
+                )));
+            }
+        };
+        let max_uses = match max_uses {
+            0 => 1,
+            n if n <= limits.invite_max_uses => n,
+            _ => {
+                return Err(invalid(format!(
+                    "an invite admits at most {} users",
+                    limits.invite_max_uses
+                )));
+            }
+        };
+        let ttl = std::time::Duration::from_secs(ttl);
+        let invite = store::create_invite(self.tx().await?, &caller, id, ttl, max_uses).await?;
+        Ok(Response::new(pb::CreateInviteResponse {
+            invite: Some(invite.into()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn accept_invite(
+        &self,
+        req: Request<pb::AcceptInviteRequest>,
+    ) -> Result<Response<pb::AcceptInviteResponse>, Status> {
+        let caller = user(&req)?;
+        let code = req.into_inner().code;
+        if code.is_empty() || code.len() > 64 || !code.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(parley_kit::ErrorCode::NotFound
+                .status("no such invite, or it expired or was used up"));
+        }
+        let limits = &self.config.limits;
+        let done = store::accept_invite(
+            self.tx().await?,
+            &caller,
+            &code,
+            limits.max_members,
+            limits.max_channels_per_user,
+        )
+        .await?;
+        self.publish(done.pending).await;
+        Ok(Response::new(pb::AcceptInviteResponse {
+            member: Some(done.row.into()),
+            created: done.created,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(channel = %req.get_ref().channel_id))]
     async fn join_channel(
         &self,
         req: Request<pb::JoinChannelRequest>,

@@ -74,6 +74,9 @@ pub struct Limits {
     pub max_name_chars: usize,
     pub max_topic_chars: usize,
     pub max_description_chars: usize,
+    pub invite_default_ttl_secs: u64,
+    pub invite_max_ttl_secs: u64,
+    pub invite_max_uses: u32,
     pub max_send_items: usize,
 }
 

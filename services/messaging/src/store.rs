@@ -15,7 +15,8 @@ mod role;
 mod send;
 use members::check_channels_of;
 pub use members::{
-    add_member, contacts, join, list_members, remove_member, set_role, transfer_ownership,
+    accept_invite, add_member, contacts, create_invite, join, list_members, remove_member,
+    set_role, transfer_ownership,
 };
 pub use role::Role;
 pub use send::{Assumed, SendKey, check_sends, write_sends, write_sends_checked};

@@ -165,6 +165,51 @@ pub async fn join(
     Ok(resp)
 }
 
+/// An invite code to a channel (owners and admins): valid `expires_in_secs` (0: the
+/// default), admitting `max_uses` users (0: one). Counts against `rate.edits`, like the
+/// other management actions.
+pub async fn create_invite(
+    app: &App,
+    user: &UserId,
+    channel: &ChannelId,
+    expires_in_secs: u64,
+    max_uses: u32,
+) -> Result<Option<pb::Invite>, ApiError> {
+    app.limiter.check(Kind::Edits, user.as_str()).await?;
+    let req = pb::CreateInviteRequest {
+        channel_id: channel.to_string(),
+        expires_in_secs,
+        max_uses,
+    };
+    let resp = app
+        .messaging
+        .clone()
+        .create_invite(request(user, req)?)
+        .await?
+        .into_inner();
+    Ok(resp.invite)
+}
+
+/// The caller joins the channel of invite `code` (idempotent). A new membership counts
+/// against `rate.joins`.
+pub async fn accept_invite(
+    app: &App,
+    user: &UserId,
+    code: String,
+) -> Result<pb::AcceptInviteResponse, ApiError> {
+    let req = request(user, pb::AcceptInviteRequest { code })?;
+    let accept = async {
+        let resp = app.messaging.clone().accept_invite(req).await?.into_inner();
+        let created = resp.created;
+        Ok((resp, created))
+    };
+    let (resp, _) = app
+        .limiter
+        .counted(Kind::Joins, user.as_str(), 1, accept)
+        .await?;
+    Ok(resp)
+}
+
 /// One channel of the caller's (`not_found` / `permission_denied` otherwise).
 pub async fn get(
     app: &App,

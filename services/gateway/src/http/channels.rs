@@ -100,6 +100,41 @@ pub(super) async fn join_channel(
     Ok(created_or_existing(resp.created, body))
 }
 
+#[derive(Deserialize, Default)]
+pub(super) struct InviteBody {
+    #[serde(default)]
+    expires_in_secs: u64,
+    #[serde(default)]
+    max_uses: u32,
+}
+
+pub(super) async fn create_invite(
+    State(app): AppState,
+    Caller(user): Caller,
+    P(id): P<String>,
+    JsonBody(b): JsonBody<InviteBody>,
+) -> Result<Response, ApiError> {
+    let channel = channel_path(&id)?;
+    let invite =
+        channels::create_invite(&app, &user, &channel, b.expires_in_secs, b.max_uses).await?;
+    let body = invite.as_ref().map(view::invite).unwrap_or(Value::Null);
+    Ok(created_or_existing(true, body))
+}
+
+pub(super) async fn accept_invite(
+    State(app): AppState,
+    Caller(user): Caller,
+    P(code): P<String>,
+) -> Result<Response, ApiError> {
+    let resp = channels::accept_invite(&app, &user, code).await?;
+    let body = resp
+        .member
+        .as_ref()
+        .map(view::member)
+        .unwrap_or(Value::Null);
+    Ok(created_or_existing(resp.created, body))
+}
+
 pub(super) async fn get_channel(
     State(app): AppState,
     Caller(user): Caller,

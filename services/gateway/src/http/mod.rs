@@ -42,6 +42,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/channels/public", get(list_public))
         .route("/v1/channels/{id}", get(get_channel).patch(update_channel))
         .route("/v1/channels/{id}/join", post(join_channel))
+        .route("/v1/channels/{id}/invites", post(create_invite))
+        .route("/v1/invites/{code}/accept", post(accept_invite))
         .route(
             "/v1/channels/{id}/members",
             get(list_members).post(add_member),

@@ -560,3 +560,109 @@ async fn public_channels_are_found_by_name_and_joined_by_anyone() -> anyhow::Res
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn invites_admit_until_used_up_and_a_retry_takes_no_use() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let bob = Client::new(&stack.url(0), "bob");
+    let [erin, fay, gus] = ["erin", "fay", "gus"].map(|u| Client::new(&stack.url(0), u));
+    let ch = alice.group("private", &["bob"]).await?;
+    let invites = format!("/v1/channels/{ch}/invites");
+
+    // Plain members, strangers and bad options are refused.
+    assert_error(
+        &bob.req("POST", &invites, Some(json!({}))).await?,
+        403,
+        "permission_denied",
+    );
+    assert_error(
+        &erin.req("POST", &invites, Some(json!({}))).await?,
+        403,
+        "permission_denied",
+    );
+    for bad in [
+        json!({"max_uses": 1001}),
+        json!({"expires_in_secs": 2_592_001}),
+        json!({"max_uses": -1}),
+    ] {
+        let r = alice.req("POST", &invites, Some(bad.clone())).await?;
+        assert_eq!(
+            (r.0, r.1["error"]["code"].clone()),
+            (400, json!("invalid_argument")),
+            "{bad}"
+        );
+    }
+
+    let (s, inv, _) = alice
+        .req(
+            "POST",
+            &invites,
+            Some(json!({"max_uses": 2, "expires_in_secs": 3600})),
+        )
+        .await?;
+    assert_eq!(s, 201, "{inv}");
+    assert_eq!(
+        (
+            inv["channel_id"].clone(),
+            inv["max_uses"].clone(),
+            inv["uses"].clone()
+        ),
+        (json!(ch), json!(2), json!(0))
+    );
+    assert!(inv["expires_at"].is_string(), "{inv}");
+    let code = inv["code"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(code.len(), 32);
+    let accept = format!("/v1/invites/{code}/accept");
+
+    let mut erin_ws = Ws::connect(&stack.url(0), "erin").await?;
+    let (s, m, _) = erin.req("POST", &accept, None).await?;
+    assert_eq!(s, 201, "{m}");
+    assert_eq!(
+        (m["user_id"].clone(), m["role"].clone()),
+        (json!("erin"), json!("member"))
+    );
+    let joined = erin_ws.expect("member_joined", T).await?;
+    assert_eq!(joined["added_by"], "alice", "the inviter added her");
+    // A retry answers the membership and takes no use: fay still gets in, gus does not.
+    let (s, _, _) = erin.req("POST", &accept, None).await?;
+    assert_eq!(s, 200);
+    let (s, _, _) = fay.req("POST", &accept, None).await?;
+    assert_eq!(s, 201);
+    assert_error(&gus.req("POST", &accept, None).await?, 404, "not_found");
+    for code in ["0123456789abcdef0123456789abcdef", "not-hex!", "x"] {
+        assert_error(
+            &gus.req("POST", &format!("/v1/invites/{code}/accept"), None)
+                .await?,
+            404,
+            "not_found",
+        );
+    }
+    let (_, members, _) = alice
+        .req("GET", &format!("/v1/channels/{ch}/members"), None)
+        .await?;
+    assert_eq!(role_of(&members, "fay"), "member");
+    assert_eq!(role_of(&members, "gus"), "none");
+
+    // Direct channels take no invites.
+    let (_, d, _) = alice
+        .req(
+            "POST",
+            "/v1/channels",
+            Some(json!({"kind": "direct", "members": ["bob"]})),
+        )
+        .await?;
+    let direct = d["id"].as_str().unwrap_or_default();
+    assert_error(
+        &alice
+            .req(
+                "POST",
+                &format!("/v1/channels/{direct}/invites"),
+                Some(json!({})),
+            )
+            .await?,
+        409,
+        "conflict",
+    );
+    Ok(())
+}

@@ -106,20 +106,8 @@ pub async fn add_member(
             "only owners and admins add members".into(),
         ));
     }
-    let existing = sqlx::query_as::<_, MemberRow>(
-        "SELECT channel_id, user_id, role, joined_at FROM members WHERE channel_id = $1 AND user_id = $2",
-    )
-    .bind(channel)
-    .bind(user.as_str())
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(m) = existing {
-        tx.commit().await?;
-        return Ok(Created {
-            row: m,
-            created: false,
-            pending: Vec::new(),
-        });
+    if let Some(m) = find_member(&mut tx, channel, user.as_str()).await? {
+        return unchanged(tx, m).await;
     }
     admit(
         tx,
@@ -171,6 +159,116 @@ async fn count_members(tx: &mut Tx, channel: Uuid, delta: i32) -> Result<(), Err
     Ok(())
 }
 
+/// An invite as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct InviteRow {
+    pub code: String,
+    pub channel_id: Uuid,
+    pub created_by: String,
+    pub expires_at: DateTime<Utc>,
+    pub max_uses: i32,
+    pub uses: i32,
+}
+
+impl From<InviteRow> for pb::Invite {
+    fn from(r: InviteRow) -> Self {
+        let InviteRow {
+            code,
+            channel_id,
+            created_by,
+            expires_at,
+            max_uses,
+            uses,
+        } = r;
+        pb::Invite {
+            code,
+            channel_id: channel_id.to_string(),
+            created_by,
+            expires_at: Some(ts(expires_at)),
+            max_uses: max_uses.max(0) as u32,
+            uses: uses.max(0) as u32,
+        }
+    }
+}
+
+const INVITE_COLS: &str = "code, channel_id, created_by, expires_at, max_uses, uses";
+
+/// An invite to a group or public channel (owners and admins), valid for `ttl`, admitting
+/// at most `max_uses` users.
+pub async fn create_invite(
+    mut tx: Tx,
+    caller: &UserId,
+    channel: Uuid,
+    ttl: std::time::Duration,
+    max_uses: u32,
+) -> Result<InviteRow, Error> {
+    let role = group_role(&mut tx, caller, channel).await?;
+    if !role.manages() {
+        return Err(Error::PermissionDenied(
+            "only owners and admins invite".into(),
+        ));
+    }
+    let row = sqlx::query_as::<_, InviteRow>(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO invites (code, channel_id, created_by, expires_at, max_uses)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5)
+         RETURNING {INVITE_COLS}"
+    )))
+    .bind(Uuid::new_v4().simple().to_string())
+    .bind(channel)
+    .bind(caller.as_str())
+    .bind(ttl.as_secs_f64())
+    .bind(i32::try_from(max_uses).unwrap_or(i32::MAX))
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// The caller joins the channel of invite `code`, using it once; already a member:
+/// nothing changes and no use is taken. An unknown, expired or used-up code is NOT_FOUND.
+pub async fn accept_invite(
+    mut tx: Tx,
+    caller: &UserId,
+    code: &str,
+    max_members: u32,
+    max_channels: u32,
+) -> Result<Created<MemberRow>, Error> {
+    let gone = || Error::NotFound("no such invite, or it expired or was used up".into());
+    let channel: Uuid = sqlx::query_scalar("SELECT channel_id FROM invites WHERE code = $1")
+        .bind(code)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(gone)?;
+    let ch = channel_row(&mut tx, channel, true).await?;
+    if let Some(m) = find_member(&mut tx, channel, caller.as_str()).await? {
+        return unchanged(tx, m).await;
+    }
+    let used = sqlx::query(
+        "UPDATE invites SET uses = uses + 1
+         WHERE code = $1 AND expires_at > now() AND uses < max_uses",
+    )
+    .bind(code)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if used == 0 {
+        return Err(gone());
+    }
+    let inviter = sqlx::query_scalar::<_, String>("SELECT created_by FROM invites WHERE code = $1")
+        .bind(code)
+        .fetch_one(&mut *tx)
+        .await?;
+    admit(
+        tx,
+        &ch,
+        caller.as_str(),
+        &inviter,
+        max_members,
+        max_channels,
+    )
+    .await
+}
+
 /// The caller joins a public channel as a member; idempotent (`created` false when already
 /// a member). The member and channel-count limits apply.
 pub async fn join(
@@ -181,13 +279,8 @@ pub async fn join(
     max_channels: u32,
 ) -> Result<Created<MemberRow>, Error> {
     let ch = channel_row(&mut tx, channel, true).await?;
-    if let Ok(m) = member_row(&mut tx, channel, caller.as_str()).await {
-        tx.commit().await?;
-        return Ok(Created {
-            row: m,
-            created: false,
-            pending: Vec::new(),
-        });
+    if let Some(m) = find_member(&mut tx, channel, caller.as_str()).await? {
+        return unchanged(tx, m).await;
     }
     if ch.kind != "public" {
         return Err(Error::PermissionDenied(
@@ -205,16 +298,32 @@ pub async fn join(
     .await
 }
 
-/// The role of `user` in `channel`, or `NotFound` when they are not a member.
-async fn member_row(tx: &mut Tx, channel: Uuid, user: &str) -> Result<MemberRow, Error> {
-    sqlx::query_as::<_, MemberRow>(
+/// `user`'s membership of `channel`, if any.
+async fn find_member(tx: &mut Tx, channel: Uuid, user: &str) -> Result<Option<MemberRow>, Error> {
+    Ok(sqlx::query_as::<_, MemberRow>(
         "SELECT channel_id, user_id, role, joined_at FROM members WHERE channel_id = $1 AND user_id = $2",
     )
     .bind(channel)
     .bind(user)
     .fetch_optional(&mut **tx)
-    .await?
-    .ok_or_else(|| Error::NotFound(format!("{user} is not a member of channel {channel}")))
+    .await?)
+}
+
+/// `user`'s membership of `channel`, or `NotFound` when they are not a member.
+async fn member_row(tx: &mut Tx, channel: Uuid, user: &str) -> Result<MemberRow, Error> {
+    find_member(tx, channel, user)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("{user} is not a member of channel {channel}")))
+}
+
+/// Nothing to do: `row` as it is (an idempotent repeat), committed.
+async fn unchanged(tx: Tx, row: MemberRow) -> Result<Created<MemberRow>, Error> {
+    tx.commit().await?;
+    Ok(Created {
+        row,
+        created: false,
+        pending: Vec::new(),
+    })
 }
 
 /// Sets `role` on `user`, publishing `MemberRoleChanged` on the channel's and the user's
@@ -286,12 +395,7 @@ pub async fn set_role(
         )));
     }
     if target.role == role {
-        tx.commit().await?;
-        return Ok(Created {
-            row: target,
-            created: false,
-            pending: Vec::new(),
-        });
+        return unchanged(tx, target).await;
     }
     let (row, p) = write_role(&mut tx, channel, user.as_str(), role, caller.as_str()).await?;
     tx.commit().await?;

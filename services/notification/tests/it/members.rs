@@ -74,6 +74,8 @@ forward! {
     set_member_role(SetMemberRoleRequest) -> SetMemberRoleResponse;
     list_public_channels(ListPublicChannelsRequest) -> ListPublicChannelsResponse;
     join_channel(JoinChannelRequest) -> JoinChannelResponse;
+    create_invite(CreateInviteRequest) -> CreateInviteResponse;
+    accept_invite(AcceptInviteRequest) -> AcceptInviteResponse;
     transfer_ownership(TransferOwnershipRequest) -> TransferOwnershipResponse;
     send_message(SendMessageRequest) -> SendMessageResponse;
     list_messages(ListMessagesRequest) -> ListMessagesResponse;
