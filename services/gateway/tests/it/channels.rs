@@ -666,3 +666,73 @@ async fn invites_admit_until_used_up_and_a_retry_takes_no_use() -> anyhow::Resul
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn when_the_owner_leaves_the_first_admin_then_the_first_member_takes_over()
+-> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let alice = Client::new(&stack.url(0), "alice");
+    let carol = Client::new(&stack.url(0), "carol");
+    let ch = alice.group("ops", &["bob", "dave"]).await?;
+    let (s, _, _) = alice
+        .req(
+            "POST",
+            &format!("/v1/channels/{ch}/members"),
+            Some(json!({"user_id": "carol"})),
+        )
+        .await?;
+    assert_eq!(s, 201);
+    let (s, _, _) = alice
+        .req(
+            "PUT",
+            &format!("/v1/channels/{ch}/members/carol"),
+            Some(json!({"role": "admin"})),
+        )
+        .await?;
+    assert_eq!(s, 200);
+    let mut bob_ws = Ws::connect(&stack.url(0), "bob").await?;
+    let members = |c: &Client| {
+        let c = c.clone();
+        let ch = ch.clone();
+        async move {
+            Ok::<_, anyhow::Error>(
+                c.req("GET", &format!("/v1/channels/{ch}/members"), None)
+                    .await?
+                    .1,
+            )
+        }
+    };
+
+    // The owner leaves: carol, the only admin, becomes owner though bob joined first.
+    let (s, _, _) = alice
+        .req("DELETE", &format!("/v1/channels/{ch}/members/alice"), None)
+        .await?;
+    assert_eq!(s, 204);
+    let m = members(&carol).await?;
+    assert_eq!(
+        ["carol", "bob", "dave", "alice"].map(|u| role_of(&m, u)),
+        ["owner", "member", "member", "none"]
+    );
+    let f = bob_ws
+        .until(T, |f| f["type"] == "member_updated")
+        .await?
+        .pop()
+        .unwrap_or_default();
+    assert_eq!(
+        (
+            f["user_id"].clone(),
+            f["role"].clone(),
+            f["updated_by"].clone()
+        ),
+        (json!("carol"), json!("owner"), json!("alice"))
+    );
+
+    // No admin left: the member who joined first (bob, with dave) takes over.
+    let (s, _, _) = carol
+        .req("DELETE", &format!("/v1/channels/{ch}/members/carol"), None)
+        .await?;
+    assert_eq!(s, 204);
+    let m = members(&Client::new(&stack.url(0), "bob")).await?;
+    assert_eq!(["bob", "dave"].map(|u| role_of(&m, u)), ["owner", "member"]);
+    Ok(())
+}

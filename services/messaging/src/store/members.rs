@@ -496,6 +496,22 @@ pub async fn remove_member(
         vec![channel_topic(channel), user_topic(user.as_str())],
     )
     .await?;
+    let mut pending = vec![p];
+    if target_role == Role::Owner {
+        // The owner left: the admin who joined first becomes owner, else the member who
+        // joined first; a channel nobody is left in keeps no owner.
+        let successor: Option<String> = sqlx::query_scalar(
+            "SELECT user_id FROM members WHERE channel_id = $1
+             ORDER BY role = 'admin' DESC, joined_at, user_id LIMIT 1",
+        )
+        .bind(channel)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(next) = successor {
+            let (_, p) = write_role(&mut tx, channel, &next, Role::Owner, caller.as_str()).await?;
+            pending.push(p);
+        }
+    }
     tx.commit().await?;
-    Ok(vec![p])
+    Ok(pending)
 }
