@@ -234,11 +234,12 @@ pub async fn accept_invite(
     max_channels: u32,
 ) -> Result<Created<MemberRow>, Error> {
     let gone = || Error::NotFound("no such invite, or it expired or was used up".into());
-    let channel: Uuid = sqlx::query_scalar("SELECT channel_id FROM invites WHERE code = $1")
-        .bind(code)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(gone)?;
+    let (channel, inviter): (Uuid, String) =
+        sqlx::query_as("SELECT channel_id, created_by FROM invites WHERE code = $1")
+            .bind(code)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(gone)?;
     let ch = channel_row(&mut tx, channel, true).await?;
     if let Some(m) = find_member(&mut tx, channel, caller.as_str()).await? {
         return unchanged(tx, m).await;
@@ -254,10 +255,6 @@ pub async fn accept_invite(
     if used == 0 {
         return Err(gone());
     }
-    let inviter = sqlx::query_scalar::<_, String>("SELECT created_by FROM invites WHERE code = $1")
-        .bind(code)
-        .fetch_one(&mut *tx)
-        .await?;
     admit(
         tx,
         &ch,
