@@ -175,13 +175,24 @@ async fn bad_metadata_is_invalid_and_changes_nothing() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn role_of(members: &serde_json::Value, user: &str) -> String {
-    members["members"]
-        .as_array()
-        .and_then(|a| a.iter().find(|m| m["user_id"] == user))
-        .and_then(|m| m["role"].as_str())
-        .unwrap_or("none")
-        .to_owned()
+/// The role of each of `users` in `ch` as `c` reads the member list ("none": not a member).
+async fn roles<const N: usize>(
+    c: &Client,
+    ch: &str,
+    users: [&str; N],
+) -> anyhow::Result<[String; N]> {
+    let (s, members, _) = c
+        .req("GET", &format!("/v1/channels/{ch}/members"), None)
+        .await?;
+    anyhow::ensure!(s == 200, "members of {ch}: {s} {members}");
+    Ok(users.map(|u| {
+        members["members"]
+            .as_array()
+            .and_then(|a| a.iter().find(|m| m["user_id"] == u))
+            .and_then(|m| m["role"].as_str())
+            .unwrap_or("none")
+            .to_owned()
+    }))
 }
 
 #[tokio::test]
@@ -266,45 +277,25 @@ async fn owners_name_admins_admins_manage_members_and_nobody_outranks_themselves
     assert_eq!((s, m["role"].clone()), (200, json!("member")));
 
     // Bad input and unknown members change nothing.
-    assert_error(
-        &alice
-            .req("PUT", &member("carol"), Some(json!({"role": "owner"})))
-            .await?,
-        400,
-        "invalid_argument",
-    );
-    assert_error(
-        &alice
-            .req("PUT", &member("carol"), Some(json!({"role": "king"})))
-            .await?,
-        400,
-        "invalid_argument",
-    );
-    assert_error(
-        &alice
-            .req("PUT", &member("zed"), Some(json!({"role": "admin"})))
-            .await?,
-        404,
-        "not_found",
-    );
-    assert_error(
-        &alice
-            .req("PUT", &member("bad id"), Some(json!({"role": "admin"})))
-            .await?,
-        400,
-        "invalid_argument",
-    );
+    for (target, role, status, code) in [
+        ("carol", "owner", 400, "invalid_argument"),
+        ("carol", "king", 400, "invalid_argument"),
+        ("zed", "admin", 404, "not_found"),
+        ("bad id", "admin", 400, "invalid_argument"),
+    ] {
+        let reply = alice
+            .req("PUT", &member(target), Some(json!({"role": role})))
+            .await?;
+        assert_error(&reply, status, code);
+    }
 
     // The owner demotes the admin.
     let (s, m, _) = alice
         .req("PUT", &member("bob"), Some(json!({"role": "member"})))
         .await?;
     assert_eq!((s, m["role"].clone()), (200, json!("member")));
-    let (_, members, _) = alice
-        .req("GET", &format!("/v1/channels/{ch}/members"), None)
-        .await?;
     assert_eq!(
-        ["alice", "bob", "carol", "dave"].map(|u| role_of(&members, u)),
+        roles(&alice, &ch, ["alice", "bob", "carol", "dave"]).await?,
         ["owner", "member", "member", "member"]
     );
     Ok(())
@@ -384,11 +375,8 @@ async fn direct_channels_have_two_equal_members_and_no_roles() -> anyhow::Result
         .await?;
     assert_eq!(s, 201, "{d}");
     let ch = d["id"].as_str().unwrap_or_default().to_owned();
-    let (_, members, _) = alice
-        .req("GET", &format!("/v1/channels/{ch}/members"), None)
-        .await?;
     assert_eq!(
-        [role_of(&members, "alice"), role_of(&members, "bob")],
+        roles(&alice, &ch, ["alice", "bob"]).await?,
         ["member", "member"],
         "the creator is no owner"
     );
@@ -638,11 +626,10 @@ async fn invites_admit_until_used_up_and_a_retry_takes_no_use() -> anyhow::Resul
             "not_found",
         );
     }
-    let (_, members, _) = alice
-        .req("GET", &format!("/v1/channels/{ch}/members"), None)
-        .await?;
-    assert_eq!(role_of(&members, "fay"), "member");
-    assert_eq!(role_of(&members, "gus"), "none");
+    assert_eq!(
+        roles(&alice, &ch, ["fay", "gus"]).await?,
+        ["member", "none"]
+    );
 
     // Direct channels take no invites.
     let (_, d, _) = alice
@@ -691,26 +678,13 @@ async fn when_the_owner_leaves_the_first_admin_then_the_first_member_takes_over(
         .await?;
     assert_eq!(s, 200);
     let mut bob_ws = Ws::connect(&stack.url(0), "bob").await?;
-    let members = |c: &Client| {
-        let c = c.clone();
-        let ch = ch.clone();
-        async move {
-            Ok::<_, anyhow::Error>(
-                c.req("GET", &format!("/v1/channels/{ch}/members"), None)
-                    .await?
-                    .1,
-            )
-        }
-    };
-
     // The owner leaves: carol, the only admin, becomes owner though bob joined first.
     let (s, _, _) = alice
         .req("DELETE", &format!("/v1/channels/{ch}/members/alice"), None)
         .await?;
     assert_eq!(s, 204);
-    let m = members(&carol).await?;
     assert_eq!(
-        ["carol", "bob", "dave", "alice"].map(|u| role_of(&m, u)),
+        roles(&carol, &ch, ["carol", "bob", "dave", "alice"]).await?,
         ["owner", "member", "member", "none"]
     );
     let f = bob_ws
@@ -732,7 +706,10 @@ async fn when_the_owner_leaves_the_first_admin_then_the_first_member_takes_over(
         .req("DELETE", &format!("/v1/channels/{ch}/members/carol"), None)
         .await?;
     assert_eq!(s, 204);
-    let m = members(&Client::new(&stack.url(0), "bob")).await?;
-    assert_eq!(["bob", "dave"].map(|u| role_of(&m, u)), ["owner", "member"]);
+    let bob = Client::new(&stack.url(0), "bob");
+    assert_eq!(
+        roles(&bob, &ch, ["bob", "dave"]).await?,
+        ["owner", "member"]
+    );
     Ok(())
 }
