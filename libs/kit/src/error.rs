@@ -20,7 +20,32 @@ pub enum ErrorCode {
     RateLimited,
     Unavailable,
     Internal,
+    /// The channel is archived (read-only): 409.
+    Archived,
+    /// The caller is banned from the channel: 403.
+    Banned,
+    /// The caller is muted in the channel: 403.
+    Muted,
+    /// The other member of the direct channel blocked the caller: 403.
+    Blocked,
 }
+
+/// Every code, for exhaustive tests and documentation checks.
+pub const ALL_CODES: [ErrorCode; 13] = [
+    ErrorCode::InvalidArgument,
+    ErrorCode::Unauthenticated,
+    ErrorCode::PermissionDenied,
+    ErrorCode::NotFound,
+    ErrorCode::Conflict,
+    ErrorCode::TooLarge,
+    ErrorCode::RateLimited,
+    ErrorCode::Unavailable,
+    ErrorCode::Internal,
+    ErrorCode::Archived,
+    ErrorCode::Banned,
+    ErrorCode::Muted,
+    ErrorCode::Blocked,
+];
 
 impl ErrorCode {
     /// The `code` string of the API.
@@ -35,6 +60,10 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
+            Self::Archived => "archived",
+            Self::Banned => "banned",
+            Self::Muted => "muted",
+            Self::Blocked => "blocked",
         }
     }
 
@@ -43,9 +72,9 @@ impl ErrorCode {
         match self {
             Self::InvalidArgument => 400,
             Self::Unauthenticated => 401,
-            Self::PermissionDenied => 403,
+            Self::PermissionDenied | Self::Banned | Self::Muted | Self::Blocked => 403,
             Self::NotFound => 404,
-            Self::Conflict => 409,
+            Self::Conflict | Self::Archived => 409,
             Self::TooLarge => 413,
             Self::RateLimited => 429,
             Self::Unavailable => 503,
@@ -58,9 +87,11 @@ impl ErrorCode {
         match self {
             Self::InvalidArgument | Self::TooLarge => Code::InvalidArgument,
             Self::Unauthenticated => Code::Unauthenticated,
-            Self::PermissionDenied => Code::PermissionDenied,
+            Self::PermissionDenied | Self::Banned | Self::Muted | Self::Blocked => {
+                Code::PermissionDenied
+            }
             Self::NotFound => Code::NotFound,
-            Self::Conflict => Code::FailedPrecondition,
+            Self::Conflict | Self::Archived => Code::FailedPrecondition,
             Self::RateLimited => Code::ResourceExhausted,
             Self::Unavailable => Code::Unavailable,
             Self::Internal => Code::Internal,
@@ -88,6 +119,10 @@ impl ErrorCode {
             "rate_limited" => Self::RateLimited,
             "unavailable" => Self::Unavailable,
             "internal" => Self::Internal,
+            "archived" => Self::Archived,
+            "banned" => Self::Banned,
+            "muted" => Self::Muted,
+            "blocked" => Self::Blocked,
             _ => return None,
         })
     }
@@ -138,7 +173,10 @@ pub enum Upstream {
 impl From<Status> for Upstream {
     fn from(s: Status) -> Self {
         match ErrorCode::from_status(&s) {
-            ErrorCode::PermissionDenied => Self::PermissionDenied(s.message().to_owned()),
+            ErrorCode::PermissionDenied
+            | ErrorCode::Banned
+            | ErrorCode::Muted
+            | ErrorCode::Blocked => Self::PermissionDenied(s.message().to_owned()),
             ErrorCode::NotFound => Self::NotFound(s.message().to_owned()),
             _ => Self::Unavailable(format!("{:?}: {}", s.code(), s.message())),
         }
@@ -163,6 +201,18 @@ pub enum ServiceError {
     PermissionDenied(String),
     #[error("{0}")]
     Conflict(String),
+    /// The channel is archived (read-only).
+    #[error("{0}")]
+    Archived(String),
+    /// The caller is banned from the channel.
+    #[error("{0}")]
+    Banned(String),
+    /// The caller is muted in the channel.
+    #[error("{0}")]
+    Muted(String),
+    /// The other member of a direct channel blocked the caller.
+    #[error("{0}")]
+    Blocked(String),
     /// A service this one calls could not be asked (down, slow, restarting): retryable.
     #[error("upstream unavailable: {0}")]
     Unavailable(String),
@@ -180,6 +230,10 @@ impl From<ServiceError> for Status {
             ServiceError::NotFound(m) => ErrorCode::NotFound.status(m),
             ServiceError::PermissionDenied(m) => ErrorCode::PermissionDenied.status(m),
             ServiceError::Conflict(m) => ErrorCode::Conflict.status(m),
+            ServiceError::Archived(m) => ErrorCode::Archived.status(m),
+            ServiceError::Banned(m) => ErrorCode::Banned.status(m),
+            ServiceError::Muted(m) => ErrorCode::Muted.status(m),
+            ServiceError::Blocked(m) => ErrorCode::Blocked.status(m),
             ServiceError::Unavailable(m) => {
                 tracing::warn!(error = %m, "upstream unavailable");
                 ErrorCode::Unavailable.status("messaging unavailable")
@@ -206,17 +260,7 @@ mod tests {
 
     #[test]
     fn every_code_round_trips_through_status() {
-        for code in [
-            ErrorCode::InvalidArgument,
-            ErrorCode::Unauthenticated,
-            ErrorCode::PermissionDenied,
-            ErrorCode::NotFound,
-            ErrorCode::Conflict,
-            ErrorCode::TooLarge,
-            ErrorCode::RateLimited,
-            ErrorCode::Unavailable,
-            ErrorCode::Internal,
-        ] {
+        for code in ALL_CODES {
             assert_eq!(ErrorCode::from_status(&code.status("x")), code);
         }
     }

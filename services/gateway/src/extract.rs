@@ -50,6 +50,29 @@ impl<T: DeserializeOwned> FromRequest<Arc<App>> for JsonBody<T> {
     }
 }
 
+/// Like [`JsonBody`], but an empty body reads as `T::default()` (for requests whose every
+/// field is optional).
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default> FromRequest<Arc<App>> for OptionalJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, ApiError> {
+        let limit = app.config.http.max_body_bytes;
+        let body = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!("request body over {limit} bytes"),
+                )
+            })?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(T::default()));
+        }
+        parse_json(&body).map(Self)
+    }
+}
+
 pub(crate) fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid(

@@ -220,10 +220,15 @@ pub enum ServerFrame {
         role: Role,
         updated_by: String,
     },
-    /// A channel's name, topic or description changed.
+    /// A channel's name, topic, description or archived state changed.
     ChannelUpdated {
         channel: Channel,
         updated_by: String,
+    },
+    /// A channel the user was in was deleted with its history.
+    ChannelDeleted {
+        channel_id: String,
+        deleted_by: String,
     },
     /// The answer to a `send`.
     Sent {

@@ -30,6 +30,9 @@ pub struct Channel {
     pub topic: String,
     /// What the channel is for (empty when none).
     pub description: String,
+    /// When the channel was archived (read-only), or `null`.
+    #[serde(default)]
+    pub archived_at: Option<String>,
 }
 
 impl From<&pb::Channel> for Channel {
@@ -45,6 +48,7 @@ impl From<&pb::Channel> for Channel {
             last_activity_at,
             topic,
             description,
+            archived_at,
         } = c;
         let kind = match pb::ChannelKind::try_from(*kind) {
             Ok(pb::ChannelKind::Direct) => "direct",
@@ -62,6 +66,7 @@ impl From<&pb::Channel> for Channel {
             last_activity_at: time_str(last_activity_at.as_ref()),
             topic: topic.clone(),
             description: description.clone(),
+            archived_at: time_str(archived_at.as_ref()),
         }
     }
 }
@@ -127,6 +132,34 @@ pub struct Message {
     pub edited_at: Option<String>,
     /// A tombstone: the body is empty.
     pub deleted: bool,
+    /// Present only on a system message (a moderation action recorded in history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<SystemEvent>,
+}
+
+/// What a system message records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemEvent {
+    /// `banned`, `unbanned`, `muted` or `unmuted`.
+    pub action: String,
+    pub target_user_id: String,
+    /// A ban's reason; omitted when none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// When the ban or mute ends; omitted when it lasts until lifted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+impl From<&pb::SystemEvent> for SystemEvent {
+    fn from(e: &pb::SystemEvent) -> Self {
+        Self {
+            action: e.action.clone(),
+            target_user_id: e.target_user_id.clone(),
+            reason: e.reason.clone(),
+            expires_at: time_str(e.expires_at.as_ref()),
+        }
+    }
 }
 
 impl From<&pb::Message> for Message {
@@ -141,6 +174,7 @@ impl From<&pb::Message> for Message {
             created_at,
             edited_at,
             deleted,
+            system,
         } = m;
         Self {
             id: id.clone(),
@@ -152,6 +186,7 @@ impl From<&pb::Message> for Message {
             created_at: time_str(created_at.as_ref()),
             edited_at: time_str(edited_at.as_ref()),
             deleted: *deleted,
+            system: system.as_ref().map(SystemEvent::from),
         }
     }
 }
@@ -215,4 +250,44 @@ pub fn invite(i: &pb::Invite) -> Value {
         "code": code, "channel_id": channel_id, "created_by": created_by,
         "expires_at": time(expires_at.as_ref()), "max_uses": max_uses, "uses": uses,
     })
+}
+
+pub fn ban(b: &pb::Ban) -> Value {
+    let pb::Ban {
+        channel_id,
+        user_id,
+        banned_by,
+        reason,
+        created_at,
+        expires_at,
+    } = b;
+    json!({
+        "channel_id": channel_id,
+        "user_id": user_id,
+        "banned_by": banned_by,
+        "reason": reason,
+        "created_at": time(created_at.as_ref()),
+        "expires_at": time(expires_at.as_ref()),
+    })
+}
+
+pub fn mute(m: &pb::Mute) -> Value {
+    let pb::Mute {
+        channel_id,
+        user_id,
+        muted_by,
+        created_at,
+        expires_at,
+    } = m;
+    json!({
+        "channel_id": channel_id,
+        "user_id": user_id,
+        "muted_by": muted_by,
+        "created_at": time(created_at.as_ref()),
+        "expires_at": time(expires_at.as_ref()),
+    })
+}
+
+pub fn block(b: &pb::Block) -> Value {
+    json!({"user_id": b.user_id, "created_at": time(b.created_at.as_ref())})
 }

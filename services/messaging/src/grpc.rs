@@ -12,6 +12,7 @@ use tracing::Instrument as _;
 use crate::{Config, Error, batch::Batcher, outbox, store};
 
 mod input;
+mod moderation;
 
 use input::{
     channel_id, decode_cursor, decode_name_cursor, encode_cursor, encode_name_cursor, invalid, seq,
@@ -639,5 +640,85 @@ impl MessagingService for Messaging {
         Ok(Response::new(pb::DeleteMessageResponse {
             message: Some(m.into()),
         }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn set_archived(
+        &self,
+        req: Request<pb::SetArchivedRequest>,
+    ) -> Result<Response<pb::SetArchivedResponse>, Status> {
+        self.do_set_archived(req).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_channel(
+        &self,
+        req: Request<pb::DeleteChannelRequest>,
+    ) -> Result<Response<pb::DeleteChannelResponse>, Status> {
+        self.do_delete_channel(req).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn ban_member(
+        &self,
+        req: Request<pb::BanMemberRequest>,
+    ) -> Result<Response<pb::BanMemberResponse>, Status> {
+        self.do_ban(req).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn unban_member(
+        &self,
+        req: Request<pb::UnbanMemberRequest>,
+    ) -> Result<Response<pb::UnbanMemberResponse>, Status> {
+        self.do_unban(req).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_bans(
+        &self,
+        req: Request<pb::ListBansRequest>,
+    ) -> Result<Response<pb::ListBansResponse>, Status> {
+        self.do_list_bans(req).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn mute_member(
+        &self,
+        req: Request<pb::MuteMemberRequest>,
+    ) -> Result<Response<pb::MuteMemberResponse>, Status> {
+        self.do_mute(req).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn unmute_member(
+        &self,
+        req: Request<pb::UnmuteMemberRequest>,
+    ) -> Result<Response<pb::UnmuteMemberResponse>, Status> {
+        self.do_unmute(req).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn block_user(
+        &self,
+        req: Request<pb::BlockUserRequest>,
+    ) -> Result<Response<pb::BlockUserResponse>, Status> {
+        self.do_block(req).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn unblock_user(
+        &self,
+        req: Request<pb::UnblockUserRequest>,
+    ) -> Result<Response<pb::UnblockUserResponse>, Status> {
+        self.do_unblock(req).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_blocks(
+        &self,
+        req: Request<pb::ListBlocksRequest>,
+    ) -> Result<Response<pb::ListBlocksResponse>, Status> {
+        self.do_list_blocks(req).await
     }
 }

@@ -77,6 +77,8 @@ pub struct Limits {
     pub invite_default_ttl_secs: u64,
     pub invite_max_ttl_secs: u64,
     pub invite_max_uses: u32,
+    pub max_reason_chars: usize,
+    pub max_blocks: u32,
     pub max_send_items: usize,
 }
 

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::Error;
 
 mod members;
+mod moderation;
 mod role;
 mod send;
 use members::check_channels_of;
@@ -18,8 +19,12 @@ pub use members::{
     accept_invite, add_member, contacts, create_invite, join, list_members, remove_member,
     set_role, transfer_ownership,
 };
+pub use moderation::{
+    Sanction, ban, block, delete_channel, list_bans, list_blocks, mute, set_archived, unban,
+    unblock, unmute,
+};
 pub use role::Role;
-pub use send::{Assumed, SendKey, check_sends, write_sends, write_sends_checked};
+pub use send::{Assumed, SendCheck, SendKey, check_sends, write_sends, write_sends_checked};
 
 type Tx = Transaction<'static, Postgres>;
 
@@ -35,6 +40,7 @@ pub struct ChannelRow {
     pub last_activity_at: DateTime<Utc>,
     pub topic: String,
     pub description: String,
+    pub archived_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -56,6 +62,30 @@ pub struct MessageRow {
     pub created_at: DateTime<Utc>,
     pub edited_at: Option<DateTime<Utc>>,
     pub deleted: bool,
+    /// JSON of a [`SystemRow`] on a system message; `None` on what a user wrote.
+    pub system: Option<String>,
+}
+
+/// A system message's event as `messages.system` stores it (JSON).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SystemRow {
+    pub action: String,
+    pub target_user_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl From<SystemRow> for pb::SystemEvent {
+    fn from(r: SystemRow) -> Self {
+        pb::SystemEvent {
+            action: r.action,
+            target_user_id: r.target_user_id,
+            reason: r.reason,
+            expires_at: r.expires_at.map(ts),
+        }
+    }
 }
 
 /// What a create-or-find call returns: the row, whether this call created it, and the
@@ -76,9 +106,9 @@ pub struct Pending {
 }
 
 const CHANNEL_COLS: &str = "id, kind, name, created_by, created_at, member_count, last_seq, \
-     last_activity_at, topic, description";
+     last_activity_at, topic, description, archived_at";
 const MESSAGE_COLS: &str =
-    "id, channel_id, seq, sender_id, client_msg_id, body, created_at, edited_at, deleted";
+    "id, channel_id, seq, sender_id, client_msg_id, body, created_at, edited_at, deleted, system";
 
 pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -100,6 +130,7 @@ impl From<ChannelRow> for pb::Channel {
             last_activity_at,
             topic,
             description,
+            archived_at,
         } = r;
         pb::Channel {
             id: id.to_string(),
@@ -116,6 +147,7 @@ impl From<ChannelRow> for pb::Channel {
             last_activity_at: Some(ts(last_activity_at)),
             topic,
             description,
+            archived_at: archived_at.map(ts),
         }
     }
 }
@@ -149,7 +181,12 @@ impl From<MessageRow> for pb::Message {
             created_at,
             edited_at,
             deleted,
+            system,
         } = r;
+        // A value this service wrote: unreadable only if the column was edited by hand.
+        let system = system
+            .and_then(|j| serde_json::from_str::<SystemRow>(&j).ok())
+            .map(pb::SystemEvent::from);
         pb::Message {
             id: id.to_string(),
             channel_id: channel_id.to_string(),
@@ -160,6 +197,7 @@ impl From<MessageRow> for pb::Message {
             created_at: Some(ts(created_at)),
             edited_at: edited_at.map(ts),
             deleted,
+            system,
         }
     }
 }
@@ -366,6 +404,11 @@ pub async fn create_direct(
     } else {
         (other, caller)
     };
+    if moderation::blocks(&mut tx, other.as_str(), caller.as_str()).await? {
+        return Err(Error::Blocked(format!(
+            "{other} blocked you: no direct channel with them"
+        )));
+    }
     let key = format!("{a}\n{b}");
     let inserted = sqlx::query_as::<_, ChannelRow>(sqlx::AssertSqlSafe(format!(
         "INSERT INTO channels (id, kind, name, created_by, member_count, direct_key)
@@ -536,7 +579,7 @@ pub async fn list_channels(
     let (at, id) = after.map_or((None, None), |(t, i)| (Some(t), Some(i)));
     let rows = sqlx::query_as::<_, ChannelRow>(
         "SELECT c.id, c.kind, c.name, c.created_by, c.created_at, c.member_count, c.last_seq, c.last_activity_at,
-                c.topic, c.description
+                c.topic, c.description, c.archived_at
          FROM members m JOIN channels c ON c.id = m.channel_id
          WHERE m.user_id = $1
            AND ($2::timestamptz IS NULL OR (c.last_activity_at, c.id) < ($2::timestamptz, $3::uuid))
@@ -638,6 +681,7 @@ pub async fn edit(
     body: &MessageBody,
 ) -> Result<(MessageRow, Pending), Error> {
     require_member(&mut tx, channel, caller).await?;
+    moderation::check_may_write(&mut tx, channel, caller.as_str()).await?;
     let m = message_for_update(&mut tx, channel, seq).await?;
     if m.sender_id != caller.as_str() {
         return Err(Error::PermissionDenied(
@@ -646,6 +690,11 @@ pub async fn edit(
     }
     if m.deleted {
         return Err(Error::NotFound(format!("message {seq} was deleted")));
+    }
+    if m.system.is_some() {
+        return Err(Error::PermissionDenied(
+            "a system message cannot be edited".into(),
+        ));
     }
     let row = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
         "UPDATE messages SET body = $3, edited_at = now() WHERE channel_id = $1 AND seq = $2 RETURNING {MESSAGE_COLS}"

@@ -84,9 +84,18 @@ pub struct Created {
     members_version: i64,
 }
 
-/// Decodes a batch's entries, keeping the MessageCreated events (in stream order).
-fn decode(entries: &[StreamId]) -> Vec<Created> {
+/// A batch's events that notification acts on, decoded once.
+pub struct Decoded {
+    /// MessageCreated events, in stream order.
+    created: Vec<Created>,
+    /// BlockChanged events, in stream order.
+    blocks: Vec<store::BlockChange>,
+}
+
+/// Decodes a batch's entries, keeping the MessageCreated and BlockChanged events.
+fn decode(entries: &[StreamId]) -> Decoded {
     let mut created = Vec::new();
+    let mut blocks = Vec::new();
     for entry in entries {
         let event = entry
             .get::<Vec<u8>>("event")
@@ -101,8 +110,30 @@ fn decode(entries: &[StreamId]) -> Vec<Created> {
             channel_id,
             trace_context,
             payload,
-            ..
+            occurred_at,
         } = event;
+        if let Some(ev::event::Payload::BlockChanged(b)) = &payload {
+            let at = occurred_at.and_then(|t| {
+                chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+            });
+            match at {
+                Some(at) if !b.blocker.is_empty() && !b.blocked.is_empty() => {
+                    metrics::counter!("notification_events_total", "kind" => "block_changed")
+                        .increment(1);
+                    blocks.push(store::BlockChange {
+                        blocker: b.blocker.clone(),
+                        blocked: b.blocked.clone(),
+                        active: b.active,
+                        at,
+                    });
+                }
+                _ => {
+                    metrics::counter!("notification_events_total", "kind" => "invalid")
+                        .increment(1);
+                }
+            }
+            continue;
+        }
         let Some(ev::event::Payload::MessageCreated(ev::MessageCreated {
             message: Some(message),
             members_version,
@@ -119,7 +150,7 @@ fn decode(entries: &[StreamId]) -> Vec<Created> {
             members_version,
         });
     }
-    created
+    Decoded { created, blocks }
 }
 
 /// The span of one event's fan-out; it continues the trace of the request that sent the
@@ -245,7 +276,10 @@ impl Consumer {
     ///
     /// A skipped event (NOT_FOUND / PERMISSION_DENIED / malformed) only drops that event;
     /// any other failure fails the batch, which is retried whole.
-    async fn record(&self, batch: &[Created]) -> Result<(), Error> {
+    async fn record(&self, decoded: &Decoded) -> Result<(), Error> {
+        // Blocks first: a message after a block in the stream is judged by it.
+        store::apply_blocks(&self.pool, &decoded.blocks).await?;
+        let batch = &decoded.created;
         let mut fanouts = Vec::with_capacity(batch.len());
         for created in batch {
             let mut f = Fanout {
@@ -267,6 +301,7 @@ impl Consumer {
             }
             fanouts.push(f);
         }
+        self.drop_blocked(&mut fanouts).await?;
 
         let devices = self.narrow(&mut fanouts).await?;
 
@@ -307,6 +342,35 @@ impl Consumer {
         Ok(())
     }
 
+    /// Drops from each event's recipients those who blocked its sender (one query for the
+    /// batch).
+    async fn drop_blocked(&self, fanouts: &mut [Fanout<'_>]) -> Result<(), Error> {
+        let mut senders: Vec<String> = fanouts
+            .iter()
+            .filter(|f| !f.users.is_empty())
+            .map(|f| f.created.message.sender_id.clone())
+            .collect();
+        senders.sort_unstable();
+        senders.dedup();
+        let users = wanted(fanouts);
+        let pairs = store::blocked_pairs(&self.pool, &senders, &users).await?;
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        for f in fanouts.iter_mut() {
+            let sender = &f.created.message.sender_id;
+            let before = f.users.len();
+            f.users
+                .retain(|u| !pairs.contains(&(u.clone(), sender.clone())));
+            let dropped = before - f.users.len();
+            if dropped > 0 {
+                metrics::counter!("notification_blocked_recipients_total")
+                    .increment(dropped as u64);
+            }
+        }
+        Ok(())
+    }
+
     /// Step 1 of one event: its channel, message id and the members other than the sender
     /// (none for a deleted message or one without a sender).
     async fn recipients(&self, c: &Created) -> Result<(Uuid, Uuid, Vec<String>), Error> {
@@ -315,7 +379,8 @@ impl Consumer {
             .map_err(|_| Error::BadArgument("event with a bad channel id".into()))?;
         let message_id = Uuid::parse_str(&m.id)
             .map_err(|_| Error::BadArgument("event with a bad message id".into()))?;
-        if m.sender_id.is_empty() || m.deleted {
+        // System messages (moderation records) push nobody.
+        if m.sender_id.is_empty() || m.deleted || m.system.is_some() {
             return Ok((channel, message_id, Vec::new()));
         }
         let members = self
@@ -487,11 +552,11 @@ impl Consumer {
 }
 
 impl parley_kit::stream::Handler for Consumer {
-    type Batch = Vec<Created>;
+    type Batch = Decoded;
     type Error = Error;
 
     /// Decodes the entries once, however often the batch is applied.
-    fn prepare(&self, entries: &[StreamId]) -> Vec<Created> {
+    fn prepare(&self, entries: &[StreamId]) -> Decoded {
         decode(entries)
     }
 
@@ -499,7 +564,7 @@ impl parley_kit::stream::Handler for Consumer {
     fn apply<'a>(
         &'a self,
         _entries: &'a [StreamId],
-        batch: &'a Vec<Created>,
+        batch: &'a Decoded,
     ) -> impl std::future::Future<Output = Result<(), Error>> + Send + 'a {
         self.record(batch)
     }

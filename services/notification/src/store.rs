@@ -248,3 +248,62 @@ pub async fn insert_deliveries(
     tx.commit().await?;
     Ok(inserted)
 }
+
+/// A block placed (`active`) or lifted, as a BlockChanged event said at `at`.
+#[derive(Debug, Clone)]
+pub struct BlockChange {
+    pub blocker: String,
+    pub blocked: String,
+    pub active: bool,
+    pub at: DateTime<Utc>,
+}
+
+/// Applies block changes, each only over an older state of its pair (events may arrive
+/// out of order or twice).
+pub async fn apply_blocks(pool: &PgPool, changes: &[BlockChange]) -> Result<(), Error> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let blocker: Vec<&str> = changes.iter().map(|c| c.blocker.as_str()).collect();
+    let blocked: Vec<&str> = changes.iter().map(|c| c.blocked.as_str()).collect();
+    let active: Vec<bool> = changes.iter().map(|c| c.active).collect();
+    let at: Vec<DateTime<Utc>> = changes.iter().map(|c| c.at).collect();
+    // Newest change per pair first: one row per pair in the upsert.
+    sqlx::query(
+        "INSERT INTO blocks (blocker, blocked, active, at)
+         SELECT DISTINCT ON (blocker, blocked) blocker, blocked, active, at
+         FROM unnest($1::text[], $2::text[], $3::bool[], $4::timestamptz[])
+              AS c(blocker, blocked, active, at)
+         ORDER BY blocker, blocked, at DESC
+         ON CONFLICT (blocker, blocked) DO UPDATE
+         SET active = EXCLUDED.active, at = EXCLUDED.at
+         WHERE blocks.at <= EXCLUDED.at",
+    )
+    .bind(&blocker)
+    .bind(&blocked)
+    .bind(&active)
+    .bind(&at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The (blocker, blocked) pairs in force among `blockers` × `senders`.
+pub async fn blocked_pairs(
+    pool: &PgPool,
+    senders: &[String],
+    blockers: &[String],
+) -> Result<std::collections::HashSet<(String, String)>, Error> {
+    if senders.is_empty() || blockers.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT blocker, blocked FROM blocks
+         WHERE active AND blocked = ANY($1) AND blocker = ANY($2)",
+    )
+    .bind(senders)
+    .bind(blockers)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}

@@ -61,6 +61,10 @@ impl Delta {
             trace_context,
             payload,
         } = event;
+        // Blocks are between users, not in a channel, and not receipts' concern.
+        if let Some(ev::event::Payload::BlockChanged(_)) = payload {
+            return Ok("block_changed");
+        }
         let channel = Uuid::parse_str(channel_id).map_err(|_| Skip::Invalid)?;
         let seq_of =
             |m: &Option<parley_proto::messaging::v1::Message>| -> Result<(i64, String), Skip> {
@@ -115,6 +119,24 @@ impl Delta {
             // Names, topics, descriptions and roles are not receipts' concern.
             ev::event::Payload::ChannelUpdated(_) => Ok("channel_updated"),
             ev::event::Payload::MemberRoleChanged(_) => Ok("member_role_changed"),
+            ev::event::Payload::BlockChanged(_) => Ok("block_changed"),
+            // Every membership of a deleted channel ends with it.
+            ev::event::Payload::ChannelDeleted(ev::ChannelDeleted { members, .. }) => {
+                self.channel(channel, 0);
+                for user in members.iter().filter(|u| !u.is_empty()) {
+                    self.membership(
+                        channel,
+                        user.clone(),
+                        Membership {
+                            active: false,
+                            joined_seq: 0,
+                            at,
+                            event_id,
+                        },
+                    );
+                }
+                Ok("channel_deleted")
+            }
             ev::event::Payload::MemberJoined(ev::MemberJoined {
                 member,
                 added_by: _,

@@ -400,3 +400,149 @@ pub async fn remove_member(
         .await?;
     Ok(())
 }
+
+/// Archives (`true`) or unarchives a group channel (owners and admins). Counts against
+/// `rate.edits`. `None` when messaging answered without a channel (never in practice).
+pub async fn set_archived(
+    app: &App,
+    user: &UserId,
+    channel: &ChannelId,
+    archived: bool,
+) -> Result<Option<pb::Channel>, ApiError> {
+    app.limiter.check(Kind::Edits, user.as_str()).await?;
+    let req = pb::SetArchivedRequest {
+        channel_id: channel.to_string(),
+        archived,
+    };
+    Ok(app
+        .messaging
+        .clone()
+        .set_archived(request(user, req)?)
+        .await?
+        .into_inner()
+        .channel)
+}
+
+/// Deletes a group channel with its history (the owner). Counts against `rate.edits`.
+pub async fn delete(app: &App, user: &UserId, channel: &ChannelId) -> Result<(), ApiError> {
+    app.limiter.check(Kind::Edits, user.as_str()).await?;
+    let req = pb::DeleteChannelRequest {
+        channel_id: channel.to_string(),
+    };
+    app.messaging
+        .clone()
+        .delete_channel(request(user, req)?)
+        .await?;
+    Ok(())
+}
+
+/// A ban's or mute's end as the API takes it: RFC 3339, or absent (until lifted).
+pub fn parse_expiry(s: Option<&str>) -> Result<Option<prost_types::Timestamp>, ApiError> {
+    let Some(s) = s else { return Ok(None) };
+    let t = chrono::DateTime::parse_from_rfc3339(s)
+        .map_err(|_| ApiError::invalid("expires_at must be an RFC 3339 time"))?;
+    Ok(Some(prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }))
+}
+
+/// Bans `target` from a group channel until `expires_at` (owners and admins). Counts
+/// against `rate.edits`.
+pub async fn ban(
+    app: &App,
+    user: &UserId,
+    channel: &ChannelId,
+    target: &UserId,
+    expires_at: Option<prost_types::Timestamp>,
+    reason: String,
+) -> Result<pb::BanMemberResponse, ApiError> {
+    app.limiter.check(Kind::Edits, user.as_str()).await?;
+    let req = pb::BanMemberRequest {
+        channel_id: channel.to_string(),
+        user_id: target.to_string(),
+        expires_at,
+        reason,
+    };
+    Ok(app
+        .messaging
+        .clone()
+        .ban_member(request(user, req)?)
+        .await?
+        .into_inner())
+}
+
+/// What a moderator lifts.
+#[derive(Debug, Clone, Copy)]
+pub enum Sanction {
+    Ban,
+    Mute,
+}
+
+/// Lifts a ban or a mute of `target` (nothing to lift is no error). Counts against
+/// `rate.edits`.
+pub async fn lift(
+    app: &App,
+    user: &UserId,
+    channel: &ChannelId,
+    target: &UserId,
+    what: Sanction,
+) -> Result<(), ApiError> {
+    app.limiter.check(Kind::Edits, user.as_str()).await?;
+    let (channel_id, user_id) = (channel.to_string(), target.to_string());
+    let mut messaging = app.messaging.clone();
+    match what {
+        Sanction::Ban => {
+            let req = pb::UnbanMemberRequest {
+                channel_id,
+                user_id,
+            };
+            messaging.unban_member(request(user, req)?).await?;
+        }
+        Sanction::Mute => {
+            let req = pb::UnmuteMemberRequest {
+                channel_id,
+                user_id,
+            };
+            messaging.unmute_member(request(user, req)?).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The bans in force (owners and admins).
+pub async fn bans(app: &App, user: &UserId, channel: &ChannelId) -> Result<Vec<pb::Ban>, ApiError> {
+    let req = pb::ListBansRequest {
+        channel_id: channel.to_string(),
+    };
+    Ok(app
+        .messaging
+        .clone()
+        .list_bans(request(user, req)?)
+        .await?
+        .into_inner()
+        .bans)
+}
+
+/// Mutes a member until `expires_at` (owners and admins). Counts against `rate.edits`.
+pub async fn mute(
+    app: &App,
+    user: &UserId,
+    channel: &ChannelId,
+    target: &UserId,
+    expires_at: Option<prost_types::Timestamp>,
+) -> Result<Option<pb::Mute>, ApiError> {
+    app.limiter.check(Kind::Edits, user.as_str()).await?;
+    let req = pb::MuteMemberRequest {
+        channel_id: channel.to_string(),
+        user_id: target.to_string(),
+        expires_at,
+    };
+    Ok(app
+        .messaging
+        .clone()
+        .mute_member(request(user, req)?)
+        .await?
+        .into_inner()
+        .mute)
+}

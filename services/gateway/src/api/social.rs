@@ -141,3 +141,50 @@ pub async fn channel_receipts(
 pub async fn unread(app: &App, user: &UserId) -> Result<receipts_pb::GetUnreadResponse, ApiError> {
     receipts(app)?.unread(user).await
 }
+
+/// The caller blocks `target` (or lifts the block, `blocked` false). Counts against
+/// `rate.edits`. Returns whether anything changed.
+pub async fn set_block(
+    app: &App,
+    user: &UserId,
+    target: &UserId,
+    blocked: bool,
+) -> Result<bool, ApiError> {
+    use parley_proto::messaging::v1 as pb;
+    app.limiter.check(Kind::Edits, user.as_str()).await?;
+    let mut messaging = app.messaging.clone();
+    Ok(if blocked {
+        let req = pb::BlockUserRequest {
+            user_id: target.to_string(),
+        };
+        messaging
+            .block_user(request(user, req)?)
+            .await?
+            .into_inner()
+            .created
+    } else {
+        let req = pb::UnblockUserRequest {
+            user_id: target.to_string(),
+        };
+        messaging
+            .unblock_user(request(user, req)?)
+            .await?
+            .into_inner()
+            .changed
+    })
+}
+
+/// The users the caller blocked.
+pub async fn blocks(
+    app: &App,
+    user: &UserId,
+) -> Result<Vec<parley_proto::messaging::v1::Block>, ApiError> {
+    let req = parley_proto::messaging::v1::ListBlocksRequest {};
+    Ok(app
+        .messaging
+        .clone()
+        .list_blocks(request(user, req)?)
+        .await?
+        .into_inner()
+        .blocks)
+}

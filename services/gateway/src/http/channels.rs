@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::{
     ApiError,
-    api::channels::{self, NewChannel},
+    api::channels::{self, NewChannel, Sanction},
     view,
 };
 
@@ -246,5 +246,117 @@ pub(super) async fn remove_member(
 ) -> Result<StatusCode, ApiError> {
     let target = UserId::parse(&target)?;
     channels::remove_member(&app, &user, &channel_path(&id)?, &target).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn archive(
+    State(app): AppState,
+    Caller(user): Caller,
+    P(id): P<String>,
+) -> Result<Json<Value>, ApiError> {
+    archived(app, user, id, true).await
+}
+
+pub(super) async fn unarchive(
+    State(app): AppState,
+    Caller(user): Caller,
+    P(id): P<String>,
+) -> Result<Json<Value>, ApiError> {
+    archived(app, user, id, false).await
+}
+
+async fn archived(
+    app: std::sync::Arc<crate::App>,
+    user: UserId,
+    id: String,
+    archived: bool,
+) -> Result<Json<Value>, ApiError> {
+    let channel = channels::set_archived(&app, &user, &channel_path(&id)?, archived).await?;
+    Ok(Json(
+        channel.as_ref().map(view::channel).unwrap_or(Value::Null),
+    ))
+}
+
+pub(super) async fn delete_channel(
+    State(app): AppState,
+    Caller(user): Caller,
+    P(id): P<String>,
+) -> Result<StatusCode, ApiError> {
+    channels::delete(&app, &user, &channel_path(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BanBody {
+    expires_at: Option<String>,
+    #[serde(default)]
+    reason: String,
+}
+
+pub(super) async fn put_ban(
+    State(app): AppState,
+    Caller(user): Caller,
+    P((id, target)): P<(String, String)>,
+    OptionalJson(b): OptionalJson<BanBody>,
+) -> Result<Json<Value>, ApiError> {
+    let target = UserId::parse(&target)?;
+    let until = channels::parse_expiry(b.expires_at.as_deref())?;
+    let resp = channels::ban(&app, &user, &channel_path(&id)?, &target, until, b.reason).await?;
+    let mut ban = resp.ban.as_ref().map(view::ban).unwrap_or(Value::Null);
+    if let Some(o) = ban.as_object_mut() {
+        o.insert("removed".into(), Value::Bool(resp.removed));
+    }
+    Ok(Json(ban))
+}
+
+pub(super) async fn delete_ban(
+    State(app): AppState,
+    Caller(user): Caller,
+    P((id, target)): P<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let target = UserId::parse(&target)?;
+    channels::lift(&app, &user, &channel_path(&id)?, &target, Sanction::Ban).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn list_bans(
+    State(app): AppState,
+    Caller(user): Caller,
+    P(id): P<String>,
+) -> Result<Json<Value>, ApiError> {
+    let list: Vec<Value> = channels::bans(&app, &user, &channel_path(&id)?)
+        .await?
+        .iter()
+        .map(view::ban)
+        .collect();
+    Ok(Json(json!({"bans": list})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MuteBody {
+    expires_at: Option<String>,
+}
+
+pub(super) async fn put_mute(
+    State(app): AppState,
+    Caller(user): Caller,
+    P((id, target)): P<(String, String)>,
+    OptionalJson(b): OptionalJson<MuteBody>,
+) -> Result<Json<Value>, ApiError> {
+    let target = UserId::parse(&target)?;
+    let until = channels::parse_expiry(b.expires_at.as_deref())?;
+    let mute = channels::mute(&app, &user, &channel_path(&id)?, &target, until).await?;
+    Ok(Json(mute.as_ref().map(view::mute).unwrap_or(Value::Null)))
+}
+
+pub(super) async fn delete_mute(
+    State(app): AppState,
+    Caller(user): Caller,
+    P((id, target)): P<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let target = UserId::parse(&target)?;
+    channels::lift(&app, &user, &channel_path(&id)?, &target, Sanction::Mute).await?;
     Ok(StatusCode::NO_CONTENT)
 }

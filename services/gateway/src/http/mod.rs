@@ -40,7 +40,28 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/auth/dev-token", post(dev_token))
         .route("/v1/channels", post(create_channel).get(list_channels))
         .route("/v1/channels/public", get(list_public))
-        .route("/v1/channels/{id}", get(get_channel).patch(update_channel))
+        .route(
+            "/v1/channels/{id}",
+            get(get_channel)
+                .patch(update_channel)
+                .delete(delete_channel),
+        )
+        .route("/v1/channels/{id}/archive", post(archive))
+        .route("/v1/channels/{id}/unarchive", post(unarchive))
+        .route("/v1/channels/{id}/bans", get(list_bans))
+        .route(
+            "/v1/channels/{id}/bans/{user_id}",
+            axum::routing::put(put_ban).delete(delete_ban),
+        )
+        .route(
+            "/v1/channels/{id}/mutes/{user_id}",
+            axum::routing::put(put_mute).delete(delete_mute),
+        )
+        .route("/v1/blocks", get(list_blocks))
+        .route(
+            "/v1/blocks/{user_id}",
+            axum::routing::put(put_block).delete(delete_block),
+        )
         .route("/v1/channels/{id}/join", post(join_channel))
         .route("/v1/channels/{id}/invites", post(create_invite))
         .route("/v1/invites/{code}/accept", post(accept_invite))

@@ -70,3 +70,39 @@ pub(super) async fn get_unread(
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(view::unread(&social::unread(&app, &user).await?)))
 }
+
+pub(super) async fn put_block(
+    State(app): AppState,
+    Caller(user): Caller,
+    P(target): P<String>,
+) -> Result<StatusCode, ApiError> {
+    let target = UserId::parse(&target)?;
+    let created = social::set_block(&app, &user, &target, true).await?;
+    Ok(if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    })
+}
+
+pub(super) async fn delete_block(
+    State(app): AppState,
+    Caller(user): Caller,
+    P(target): P<String>,
+) -> Result<StatusCode, ApiError> {
+    let target = UserId::parse(&target)?;
+    social::set_block(&app, &user, &target, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn list_blocks(
+    State(app): AppState,
+    Caller(user): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let list: Vec<Value> = social::blocks(&app, &user)
+        .await?
+        .iter()
+        .map(view::block)
+        .collect();
+    Ok(Json(json!({"blocks": list})))
+}

@@ -2,6 +2,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
+use crate::view::SystemEvent;
 
 fn text(v: Value) -> String {
     v.to_string()
@@ -167,13 +168,18 @@ fn channel() -> impl Strategy<Value = Channel> {
             ".{0,8}",
         ),
         (proptest::option::of(".{0,8}"), any::<u32>(), any::<u64>()),
-        (proptest::option::of(".{0,8}"), ".{0,8}", ".{0,8}"),
+        (
+            proptest::option::of(".{0,8}"),
+            ".{0,8}",
+            ".{0,8}",
+            proptest::option::of(".{0,8}"),
+        ),
     )
         .prop_map(
             |(
                 (id, kind, name, created_by),
                 (created_at, member_count, last_seq),
-                (last_activity_at, topic, description),
+                (last_activity_at, topic, description, archived_at),
             )| {
                 Channel {
                     id,
@@ -186,6 +192,7 @@ fn channel() -> impl Strategy<Value = Channel> {
                     last_activity_at,
                     topic,
                     description,
+                    archived_at,
                 }
             },
         )
@@ -205,19 +212,30 @@ fn message() -> impl Strategy<Value = Message> {
             proptest::option::of(".{0,8}"),
             proptest::option::of(".{0,8}"),
             any::<bool>(),
+            proptest::option::of((".{0,8}", ".{0,8}", ".{0,8}", proptest::option::of(".{0,8}"))),
         ),
     )
         .prop_map(
-            |((id, channel_id, seq, sender_id, client_msg_id, body), (c, e, deleted))| Message {
-                id,
-                channel_id,
-                seq,
-                sender_id,
-                client_msg_id,
-                body,
-                created_at: c,
-                edited_at: e,
-                deleted,
+            |((id, channel_id, seq, sender_id, client_msg_id, body), (c, e, deleted, system))| {
+                Message {
+                    id,
+                    channel_id,
+                    seq,
+                    sender_id,
+                    client_msg_id,
+                    body,
+                    created_at: c,
+                    edited_at: e,
+                    deleted,
+                    system: system.map(|(action, target_user_id, reason, expires_at)| {
+                        SystemEvent {
+                            action,
+                            target_user_id,
+                            reason,
+                            expires_at,
+                        }
+                    }),
+                }
             },
         )
 }
@@ -276,6 +294,10 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         (channel(), s()).prop_map(|(channel, updated_by)| ServerFrame::ChannelUpdated {
             channel,
             updated_by
+        }),
+        (s(), s()).prop_map(|(channel_id, deleted_by)| ServerFrame::ChannelDeleted {
+            channel_id,
+            deleted_by
         }),
         (r(), proptest::option::of(message()))
             .prop_map(|(r, message)| ServerFrame::Sent { r, message }),

@@ -139,6 +139,19 @@ impl Conn {
                 })
                 .await
             }
+            Some(Payload::ChannelDeleted(c)) => {
+                // It comes on the user topic of every member: one copy.
+                if !d.via_user_topic || self.seen_event(&event.event_id) {
+                    return Ok(());
+                }
+                self.frame(ServerFrame::ChannelDeleted {
+                    channel_id: c.channel_id.clone(),
+                    deleted_by: c.deleted_by.clone(),
+                })
+                .await?;
+                self.leave_channel(&c.channel_id).await;
+                self.recheck_watched().await
+            }
             Some(Payload::MemberLeft(l)) => {
                 let me = l.user_id == self.user.as_str();
                 if me != d.via_user_topic || self.seen_event(&event.event_id) {

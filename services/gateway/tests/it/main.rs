@@ -14,6 +14,7 @@ mod history;
 mod idempotency;
 mod limits;
 mod membership;
+mod moderation;
 mod notification;
 mod ordering;
 mod outbox;

@@ -28,6 +28,7 @@ struct Locked {
     id: Uuid,
     #[sqlx(flatten)]
     counters: Counters,
+    archived: bool,
     now: DateTime<Utc>,
 }
 
@@ -314,7 +315,8 @@ impl Writer {
         ids.sort_unstable();
         ids.dedup();
         let locked: Vec<Locked> = sqlx::query_as(
-            "SELECT id, last_seq, members_version, now() AS now FROM channels
+            "SELECT id, last_seq, members_version, archived_at IS NOT NULL AS archived, now() AS now
+             FROM channels
              WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
         )
         .bind(&ids)
@@ -335,6 +337,7 @@ impl Writer {
         };
         let mut channels: HashMap<Uuid, Counters> =
             locked.iter().map(|r| (r.id, r.counters)).collect();
+        let archived: HashSet<Uuid> = locked.iter().filter(|r| r.archived).map(|r| r.id).collect();
 
         // 2. Membership and earlier sends with the same client_msg_id.
         let found = store::check_sends(&mut tx, batch.iter().map(Request::key)).await?;
@@ -353,7 +356,11 @@ impl Writer {
                     r.channel
                 )))
             } else if let Some(m) = f.existing {
+                // A retry of a send acknowledged before is answered with it, whatever
+                // changed since.
                 Outcome::Existing(m)
+            } else if let Some(refused) = refusal(r.channel, archived.contains(&r.channel), &f) {
+                Outcome::Failed(refused)
             } else if let Some(&k) = first_of.get(&key) {
                 Outcome::Retry(k)
             } else {
@@ -436,6 +443,7 @@ fn new_row(r: &Request, seq: i64, now: DateTime<Utc>) -> MessageRow {
         created_at: now,
         edited_at: None,
         deleted: false,
+        system: None,
     }
 }
 
@@ -461,6 +469,24 @@ fn encode_events(
             Some(store::new_event(m.channel_id, payload, trace))
         })
         .collect()
+}
+
+/// Why a member may not send here now: the channel is archived, they are muted, or the
+/// other member of a direct channel blocked them.
+fn refusal(channel: Uuid, archived: bool, f: &store::SendCheck) -> Option<Error> {
+    if archived {
+        Some(Error::Archived(format!(
+            "channel {channel} is archived (read-only)"
+        )))
+    } else if f.muted {
+        Some(Error::Muted(format!("you are muted in channel {channel}")))
+    } else if f.blocked {
+        Some(Error::Blocked(
+            "the other member of this direct channel blocked you".into(),
+        ))
+    } else {
+        None
+    }
 }
 
 fn not_found(channel: Uuid) -> Error {

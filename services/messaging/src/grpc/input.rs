@@ -158,6 +158,7 @@ mod tests {
             last_activity_at: at,
             topic: String::new(),
             description: String::new(),
+            archived_at: None,
         };
         assert_eq!(
             decode_cursor(&encode_cursor(&row)).expect("decodes"),

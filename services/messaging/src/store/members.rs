@@ -122,7 +122,7 @@ pub async fn add_member(
 
 /// Makes `user` a member of `ch` (locked) within the member and channel-count limits, and
 /// commits.
-async fn admit(
+pub(super) async fn admit(
     mut tx: Tx,
     ch: &ChannelRow,
     user: &str,
@@ -130,6 +130,12 @@ async fn admit(
     max_members: u32,
     max_channels: u32,
 ) -> Result<Created<MemberRow>, Error> {
+    if super::moderation::banned(&mut tx, ch.id, user).await? {
+        return Err(Error::Banned(format!(
+            "{user} is banned from channel {}",
+            ch.id
+        )));
+    }
     if ch.member_count as u32 >= max_members {
         return Err(Error::Conflict(format!(
             "channel is full ({max_members} members)"
@@ -147,7 +153,7 @@ async fn admit(
 }
 
 /// A member came (`1`) or went (`-1`): the count and the membership version move.
-async fn count_members(tx: &mut Tx, channel: Uuid, delta: i32) -> Result<(), Error> {
+pub(super) async fn count_members(tx: &mut Tx, channel: Uuid, delta: i32) -> Result<(), Error> {
     sqlx::query(
         "UPDATE channels SET member_count = member_count + $2, \
          members_version = members_version + 1 WHERE id = $1",
@@ -296,7 +302,11 @@ pub async fn join(
 }
 
 /// `user`'s membership of `channel`, if any.
-async fn find_member(tx: &mut Tx, channel: Uuid, user: &str) -> Result<Option<MemberRow>, Error> {
+pub(super) async fn find_member(
+    tx: &mut Tx,
+    channel: Uuid,
+    user: &str,
+) -> Result<Option<MemberRow>, Error> {
     Ok(sqlx::query_as::<_, MemberRow>(
         "SELECT channel_id, user_id, role, joined_at FROM members WHERE channel_id = $1 AND user_id = $2",
     )
@@ -307,14 +317,14 @@ async fn find_member(tx: &mut Tx, channel: Uuid, user: &str) -> Result<Option<Me
 }
 
 /// `user`'s membership of `channel`, or `NotFound` when they are not a member.
-async fn member_row(tx: &mut Tx, channel: Uuid, user: &str) -> Result<MemberRow, Error> {
+pub(super) async fn member_row(tx: &mut Tx, channel: Uuid, user: &str) -> Result<MemberRow, Error> {
     find_member(tx, channel, user)
         .await?
         .ok_or_else(|| Error::NotFound(format!("{user} is not a member of channel {channel}")))
 }
 
 /// Nothing to do: `row` as it is (an idempotent repeat), committed.
-async fn unchanged(tx: Tx, row: MemberRow) -> Result<Created<MemberRow>, Error> {
+pub(super) async fn unchanged(tx: Tx, row: MemberRow) -> Result<Created<MemberRow>, Error> {
     tx.commit().await?;
     Ok(Created {
         row,
@@ -356,7 +366,7 @@ async fn write_role(
 }
 
 /// The caller's role in a group channel (locked): roles do not exist in direct channels.
-async fn group_role(tx: &mut Tx, caller: &UserId, channel: Uuid) -> Result<Role, Error> {
+pub(super) async fn group_role(tx: &mut Tx, caller: &UserId, channel: Uuid) -> Result<Role, Error> {
     let role = require_member(tx, channel, caller).await?;
     let ch = channel_row(tx, channel, true).await?;
     if ch.kind == "direct" {
@@ -443,6 +453,34 @@ pub async fn transfer_ownership(
     Ok((owner, previous, vec![p1, p2]))
 }
 
+/// Deletes `user`'s membership of `channel` (the count and version move) and publishes
+/// `MemberLeft` on the channel's and the user's topics.
+pub(super) async fn drop_member(
+    tx: &mut Tx,
+    channel: Uuid,
+    user: &UserId,
+    removed_by: &UserId,
+) -> Result<Pending, Error> {
+    sqlx::query("DELETE FROM members WHERE channel_id = $1 AND user_id = $2")
+        .bind(channel)
+        .bind(user.as_str())
+        .execute(&mut **tx)
+        .await?;
+    count_members(tx, channel, -1).await?;
+    let payload = ev::event::Payload::MemberLeft(ev::MemberLeft {
+        channel_id: channel.to_string(),
+        user_id: user.to_string(),
+        removed_by: removed_by.to_string(),
+    });
+    enqueue(
+        tx,
+        channel,
+        payload,
+        vec![channel_topic(channel), user_topic(user.as_str())],
+    )
+    .await
+}
+
 /// Removes `user` from `channel`: themselves, or others by an owner/admin.
 pub async fn remove_member(
     mut tx: Tx,
@@ -475,24 +513,7 @@ pub async fn remove_member(
             ));
         }
     }
-    sqlx::query("DELETE FROM members WHERE channel_id = $1 AND user_id = $2")
-        .bind(channel)
-        .bind(user.as_str())
-        .execute(&mut *tx)
-        .await?;
-    count_members(&mut tx, channel, -1).await?;
-    let payload = ev::event::Payload::MemberLeft(ev::MemberLeft {
-        channel_id: channel.to_string(),
-        user_id: user.to_string(),
-        removed_by: caller.to_string(),
-    });
-    let p = enqueue(
-        &mut tx,
-        ch.id,
-        payload,
-        vec![channel_topic(channel), user_topic(user.as_str())],
-    )
-    .await?;
+    let p = drop_member(&mut tx, ch.id, user, caller).await?;
     let mut pending = vec![p];
     if target_role == Role::Owner {
         // The owner left: the admin who joined first becomes owner, else the member who

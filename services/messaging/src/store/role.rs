@@ -58,6 +58,12 @@ impl Role {
     pub fn may_set(self, from: Role, to: Role) -> bool {
         self.rank() > from.rank() && self.rank() > to.rank()
     }
+
+    /// Whether a member of this role may ban or mute `target` (their role, `None` for a
+    /// non-member): owners and admins, over someone below their own rank.
+    pub fn may_moderate(self, target: Option<Role>) -> bool {
+        self.manages() && self.rank() > target.map_or(0, Role::rank)
+    }
 }
 
 impl TryFrom<&str> for Role {
@@ -130,6 +136,21 @@ mod tests {
                 prop_assert!(actor.manages());
             }
             if actor == Role::Member || from.rank() >= actor.rank() || to.rank() >= actor.rank() {
+                prop_assert!(!allowed);
+            }
+        }
+    }
+
+    proptest! {
+        /// Moderation follows the same ranks: only managers, only over someone below them.
+        #[test]
+        fn nobody_moderates_someone_at_or_above_their_rank(actor in role(), target in proptest::option::of(role())) {
+            let allowed = actor.may_moderate(target);
+            prop_assert_eq!(
+                allowed,
+                actor != Role::Member && target.is_none_or(|t| t.rank() < actor.rank())
+            );
+            if target == Some(Role::Owner) {
                 prop_assert!(!allowed);
             }
         }

@@ -21,6 +21,10 @@ pub struct SendKey<'a> {
 pub struct SendCheck {
     /// The sender is a member of the channel.
     pub member: bool,
+    /// The sender is muted in the channel (a mute in force).
+    pub muted: bool,
+    /// The channel is direct and its other member blocked the sender.
+    pub blocked: bool,
     /// The message the sender already sent with this client_msg_id (idempotent retry).
     pub existing: Option<MessageRow>,
 }
@@ -31,12 +35,15 @@ pub struct SendCheck {
 struct Found {
     i: i64,
     member: bool,
+    muted: bool,
+    blocked: bool,
     id: Option<Uuid>,
     seq: Option<i64>,
     body: Option<String>,
     created_at: Option<DateTime<Utc>>,
     edited_at: Option<DateTime<Utc>>,
     deleted: Option<bool>,
+    system: Option<String>,
 }
 
 /// Membership and earlier sends of each request, in input order, in one statement.
@@ -51,7 +58,15 @@ pub async fn check_sends<'a>(
         cids.push(k.client_msg_id);
     }
     let rows: Vec<Found> = sqlx::query_as(
-        "SELECT r.i, m.user_id IS NOT NULL AS member, e.id, e.seq, e.body, e.created_at, e.edited_at, e.deleted
+        "SELECT r.i, m.user_id IS NOT NULL AS member,
+                EXISTS (SELECT 1 FROM mutes u
+                        WHERE u.channel_id = r.channel_id AND u.user_id = r.sender_id
+                          AND (u.expires_at IS NULL OR u.expires_at > now())) AS muted,
+                EXISTS (SELECT 1 FROM blocks b
+                        JOIN members o ON o.channel_id = r.channel_id AND o.user_id = b.blocker
+                        JOIN channels d ON d.id = r.channel_id AND d.kind = 'direct'
+                        WHERE b.blocked = r.sender_id) AS blocked,
+                e.id, e.seq, e.body, e.created_at, e.edited_at, e.deleted, e.system
          FROM unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS r(channel_id, sender_id, client_msg_id, i)
          LEFT JOIN members m ON m.channel_id = r.channel_id AND m.user_id = r.sender_id
          LEFT JOIN messages e ON e.channel_id = r.channel_id AND e.sender_id = r.sender_id
@@ -79,12 +94,15 @@ pub async fn check_sends<'a>(
                         created_at,
                         edited_at: f.edited_at,
                         deleted,
+                        system: f.system,
                     })
                 }
                 _ => None,
             };
             SendCheck {
                 member: f.member,
+                muted: f.muted,
+                blocked: f.blocked,
                 existing,
             }
         })

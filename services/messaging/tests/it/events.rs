@@ -66,6 +66,14 @@ fn describe(e: &ev::Event) -> String {
             p.channel.as_ref().map_or("", |c| c.name.as_str()),
             p.updated_by
         ),
+        Some(Payload::ChannelDeleted(p)) => format!(
+            "deleted channel by {} with {}",
+            p.deleted_by,
+            p.members.join(",")
+        ),
+        Some(Payload::BlockChanged(p)) => {
+            format!("block {} of {}: {}", p.blocker, p.blocked, p.active)
+        }
         None => "empty".into(),
     }
 }

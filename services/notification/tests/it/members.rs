@@ -81,6 +81,16 @@ forward! {
     list_messages(ListMessagesRequest) -> ListMessagesResponse;
     edit_message(EditMessageRequest) -> EditMessageResponse;
     delete_message(DeleteMessageRequest) -> DeleteMessageResponse;
+    set_archived(SetArchivedRequest) -> SetArchivedResponse;
+    delete_channel(DeleteChannelRequest) -> DeleteChannelResponse;
+    ban_member(BanMemberRequest) -> BanMemberResponse;
+    unban_member(UnbanMemberRequest) -> UnbanMemberResponse;
+    list_bans(ListBansRequest) -> ListBansResponse;
+    mute_member(MuteMemberRequest) -> MuteMemberResponse;
+    unmute_member(UnmuteMemberRequest) -> UnmuteMemberResponse;
+    block_user(BlockUserRequest) -> BlockUserResponse;
+    unblock_user(UnblockUserRequest) -> UnblockUserResponse;
+    list_blocks(ListBlocksRequest) -> ListBlocksResponse;
 }
 
 /// Starts the counting proxy in front of the stack's messaging.
