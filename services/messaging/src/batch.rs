@@ -13,9 +13,10 @@
 //! assigns the seqs and encodes the events itself and sends everything in one call of
 //! `send_batch_checked` (migration 0005) in autocommit: the function locks the channels in
 //! id order, checks that nothing moved (counters, every sender a member, no earlier send with
-//! the same `client_msg_id`) and writes. One round trip, and the locks are held only for that
+//! the same `client_msg_id`) and that nothing refuses a send (the channel archived, a sender
+//! muted or blocked by the other member of a direct channel; migration 0010) and writes. One round trip, and the locks are held only for that
 //! statement and its commit. If anything moved (another replica sent, a membership change,
-//! a retry of an earlier send, a non-member), nothing is written and the batch goes through
+//! a retry of an earlier send, a non-member, an archive, mute or block), nothing is written and the batch goes through
 //! the transaction below, which then refreshes what the lane knows
 //! (`messaging_send_batches_total{path}` counts both).
 //!
