@@ -99,7 +99,7 @@ impl Messaging {
     ) -> Result<Response<pb::ListBansResponse>, Status> {
         let caller = user(&req)?;
         let id = channel_id(&req.get_ref().channel_id)?;
-        let bans = store::list_bans(self.tx().await?, &caller, id).await?;
+        let bans = store::list_bans(&mut *self.conn().await?, &caller, id).await?;
         Ok(Response::new(pb::ListBansResponse {
             bans: bans.into_iter().map(Into::into).collect(),
         }))

@@ -3,6 +3,7 @@
 //! local HTTP receiver standing in for the push providers / webhook endpoints.
 
 mod api;
+mod blocks;
 mod fanout;
 mod members;
 mod providers;
