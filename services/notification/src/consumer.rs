@@ -77,6 +77,8 @@ pub fn preview(body: &str, chars: usize) -> String {
 /// A MessageCreated of a batch, decoded once per batch (`prepare`) whatever the number of
 /// attempts.
 pub struct Created {
+    /// Its place in the batch (entry index): blocks before it in the stream judge it.
+    pos: usize,
     event_id: String,
     channel_id: String,
     trace_context: HashMap<String, String>,
@@ -88,15 +90,15 @@ pub struct Created {
 pub struct Decoded {
     /// MessageCreated events, in stream order.
     created: Vec<Created>,
-    /// BlockChanged events, in stream order.
-    blocks: Vec<store::BlockChange>,
+    /// BlockChanged events, in stream order, with their place in the batch.
+    blocks: Vec<(usize, store::BlockChange)>,
 }
 
 /// Decodes a batch's entries, keeping the MessageCreated and BlockChanged events.
 fn decode(entries: &[StreamId]) -> Decoded {
     let mut created = Vec::new();
     let mut blocks = Vec::new();
-    for entry in entries {
+    for (pos, entry) in entries.iter().enumerate() {
         let event = entry
             .get::<Vec<u8>>("event")
             .and_then(|b| ev::Event::decode(b.as_slice()).ok());
@@ -120,12 +122,15 @@ fn decode(entries: &[StreamId]) -> Decoded {
                 Some(at) if !b.blocker.is_empty() && !b.blocked.is_empty() => {
                     metrics::counter!("notification_events_total", "kind" => "block_changed")
                         .increment(1);
-                    blocks.push(store::BlockChange {
-                        blocker: b.blocker.clone(),
-                        blocked: b.blocked.clone(),
-                        active: b.active,
-                        at,
-                    });
+                    blocks.push((
+                        pos,
+                        store::BlockChange {
+                            blocker: b.blocker.clone(),
+                            blocked: b.blocked.clone(),
+                            active: b.active,
+                            at,
+                        },
+                    ));
                 }
                 _ => {
                     metrics::counter!("notification_events_total", "kind" => "invalid")
@@ -143,6 +148,7 @@ fn decode(entries: &[StreamId]) -> Decoded {
             continue;
         };
         created.push(Created {
+            pos,
             event_id,
             channel_id,
             trace_context,
@@ -206,6 +212,25 @@ impl Fanout<'_> {
             e => Err(e),
         }
     }
+}
+
+/// Whether `blocker` had blocked `sender` at place `at` of a batch: the last of the batch's
+/// `changes` of that pair before `at`, else the projection `before` the batch.
+fn blocked_when_sent(
+    before: &HashSet<(String, String)>,
+    changes: &[(usize, store::BlockChange)],
+    at: usize,
+    blocker: &str,
+    sender: &str,
+) -> bool {
+    changes
+        .iter()
+        .rev()
+        .find(|(pos, c)| *pos < at && c.blocker == blocker && c.blocked == sender)
+        .map_or_else(
+            || before.contains(&(blocker.to_owned(), sender.to_owned())),
+            |(_, c)| c.active,
+        )
 }
 
 /// The distinct users still wanted by any of `fanouts`, sorted.
@@ -277,8 +302,6 @@ impl Consumer {
     /// A skipped event (NOT_FOUND / PERMISSION_DENIED / malformed) only drops that event;
     /// any other failure fails the batch, which is retried whole.
     async fn record(&self, decoded: &Decoded) -> Result<(), Error> {
-        // Blocks first: a message after a block in the stream is judged by it.
-        store::apply_blocks(&self.pool, &decoded.blocks).await?;
         let batch = &decoded.created;
         let mut fanouts = Vec::with_capacity(batch.len());
         for created in batch {
@@ -301,7 +324,7 @@ impl Consumer {
             }
             fanouts.push(f);
         }
-        self.drop_blocked(&mut fanouts).await?;
+        self.drop_blocked(&mut fanouts, &decoded.blocks).await?;
 
         let devices = self.narrow(&mut fanouts).await?;
 
@@ -321,10 +344,15 @@ impl Consumer {
                 Err(e) => f.skip_or_fail(e)?,
             }
         }
-        if !rows.is_empty() {
+        if !rows.is_empty() || !decoded.blocks.is_empty() {
+            // The batch's block changes commit with its rows: a retried batch is judged
+            // again from the same projection.
+            let blocks: Vec<store::BlockChange> =
+                decoded.blocks.iter().map(|(_, b)| b.clone()).collect();
             let n = store::insert_deliveries(
                 &self.pool,
                 &rows,
+                &blocks,
                 self.config.delivery.coalesce_window_ms,
             )
             .await?;
@@ -342,9 +370,14 @@ impl Consumer {
         Ok(())
     }
 
-    /// Drops from each event's recipients those who blocked its sender (one query for the
-    /// batch).
-    async fn drop_blocked(&self, fanouts: &mut [Fanout<'_>]) -> Result<(), Error> {
+    /// Drops from each event's recipients those who blocked its sender when it was sent:
+    /// the projection as it stood before the batch (one query), overridden by the batch's
+    /// own block changes that come before the event in the stream.
+    async fn drop_blocked(
+        &self,
+        fanouts: &mut [Fanout<'_>],
+        changes: &[(usize, store::BlockChange)],
+    ) -> Result<(), Error> {
         let mut senders: Vec<String> = fanouts
             .iter()
             .filter(|f| !f.users.is_empty())
@@ -353,16 +386,17 @@ impl Consumer {
         senders.sort_unstable();
         senders.dedup();
         let users = wanted(fanouts);
-        let pairs = store::blocked_pairs(&self.pool, &senders, &users).await?;
-        if pairs.is_empty() {
+        let before = store::blocked_pairs(&self.pool, &senders, &users).await?;
+        if before.is_empty() && changes.iter().all(|(_, c)| !c.active) {
             return Ok(());
         }
         for f in fanouts.iter_mut() {
-            let sender = &f.created.message.sender_id;
-            let before = f.users.len();
+            let sender = f.created.message.sender_id.as_str();
+            let at = f.created.pos;
+            let n = f.users.len();
             f.users
-                .retain(|u| !pairs.contains(&(u.clone(), sender.clone())));
-            let dropped = before - f.users.len();
+                .retain(|u| !blocked_when_sent(&before, changes, at, u, sender));
+            let dropped = n - f.users.len();
             if dropped > 0 {
                 metrics::counter!("notification_blocked_recipients_total")
                     .increment(dropped as u64);
@@ -573,6 +607,34 @@ impl parley_kit::stream::Handler for Consumer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn change(pos: usize, active: bool) -> (usize, store::BlockChange) {
+        (
+            pos,
+            store::BlockChange {
+                blocker: "bob".into(),
+                blocked: "carol".into(),
+                active,
+                at: chrono::DateTime::UNIX_EPOCH,
+            },
+        )
+    }
+
+    #[test]
+    fn a_message_is_judged_by_the_blocks_before_it_in_the_batch() {
+        let none = HashSet::new();
+        let blocked: HashSet<(String, String)> = [("bob".into(), "carol".into())].into();
+        // block at 1, unblock at 3: messages at 0, 2, 4.
+        let changes = [change(1, true), change(3, false)];
+        assert!(!blocked_when_sent(&none, &changes, 0, "bob", "carol"));
+        assert!(blocked_when_sent(&none, &changes, 2, "bob", "carol"));
+        assert!(!blocked_when_sent(&none, &changes, 4, "bob", "carol"));
+        // Before any change of the batch the projection decides.
+        assert!(blocked_when_sent(&blocked, &changes, 0, "bob", "carol"));
+        // Other pairs are untouched by the changes.
+        assert!(!blocked_when_sent(&none, &changes, 2, "alice", "carol"));
+        assert!(!blocked_when_sent(&none, &changes, 2, "bob", "dave"));
+    }
 
     #[test]
     fn mentions_need_a_word_boundary() {

@@ -215,12 +215,15 @@ pub struct NewDelivery {
 /// Inserts the deliveries of a batch of events in one transaction; an existing
 /// (message, device) row is left alone, whatever its status (the fan-out is idempotent).
 /// Returns how many rows were new.
+/// Inserts a batch's delivery rows and applies its block changes, in one transaction.
 pub async fn insert_deliveries(
     pool: &PgPool,
     rows: &[NewDelivery],
+    blocks: &[BlockChange],
     coalesce_window_ms: u64,
 ) -> Result<u64, Error> {
     let mut tx = pool.begin().await?;
+    apply_blocks(&mut tx, blocks).await?;
     let mut inserted = 0;
     for r in rows {
         let res = sqlx::query(
@@ -260,7 +263,7 @@ pub struct BlockChange {
 
 /// Applies block changes, each only over an older state of its pair (events may arrive
 /// out of order or twice).
-pub async fn apply_blocks(pool: &PgPool, changes: &[BlockChange]) -> Result<(), Error> {
+async fn apply_blocks(conn: &mut PgConnection, changes: &[BlockChange]) -> Result<(), Error> {
     if changes.is_empty() {
         return Ok(());
     }
@@ -283,7 +286,7 @@ pub async fn apply_blocks(pool: &PgPool, changes: &[BlockChange]) -> Result<(), 
     .bind(&blocked)
     .bind(&active)
     .bind(&at)
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }

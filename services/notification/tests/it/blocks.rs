@@ -196,3 +196,53 @@ async fn a_ban_or_a_mute_system_message_pushes_nobody() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Messages and block changes consumed in one batch (the consumer starts only after all
+/// of them are on the stream): each message is judged by the blocks as they stood when it
+/// was sent, not by the batch's end state — in both directions.
+#[tokio::test]
+async fn a_batch_judges_each_message_by_the_blocks_when_it_was_sent() -> anyhow::Result<()> {
+    let mut env = crate::env().await?;
+    // Started once without consuming, so the consumer group exists before anything is sent.
+    env.notification = Some(
+        env.start(&[
+            ("PARLEY__CONSUMER__ENABLED", "false"),
+            ("PARLEY__DELIVERY__ENABLED", "false"),
+        ])
+        .await?,
+    );
+    let ch = env.group("alice", &["bob", "carol"]).await?;
+    for u in ["alice", "bob"] {
+        env.webhook(u, &format!("/hook/{u}")).await?;
+    }
+    let sent_before = env.send("carol", &ch, "before the block").await?;
+    set_block(&env, "bob", "carol", true).await?;
+    let while_blocked = env.send("carol", &ch, "while blocked").await?;
+    set_block(&env, "bob", "carol", false).await?;
+    let after = env.send("carol", &ch, "after the unblock").await?;
+    if let Some(n) = env.notification.take() {
+        n.stop().await?;
+    }
+    env.notification = Some(env.start(&[]).await?);
+    env.wait_settled().await?;
+
+    let mut bob = pushed_to(&env, "bob");
+    bob.sort();
+    let mut expected = vec![sent_before.clone(), after.clone()];
+    expected.sort();
+    assert_eq!(
+        bob, expected,
+        "bob: not the message sent while he blocked carol"
+    );
+    let mut alice = pushed_to(&env, "alice");
+    alice.sort();
+    let mut all = vec![sent_before, while_blocked, after];
+    all.sort();
+    assert_eq!(alice, all, "alice blocked nobody");
+    assert_eq!(
+        projected(&env, "bob", "carol").await?,
+        0,
+        "the unblock is the end state"
+    );
+    Ok(())
+}
