@@ -550,6 +550,10 @@ async fn blocked_users_cannot_open_or_write_in_a_direct_channel() -> anyhow::Res
 const ACTORS: [&str; 7] = [
     "owner", "admin", "member", "muted", "banned", "blocked", "stranger",
 ];
+/// Everyone the matrix needs a client for: the actors and the member acted on.
+const USERS: [&str; 8] = [
+    "owner", "admin", "member", "muted", "banned", "blocked", "stranger", "target",
+];
 
 /// A public channel of `owner` with every actor in their place and `target` (a plain
 /// member the operations act on); each member actor has sent one message. Returns the
@@ -583,6 +587,8 @@ async fn fixture(
         seqs.insert(a, m["seq"].as_u64().unwrap_or_default());
     }
     seqs.insert("stranger", 1);
+    let theirs = clients["target"].send(&ch, "own", "the target's").await?;
+    seqs.insert("target", theirs["seq"].as_u64().unwrap_or_default());
     let (s, _, _) = owner
         .req("PUT", &format!("{path}/mutes/muted"), None)
         .await?;
@@ -607,7 +613,8 @@ async fn snapshot(owner: &Client, ch: &str) -> anyhow::Result<Value> {
 /// An expected answer: a status, and the error code (empty for a success).
 type Answer = (u16, &'static str);
 /// One operation of the matrix: its name, method, path under the channel (`{own}`: the
-/// actor's own message seq), body, and the answer to each actor.
+/// actor's own message seq, `{theirs}`: the target's, `{me}`: the actor), body, and the
+/// answer to each actor.
 type Case = (
     &'static str,
     &'static str,
@@ -620,7 +627,7 @@ type Case = (
 async fn authorization_matrix_every_role_times_every_operation() -> anyhow::Result<()> {
     let stack = stack().await?;
     let mut clients = std::collections::HashMap::new();
-    for a in ACTORS {
+    for a in USERS {
         clients.insert(a, Client::new(&stack.url(0), a));
     }
     let (s, _, _) = clients["owner"]
@@ -638,6 +645,20 @@ async fn authorization_matrix_every_role_times_every_operation() -> anyhow::Resu
     let managers = |ok| [ok, ok, DENIED, DENIED, DENIED, DENIED, DENIED];
     let owner_only = |ok| [ok, DENIED, DENIED, DENIED, DENIED, DENIED, DENIED];
     let matrix: Vec<Case> = vec![
+        (
+            "read the channel",
+            "GET",
+            "",
+            None,
+            [OK, OK, OK, OK, DENIED, OK, DENIED],
+        ),
+        (
+            "list members",
+            "GET",
+            "/members",
+            None,
+            [OK, OK, OK, OK, DENIED, OK, DENIED],
+        ),
         (
             "read history",
             "GET",
@@ -663,6 +684,20 @@ async fn authorization_matrix_every_role_times_every_operation() -> anyhow::Resu
             "delete own message",
             "DELETE",
             "/messages/{own}",
+            None,
+            [GONE, GONE, GONE, GONE, DENIED, GONE, DENIED],
+        ),
+        (
+            "delete another's message",
+            "DELETE",
+            "/messages/{theirs}",
+            None,
+            managers(GONE),
+        ),
+        (
+            "leave",
+            "DELETE",
+            "/members/{me}",
             None,
             [GONE, GONE, GONE, GONE, DENIED, GONE, DENIED],
         ),
@@ -703,6 +738,14 @@ async fn authorization_matrix_every_role_times_every_operation() -> anyhow::Resu
         ),
         ("ban", "PUT", "/bans/target", None, managers(OK)),
         ("mute", "PUT", "/mutes/target", None, managers(OK)),
+        ("lift a ban", "DELETE", "/bans/banned", None, managers(GONE)),
+        (
+            "lift a mute",
+            "DELETE",
+            "/mutes/muted",
+            None,
+            managers(GONE),
+        ),
         ("list bans", "GET", "/bans", None, managers(OK)),
         (
             "invite",
@@ -712,6 +755,7 @@ async fn authorization_matrix_every_role_times_every_operation() -> anyhow::Resu
             managers(CREATED),
         ),
         ("archive", "POST", "/archive", None, managers(OK)),
+        ("unarchive", "POST", "/unarchive", None, managers(OK)),
         ("delete the channel", "DELETE", "", None, owner_only(GONE)),
         (
             "join",
@@ -726,8 +770,10 @@ async fn authorization_matrix_every_role_times_every_operation() -> anyhow::Resu
         for (actor, (status, code)) in ACTORS.iter().zip(expected) {
             let (ch, seqs) = fixture(&clients).await?;
             let before = snapshot(&clients["owner"], &ch).await?;
-            let path =
-                format!("/v1/channels/{ch}{suffix}").replace("{own}", &seqs[actor].to_string());
+            let path = format!("/v1/channels/{ch}{suffix}")
+                .replace("{own}", &seqs[actor].to_string())
+                .replace("{theirs}", &seqs["target"].to_string())
+                .replace("{me}", actor);
             let reply = clients[actor].req(method, &path, body.clone()).await?;
             let (s, b, _) = &reply;
             let got_code = b["error"]["code"].as_str().unwrap_or_default();
