@@ -37,15 +37,7 @@ pub struct JsonBody<T>(pub T);
 impl<T: DeserializeOwned> FromRequest<Arc<App>> for JsonBody<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, ApiError> {
-        let limit = app.config.http.max_body_bytes;
-        let body = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    ErrorCode::TooLarge,
-                    format!("request body over {limit} bytes"),
-                )
-            })?;
+        let body = read_body(req, app).await?;
         parse_json(&body).map(Self)
     }
 }
@@ -57,20 +49,25 @@ pub struct OptionalJson<T>(pub T);
 impl<T: DeserializeOwned + Default> FromRequest<Arc<App>> for OptionalJson<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, ApiError> {
-        let limit = app.config.http.max_body_bytes;
-        let body = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    ErrorCode::TooLarge,
-                    format!("request body over {limit} bytes"),
-                )
-            })?;
+        let body = read_body(req, app).await?;
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(T::default()));
         }
         parse_json(&body).map(Self)
     }
+}
+
+/// The request body, at most `http.max_body_bytes` (beyond: `413 too_large`).
+async fn read_body(req: Request, app: &App) -> Result<Bytes, ApiError> {
+    let limit = app.config.http.max_body_bytes;
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::TooLarge,
+                format!("request body over {limit} bytes"),
+            )
+        })
 }
 
 pub(crate) fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {

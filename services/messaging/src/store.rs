@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::Error;
 
 mod members;
+mod messages;
 mod moderation;
 mod role;
 mod send;
@@ -19,12 +20,13 @@ pub use members::{
     accept_invite, add_member, contacts, create_invite, join, list_members, remove_member,
     set_role, transfer_ownership,
 };
+pub use messages::{Page, delete, edit, list_messages};
 pub use moderation::{
     Sanction, ban, block, delete_channel, list_bans, list_blocks, mute, set_archived, unban,
-    unblock, unmute,
+    unblock, unmute, write_refusal,
 };
 pub use role::Role;
-pub use send::{Assumed, SendCheck, SendKey, check_sends, write_sends, write_sends_checked};
+pub use send::{Assumed, SendKey, check_sends, write_sends, write_sends_checked};
 
 type Tx = Transaction<'static, Postgres>;
 
@@ -207,15 +209,16 @@ pub use parley_kit::topics::messaging_channel as channel_topic;
 /// Topic of membership events about one user (without the deployment prefix).
 pub use parley_kit::topics::messaging_user as user_topic;
 
-/// An encoded event for `channel`, ready for the outbox.
+/// An encoded event, ready for the outbox.
 pub struct NewEvent {
     pub id: Uuid,
     pub bytes: Vec<u8>,
 }
 
-/// Encodes `payload` as an event of `channel` carrying `trace` (W3C context).
+/// Encodes `payload` as an event of `channel` (`None`: an event about users, not in a
+/// channel; its `channel_id` is empty) carrying `trace` (W3C context).
 pub fn new_event(
-    channel: Uuid,
+    channel: Option<Uuid>,
     payload: ev::event::Payload,
     trace: std::collections::HashMap<String, String>,
 ) -> NewEvent {
@@ -223,7 +226,7 @@ pub fn new_event(
     let event = ev::Event {
         event_id: id.to_string(),
         occurred_at: Some(ts(Utc::now())),
-        channel_id: channel.to_string(),
+        channel_id: channel.map(|c| c.to_string()).unwrap_or_default(),
         trace_context: trace,
         payload: Some(payload),
     };
@@ -237,6 +240,16 @@ pub fn new_event(
 async fn enqueue(
     tx: &mut Tx,
     channel: Uuid,
+    payload: ev::event::Payload,
+    topics: Vec<String>,
+) -> Result<Pending, Error> {
+    enqueue_event(tx, Some(channel), payload, topics).await
+}
+
+/// Writes `payload` into the outbox, for `channel` or (`None`) about users only.
+async fn enqueue_event(
+    tx: &mut Tx,
+    channel: Option<Uuid>,
     payload: ev::event::Payload,
     topics: Vec<String>,
 ) -> Result<Pending, Error> {
@@ -515,17 +528,22 @@ pub async fn update_channel(
     .bind(description)
     .fetch_one(&mut *tx)
     .await?;
-    let payload = ev::event::Payload::ChannelUpdated(ev::ChannelUpdated {
-        channel: Some(row.clone().into()),
-        updated_by: caller.to_string(),
-    });
-    let p = enqueue(&mut tx, channel, payload, vec![channel_topic(channel)]).await?;
+    let p = channel_updated(&mut tx, &row, caller).await?;
     tx.commit().await?;
     Ok(Created {
         row,
         created: true,
         pending: vec![p],
     })
+}
+
+/// Publishes `ChannelUpdated` with the channel as it is now (`row`) on its topic.
+async fn channel_updated(tx: &mut Tx, row: &ChannelRow, by: &UserId) -> Result<Pending, Error> {
+    let payload = ev::event::Payload::ChannelUpdated(ev::ChannelUpdated {
+        channel: Some(row.clone().into()),
+        updated_by: by.to_string(),
+    });
+    enqueue(tx, row.id, payload, vec![channel_topic(row.id)]).await
 }
 
 /// A page of at most `limit` rows out of `limit + 1` read, and whether there are more.
@@ -605,143 +623,4 @@ pub async fn channel_positions(
     .bind(caller.as_str())
     .fetch_all(&mut *conn)
     .await?)
-}
-
-/// Direction of a history page.
-#[derive(Debug, Clone, Copy)]
-pub enum Page {
-    Latest,
-    Before(i64),
-    After(i64),
-}
-
-#[tracing::instrument(
-    name = "SELECT messaging.messages",
-    skip_all,
-    fields(
-        otel.kind = "client",
-        db.system.name = "postgresql",
-        db.namespace = "messaging",
-        db.operation.name = "SELECT",
-        db.collection.name = "messages",
-        channel = %channel,
-    )
-)]
-pub async fn list_messages(
-    conn: &mut PgConnection,
-    caller: &UserId,
-    channel: Uuid,
-    page: Page,
-    limit: u32,
-) -> Result<(Vec<MessageRow>, bool), Error> {
-    require_member(conn, channel, caller).await?;
-    let n = i64::from(limit) + 1;
-    let q = match page {
-        Page::Latest => sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLS} FROM messages WHERE channel_id = $1 ORDER BY seq DESC LIMIT $2"
-        )))
-        .bind(channel)
-        .bind(n),
-        Page::Before(s) => sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLS} FROM messages WHERE channel_id = $1 AND seq < $3 ORDER BY seq DESC LIMIT $2"
-        )))
-        .bind(channel)
-        .bind(n)
-        .bind(s),
-        Page::After(s) => sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLS} FROM messages WHERE channel_id = $1 AND seq > $3 ORDER BY seq ASC LIMIT $2"
-        )))
-        .bind(channel)
-        .bind(n)
-        .bind(s),
-    };
-    let mut rows = q.fetch_all(&mut *conn).await?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    Ok((rows, more))
-}
-
-async fn message_for_update(tx: &mut Tx, channel: Uuid, seq: i64) -> Result<MessageRow, Error> {
-    sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
-        "SELECT {MESSAGE_COLS} FROM messages WHERE channel_id = $1 AND seq = $2 FOR UPDATE"
-    )))
-    .bind(channel)
-    .bind(seq)
-    .fetch_optional(&mut **tx)
-    .await?
-    .ok_or_else(|| Error::NotFound(format!("message {seq} not found in channel {channel}")))
-}
-
-/// Edits a message (sender only; not a deleted one).
-pub async fn edit(
-    mut tx: Tx,
-    caller: &UserId,
-    channel: Uuid,
-    seq: i64,
-    body: &MessageBody,
-) -> Result<(MessageRow, Pending), Error> {
-    require_member(&mut tx, channel, caller).await?;
-    moderation::check_may_write(&mut tx, channel, caller.as_str()).await?;
-    let m = message_for_update(&mut tx, channel, seq).await?;
-    if m.sender_id != caller.as_str() {
-        return Err(Error::PermissionDenied(
-            "only the sender edits a message".into(),
-        ));
-    }
-    if m.deleted {
-        return Err(Error::NotFound(format!("message {seq} was deleted")));
-    }
-    if m.system.is_some() {
-        return Err(Error::PermissionDenied(
-            "a system message cannot be edited".into(),
-        ));
-    }
-    let row = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
-        "UPDATE messages SET body = $3, edited_at = now() WHERE channel_id = $1 AND seq = $2 RETURNING {MESSAGE_COLS}"
-    )))
-    .bind(channel)
-    .bind(seq)
-    .bind(body.as_str())
-    .fetch_one(&mut *tx)
-    .await?;
-    let payload = ev::event::Payload::MessageUpdated(ev::MessageUpdated {
-        message: Some(row.clone().into()),
-    });
-    let p = enqueue(&mut tx, channel, payload, vec![channel_topic(channel)]).await?;
-    tx.commit().await?;
-    Ok((row, p))
-}
-
-/// Deletes a message, leaving a tombstone (sender, or owner/admin). Idempotent.
-pub async fn delete(
-    mut tx: Tx,
-    caller: &UserId,
-    channel: Uuid,
-    seq: i64,
-) -> Result<(MessageRow, Option<Pending>), Error> {
-    let role = require_member(&mut tx, channel, caller).await?;
-    let m = message_for_update(&mut tx, channel, seq).await?;
-    if m.sender_id != caller.as_str() && !role.manages() {
-        return Err(Error::PermissionDenied(
-            "only the sender or an owner/admin deletes a message".into(),
-        ));
-    }
-    if m.deleted {
-        tx.commit().await?;
-        return Ok((m, None));
-    }
-    let row = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
-        "UPDATE messages SET body = '', deleted = true WHERE channel_id = $1 AND seq = $2 RETURNING {MESSAGE_COLS}"
-    )))
-    .bind(channel)
-    .bind(seq)
-    .fetch_one(&mut *tx)
-    .await?;
-    let payload = ev::event::Payload::MessageDeleted(ev::MessageDeleted {
-        message: Some(row.clone().into()),
-        deleted_by: caller.to_string(),
-    });
-    let p = enqueue(&mut tx, channel, payload, vec![channel_topic(channel)]).await?;
-    tx.commit().await?;
-    Ok((row, Some(p)))
 }

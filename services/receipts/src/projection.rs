@@ -124,16 +124,7 @@ impl Delta {
             ev::event::Payload::ChannelDeleted(ev::ChannelDeleted { members, .. }) => {
                 self.channel(channel, 0);
                 for user in members.iter().filter(|u| !u.is_empty()) {
-                    self.membership(
-                        channel,
-                        user.clone(),
-                        Membership {
-                            active: false,
-                            joined_seq: 0,
-                            at,
-                            event_id,
-                        },
-                    );
+                    self.left(channel, user.clone(), at, event_id);
                 }
                 Ok("channel_deleted")
             }
@@ -170,19 +161,21 @@ impl Delta {
                     return Err(Skip::Invalid);
                 }
                 self.channel(channel, 0);
-                self.membership(
-                    channel,
-                    user_id.clone(),
-                    Membership {
-                        active: false,
-                        joined_seq: 0,
-                        at,
-                        event_id,
-                    },
-                );
+                self.left(channel, user_id.clone(), at, event_id);
                 Ok("member_left")
             }
         }
+    }
+
+    /// `user`'s membership of `channel` ended (a tombstone at `at`).
+    fn left(&mut self, channel: Uuid, user: String, at: DateTime<chrono::Utc>, event_id: Uuid) {
+        let m = Membership {
+            active: false,
+            joined_seq: 0,
+            at,
+            event_id,
+        };
+        self.membership(channel, user, m);
     }
 
     fn membership(&mut self, channel: Uuid, user: String, m: Membership) {

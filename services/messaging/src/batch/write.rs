@@ -359,7 +359,9 @@ impl Writer {
                 // A retry of a send acknowledged before is answered with it, whatever
                 // changed since.
                 Outcome::Existing(m)
-            } else if let Some(refused) = refusal(r.channel, archived.contains(&r.channel), &f) {
+            } else if let Some(refused) =
+                store::write_refusal(r.channel, archived.contains(&r.channel), f.muted, f.blocked)
+            {
                 Outcome::Failed(refused)
             } else if let Some(&k) = first_of.get(&key) {
                 Outcome::Retry(k)
@@ -466,27 +468,9 @@ fn encode_events(
                 members_version: members_version(m.channel_id),
             });
             let trace = r.span.in_scope(parley_kit::propagation::inject_map);
-            Some(store::new_event(m.channel_id, payload, trace))
+            Some(store::new_event(Some(m.channel_id), payload, trace))
         })
         .collect()
-}
-
-/// Why a member may not send here now: the channel is archived, they are muted, or the
-/// other member of a direct channel blocked them.
-fn refusal(channel: Uuid, archived: bool, f: &store::SendCheck) -> Option<Error> {
-    if archived {
-        Some(Error::Archived(format!(
-            "channel {channel} is archived (read-only)"
-        )))
-    } else if f.muted {
-        Some(Error::Muted(format!("you are muted in channel {channel}")))
-    } else if f.blocked {
-        Some(Error::Blocked(
-            "the other member of this direct channel blocked you".into(),
-        ))
-    } else {
-        None
-    }
 }
 
 fn not_found(channel: Uuid) -> Error {

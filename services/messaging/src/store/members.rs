@@ -208,7 +208,7 @@ pub async fn create_invite(
     ttl: std::time::Duration,
     max_uses: u32,
 ) -> Result<InviteRow, Error> {
-    let role = group_role(&mut tx, caller, channel).await?;
+    let (role, _) = group_role(&mut tx, caller, channel).await?;
     if !role.manages() {
         return Err(Error::PermissionDenied(
             "only owners and admins invite".into(),
@@ -365,8 +365,13 @@ async fn write_role(
     Ok((row, p))
 }
 
-/// The caller's role in a group channel (locked): roles do not exist in direct channels.
-pub(super) async fn group_role(tx: &mut Tx, caller: &UserId, channel: Uuid) -> Result<Role, Error> {
+/// The caller's role in a group channel, and the channel (locked): roles do not exist in
+/// direct channels.
+pub(super) async fn group_role(
+    tx: &mut Tx,
+    caller: &UserId,
+    channel: Uuid,
+) -> Result<(Role, ChannelRow), Error> {
     let role = require_member(tx, channel, caller).await?;
     let ch = channel_row(tx, channel, true).await?;
     if ch.kind == "direct" {
@@ -374,7 +379,7 @@ pub(super) async fn group_role(tx: &mut Tx, caller: &UserId, channel: Uuid) -> R
             "a direct channel has no roles: both members are equal".into(),
         ));
     }
-    Ok(role)
+    Ok((role, ch))
 }
 
 /// Makes `user` an admin or a plain member (see [`Role::may_set`]). Setting the role they
@@ -386,7 +391,7 @@ pub async fn set_role(
     user: &UserId,
     role: Role,
 ) -> Result<Created<MemberRow>, Error> {
-    let actor = group_role(&mut tx, caller, channel).await?;
+    let (actor, _) = group_role(&mut tx, caller, channel).await?;
     let target = member_row(&mut tx, channel, user.as_str()).await?;
     if !actor.may_set(target.role, role) {
         return Err(Error::PermissionDenied(format!(
@@ -421,7 +426,7 @@ pub async fn transfer_ownership(
     channel: Uuid,
     user: &UserId,
 ) -> Result<(MemberRow, MemberRow, Vec<Pending>), Error> {
-    let actor = group_role(&mut tx, caller, channel).await?;
+    let (actor, _) = group_role(&mut tx, caller, channel).await?;
     if actor != Role::Owner {
         return Err(Error::PermissionDenied(
             "only the owner transfers ownership".into(),

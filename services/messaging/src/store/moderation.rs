@@ -89,18 +89,25 @@ pub(super) async fn check_may_write(
         .fetch_optional(&mut *conn)
         .await?
         .unwrap_or_default();
+    write_refusal(channel, archived, muted, blocked).map_or(Ok(()), Err)
+}
+
+/// Why a member may not write (send, edit) in `channel` now, if they may not: the channel
+/// is archived, they are muted, or the other member of a direct channel blocked them (in
+/// that order). The one answer of the send path and of edits.
+pub fn write_refusal(channel: Uuid, archived: bool, muted: bool, blocked: bool) -> Option<Error> {
     if archived {
-        Err(Error::Archived(format!(
+        Some(Error::Archived(format!(
             "channel {channel} is archived (read-only)"
         )))
     } else if muted {
-        Err(Error::Muted(format!("you are muted in channel {channel}")))
+        Some(Error::Muted(format!("you are muted in channel {channel}")))
     } else if blocked {
-        Err(Error::Blocked(
+        Some(Error::Blocked(
             "the other member of this direct channel blocked you".into(),
         ))
     } else {
-        Ok(())
+        None
     }
 }
 
@@ -192,15 +199,21 @@ async fn system_message(
     enqueue(tx, channel, payload, vec![channel_topic(channel)]).await
 }
 
-/// The caller's role in a group channel (locked), which must let them manage it.
-async fn manager(tx: &mut Tx, caller: &UserId, channel: Uuid, what: &str) -> Result<Role, Error> {
-    let role = group_role(tx, caller, channel).await?;
+/// The caller's role in a group channel, which must let them manage it, and the channel
+/// (locked).
+async fn manager(
+    tx: &mut Tx,
+    caller: &UserId,
+    channel: Uuid,
+    what: &str,
+) -> Result<(Role, ChannelRow), Error> {
+    let (role, ch) = group_role(tx, caller, channel).await?;
     if !role.manages() {
         return Err(Error::PermissionDenied(format!(
             "only owners and admins {what}"
         )));
     }
-    Ok(role)
+    Ok((role, ch))
 }
 
 /// Archives (`true`) or unarchives a group channel (owners and admins); no change, no
@@ -211,8 +224,7 @@ pub async fn set_archived(
     channel: Uuid,
     archived: bool,
 ) -> Result<Created<ChannelRow>, Error> {
-    manager(&mut tx, caller, channel, "archive or unarchive a channel").await?;
-    let before = channel_row(&mut tx, channel, false).await?;
+    let (_, before) = manager(&mut tx, caller, channel, "archive or unarchive a channel").await?;
     if before.archived_at.is_some() == archived {
         tx.commit().await?;
         return Ok(Created {
@@ -231,11 +243,7 @@ pub async fn set_archived(
     .await?;
     let action = if archived { "archived" } else { "unarchived" };
     audit(&mut tx, channel, caller.as_str(), action, "", "").await?;
-    let payload = ev::event::Payload::ChannelUpdated(ev::ChannelUpdated {
-        channel: Some(row.clone().into()),
-        updated_by: caller.to_string(),
-    });
-    let p = enqueue(&mut tx, channel, payload, vec![channel_topic(channel)]).await?;
+    let p = channel_updated(&mut tx, &row, caller).await?;
     tx.commit().await?;
     Ok(Created {
         row,
@@ -251,7 +259,7 @@ pub async fn delete_channel(
     caller: &UserId,
     channel: Uuid,
 ) -> Result<Vec<Pending>, Error> {
-    if group_role(&mut tx, caller, channel).await? != Role::Owner {
+    if group_role(&mut tx, caller, channel).await?.0 != Role::Owner {
         return Err(Error::PermissionDenied(
             "only the owner deletes a channel".into(),
         ));
@@ -306,7 +314,7 @@ pub async fn ban(
     user: &UserId,
     s: Sanction,
 ) -> Result<(BanRow, bool, Vec<Pending>), Error> {
-    let actor = manager(&mut tx, caller, channel, "ban").await?;
+    let (actor, _) = manager(&mut tx, caller, channel, "ban").await?;
     if user == caller {
         return Err(Error::BadArgument("you cannot ban yourself".into()));
     }
@@ -442,7 +450,7 @@ pub async fn mute(
     user: &UserId,
     expires_at: Option<DateTime<Utc>>,
 ) -> Result<(MuteRow, Vec<Pending>), Error> {
-    let actor = manager(&mut tx, caller, channel, "mute").await?;
+    let (actor, _) = manager(&mut tx, caller, channel, "mute").await?;
     if user == caller {
         return Err(Error::BadArgument("you cannot mute yourself".into()));
     }
@@ -497,7 +505,7 @@ pub async fn unmute(
     channel: Uuid,
     user: &UserId,
 ) -> Result<(bool, Vec<Pending>), Error> {
-    let actor = manager(&mut tx, caller, channel, "lift mutes").await?;
+    let (actor, _) = manager(&mut tx, caller, channel, "lift mutes").await?;
     let target = find_member(&mut tx, channel, user.as_str()).await?;
     if !actor.may_moderate(target.map(|m| m.role)) {
         return Err(Error::PermissionDenied(format!(
@@ -526,33 +534,12 @@ async fn block_event(
     blocked: &UserId,
     active: bool,
 ) -> Result<Pending, Error> {
-    let id = Uuid::now_v7();
-    let event = ev::Event {
-        event_id: id.to_string(),
-        occurred_at: Some(ts(Utc::now())),
-        channel_id: String::new(),
-        trace_context: parley_kit::propagation::inject_map(),
-        payload: Some(ev::event::Payload::BlockChanged(ev::BlockChanged {
-            blocker: blocker.to_string(),
-            blocked: blocked.to_string(),
-            active,
-        })),
-    };
-    let bytes = event.encode_to_vec();
-    let topics = vec![user_topic(blocker.as_str())];
-    let outbox: i64 = sqlx::query_scalar(
-        "INSERT INTO outbox (event_id, topics, payload) VALUES ($1, $2, $3) RETURNING id",
-    )
-    .bind(id)
-    .bind(&topics)
-    .bind(&bytes)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(Pending {
-        id: outbox,
-        topics,
-        payload: bytes,
-    })
+    let payload = ev::event::Payload::BlockChanged(ev::BlockChanged {
+        blocker: blocker.to_string(),
+        blocked: blocked.to_string(),
+        active,
+    });
+    enqueue_event(tx, None, payload, vec![user_topic(blocker.as_str())]).await
 }
 
 /// The caller blocks `user` (at most `max` blocks per user). Idempotent: `false` when the
