@@ -1,6 +1,7 @@
 # Parley developer entry points. `make` alone lists the targets.
-# Postgres/Redis: scripts/deps.sh (PARLEY_PG_URL / PARLEY_REDIS_URL, or private instances
-# under .local/ on 127.0.0.1:55432 and :56379; see the script's header).
+# Postgres/Redis/S3: scripts/deps.sh (PARLEY_PG_URL / PARLEY_REDIS_URL / PARLEY_S3_ENDPOINT,
+# or private instances under .local/ on 127.0.0.1:55432, :56379 and :59000 (S3: moto_server
+# from a cached Python venv); see the script's header).
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -25,7 +26,7 @@ help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | \
 		awk -F':.*## ' '{ printf "  %-14s %s\n", $$1, $$2 }'
 
-deps: ## Ensure Postgres + Redis (private instances under .local/ unless configured)
+deps: ## Ensure Postgres + Redis + S3 (private instances under .local/ unless configured)
 	scripts/deps.sh
 
 build: ## Build all service binaries (debug)
@@ -42,7 +43,10 @@ down: ## Stop the services started by make up / up-detached
 
 test: deps ## Run the workspace tests against deps (nextest, else cargo test)
 	@. .local/deps.env && \
-	export PARLEY_TEST_PG_URL="$$PARLEY_PG_URL" PARLEY_TEST_REDIS_URL="$$PARLEY_REDIS_URL" && \
+	export PARLEY_TEST_PG_URL="$$PARLEY_PG_URL" PARLEY_TEST_REDIS_URL="$$PARLEY_REDIS_URL" \
+		PARLEY_TEST_S3_ENDPOINT="$$PARLEY_S3_ENDPOINT" PARLEY_TEST_S3_REGION="$$PARLEY_S3_REGION" \
+		PARLEY_TEST_S3_BUCKET="$$PARLEY_S3_BUCKET" PARLEY_TEST_S3_ACCESS_KEY_ID="$$PARLEY_S3_ACCESS_KEY_ID" \
+		PARLEY_TEST_S3_SECRET_ACCESS_KEY="$$PARLEY_S3_SECRET_ACCESS_KEY" && \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "+ cargo nextest run --workspace --no-fail-fast --profile $(NEXTEST_PROFILE) $(TEST_ARGS)"; \
 		$(CARGO) nextest run --workspace --no-fail-fast --profile $(NEXTEST_PROFILE) $(TEST_ARGS); \

@@ -3,7 +3,7 @@
 # bench/latency.png, raw data in bench/raw/.
 #
 # Builds release binaries, starts the stack like `make up` (scripts/up.sh, release profile,
-# send rate limit raised, private Postgres/Redis from scripts/deps.sh), then runs:
+# send rate limit raised, private Postgres/Redis/S3 from scripts/deps.sh), then runs:
 #   1 ramp      max sustained send throughput through the gateway with p99 < 50 ms
 #   2 fixed     end-to-end latency at a fixed moderate rate
 #   3 fanout    one channel with BENCH_FANOUT_MEMBERS connected members

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Postgres and Redis for Parley development and tests.
+# Postgres, Redis and an S3-compatible object store for Parley development and tests.
 #
-#   scripts/deps.sh [start]   ensure both servers run and accept connections (default)
+#   scripts/deps.sh [start]   ensure all three run and accept connections (default)
 #   scripts/deps.sh stop      stop the PRIVATE instances of this checkout (never a system server)
 #   scripts/deps.sh status    show what runs
 #   scripts/deps.sh clean     stop the private instances and delete their data
@@ -12,9 +12,19 @@
 #   /root), the data dir is /tmp/parley-<uid>-<hash>/pg and .local/pg is a symlink to it.
 # Redis: PARLEY_REDIS_URL when set; otherwise a private redis-server on
 #   127.0.0.1:${PARLEY_REDIS_PORT:-56379} with its files in .local/redis.
-# Missing binaries are installed with apt-get (postgresql, redis-server). The database
-# `parley` is created when missing. The resulting URLs go to .local/deps.env as
-# `export NAME=value` lines and are printed on stdout (progress goes to stderr).
+# S3: PARLEY_S3_ENDPOINT when set (it must answer HTTP; the bucket PARLEY_S3_BUCKET, default
+#   `parley`, must exist there; PARLEY_S3_REGION and PARLEY_S3_ACCESS_KEY_ID/_SECRET_ACCESS_KEY
+#   are passed through, dev defaults otherwise); otherwise a private moto_server (PyPI
+#   `moto[s3]`, in memory: nothing survives a stop) on 127.0.0.1:${PARLEY_S3_PORT:-59000},
+#   pid and log in .local/s3, with the bucket `parley` created on every start. moto runs from
+#   a Python venv shared by every checkout: ${XDG_CACHE_HOME:-~/.cache}/parley/s3-venv-moto-<version>
+#   (PARLEY_S3_VENV overrides; created with `python3 -m venv`, pip log in .local/s3-pip.log).
+#   moto accepts any credentials; the dev ones are parley-dev / parley-dev-secret.
+# Missing binaries are installed with apt-get (postgresql, redis-server, python3-venv, curl).
+# The database `parley` is created when missing. The resulting settings go to .local/deps.env
+# as `export NAME=value` lines and are printed on stdout (progress goes to stderr):
+#   PARLEY_PG_URL, PARLEY_REDIS_URL, PARLEY_S3_ENDPOINT, PARLEY_S3_REGION, PARLEY_S3_BUCKET,
+#   PARLEY_S3_ACCESS_KEY_ID, PARLEY_S3_SECRET_ACCESS_KEY.
 # The system servers on 5432/6379 are never used unless you point the URLs at them.
 set -euo pipefail
 
@@ -25,6 +35,12 @@ PG_LINK="$LOCAL/pg"
 REDIS_DIR="$LOCAL/redis"
 PG_PORT="${PARLEY_PG_PORT:-55432}"
 REDIS_PORT="${PARLEY_REDIS_PORT:-56379}"
+S3_DIR="$LOCAL/s3"
+S3_PORT="${PARLEY_S3_PORT:-59000}"
+MOTO_VERSION=5.2.5
+# What the venv holds; a venv built from other requirements is rebuilt.
+S3_REQUIREMENTS=("moto[s3]==$MOTO_VERSION" flask flask-cors)
+S3_VENV="${PARLEY_S3_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/parley/s3-venv-moto-$MOTO_VERSION}"
 DB_NAME=parley
 CMD="${1:-start}"
 
@@ -377,6 +393,164 @@ stop_private_redis() {
 	rm -f "$REDIS_DIR/redis.pid"
 }
 
+# ---------------------------------------------------------------- S3 (moto) helpers
+
+ensure_curl() { command -v curl >/dev/null 2>&1 || apt_install curl; }
+
+http_code() { # URL -> the HTTP status it answers with, 000 when nothing answers
+	curl -s -o /dev/null -w '%{http_code}' --max-time 3 "$1" 2>/dev/null || true
+}
+
+http_answers() { [[ "$(http_code "$1")" != 000 ]]; }
+
+# True when the server at $1 is a moto_server (its management API answers).
+is_moto() { curl -sf --max-time 3 "$1/moto-api/data.json" 2>/dev/null | grep -q '^{'; }
+
+moto_pid() { # pid of our private moto_server, if it runs
+	local pid
+	pid="$(cat "$S3_DIR/moto.pid" 2>/dev/null)" || return 1
+	[[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
+		tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -q '/moto_server$' && echo "$pid"
+}
+
+moto_port() { # port of the moto_server with pid $1 (from its command line)
+	tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | sed -n '/^-p$/{n;p;q;}'
+}
+
+s3_venv_ok() {
+	[[ -x $S3_VENV/bin/moto_server && "$(cat "$S3_VENV/.parley-requirements" 2>/dev/null)" == "${S3_REQUIREMENTS[*]}" ]] &&
+		"$S3_VENV/bin/python" -c 'import moto, flask, flask_cors' >/dev/null 2>&1
+}
+
+# The venv with moto_server, shared by every checkout (a fresh clone finds it built).
+ensure_s3_venv() {
+	s3_venv_ok && return 0
+	mkdir -p "$(dirname "$S3_VENV")"
+	# One builder at a time across checkouts (our own lock, fd 9, is per checkout).
+	exec 8>"$S3_VENV.lock"
+	if command -v flock >/dev/null 2>&1; then
+		flock -w 900 8 || die "another scripts/deps.sh holds $S3_VENV.lock"
+	fi
+	if ! s3_venv_ok; then
+		local piplog="$LOCAL/s3-pip.log"
+		# Replaced only when it is (the remains of) a venv: PARLEY_S3_VENV may point anywhere.
+		if [[ -e $S3_VENV && ! -f $S3_VENV/pyvenv.cfg ]] && [[ -n "$(ls -A -- "$S3_VENV" 2>/dev/null)" ]]; then
+			die "$S3_VENV exists and is not a Python venv; remove it or set PARLEY_S3_VENV elsewhere"
+		fi
+		log "creating a Python venv with ${S3_REQUIREMENTS[*]} in $S3_VENV (log: $piplog)"
+		rm -rf -- "$S3_VENV"
+		command -v python3 >/dev/null 2>&1 || apt_install python3-venv
+		if ! python3 -m venv "$S3_VENV" >"$piplog" 2>&1 9>&- 8>&-; then
+			# Debian's python3 needs python3-venv (ensurepip) for `-m venv`.
+			rm -rf -- "$S3_VENV"
+			apt_install python3-venv
+			if ! python3 -m venv "$S3_VENV" >>"$piplog" 2>&1 9>&- 8>&-; then
+				tail -n 30 "$piplog" >&2
+				rm -rf -- "$S3_VENV"
+				die "python3 -m venv $S3_VENV failed (see $piplog)"
+			fi
+		fi
+		if ! "$S3_VENV/bin/python" -m pip install -q --disable-pip-version-check "${S3_REQUIREMENTS[@]}" >>"$piplog" 2>&1 9>&- 8>&-; then
+			tail -n 30 "$piplog" >&2
+			rm -rf -- "$S3_VENV"
+			die "pip install ${S3_REQUIREMENTS[*]} failed (see $piplog)"
+		fi
+		printf '%s\n' "${S3_REQUIREMENTS[*]}" >"$S3_VENV/.parley-requirements"
+		s3_venv_ok || die "$S3_VENV: moto_server is not usable after pip install (see $piplog)"
+	fi
+	exec 8>&-
+}
+
+ensure_private_s3() {
+	ensure_curl
+	mkdir -p "$S3_DIR"
+	local url="http://127.0.0.1:$S3_PORT" pid="" i started=no
+
+	if pid="$(moto_pid)" && [[ "$(moto_port "$pid")" == "$S3_PORT" ]]; then
+		for ((i = 0; i < 20; i++)); do
+			http_answers "$url/" && break
+			sleep 0.5
+		done
+		if ((i == 20)); then
+			log "private moto (pid $pid) does not answer on $S3_PORT; restarting it"
+			stop_private_s3
+		fi
+	fi
+	if pid="$(moto_pid)" && [[ "$(moto_port "$pid")" == "$S3_PORT" ]]; then
+		: # ours, answering: reuse it
+	elif http_answers "$url/" && is_moto "$url"; then
+		# Another checkout's private moto: share it (tests isolate themselves by key prefix).
+		log "127.0.0.1:$S3_PORT already serves a moto S3 (another checkout's?); using it"
+	else
+		port_open "$S3_PORT" &&
+			die "127.0.0.1:$S3_PORT is in use by another process; set PARLEY_S3_PORT to a free port, or PARLEY_S3_ENDPOINT to an existing server"
+		ensure_s3_venv
+		if pid="$(moto_pid)"; then
+			log "private moto runs on another port (pid $pid); restarting it on $S3_PORT"
+			stop_private_s3
+		fi
+		log "starting private S3 (moto $MOTO_VERSION) on 127.0.0.1:$S3_PORT"
+		[[ -f $S3_DIR/moto.log ]] && mv -f "$S3_DIR/moto.log" "$S3_DIR/moto.log.prev"
+		rm -f "$S3_DIR/moto.pid"
+		# Own session (a Ctrl-C in this terminal does not reach it), no inherited fds beyond
+		# 0-2 (not our locks, nor a caller's pipe); the shell writes its pid and execs moto_server.
+		# shellcheck disable=SC2016 # $$ and $@ belong to the inner shell
+		setsid bash -c '
+			for fd in /proc/$$/fd/*; do
+				fd=${fd##*/}
+				[ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-"
+			done
+			echo $$ >"$1"
+			shift
+			exec "$@"' moto-launch "$S3_DIR/moto.pid" \
+			"$S3_VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$S3_DIR/moto.log" 2>&1 </dev/null 8>&- 9>&- &
+		started=yes
+		for ((i = 0; i < 120; i++)); do
+			if http_answers "$url/"; then
+				break
+			fi
+			if ((i > 10)) && ! moto_pid >/dev/null; then
+				tail -n 20 "$S3_DIR/moto.log" >&2 || true
+				die "moto_server exited during start-up (log: $S3_DIR/moto.log)"
+			fi
+			sleep 0.25
+		done
+		if ! http_answers "$url/"; then
+			tail -n 20 "$S3_DIR/moto.log" >&2 || true
+			die "private S3 does not answer on $url (log: $S3_DIR/moto.log)"
+		fi
+	fi
+
+	# moto keeps everything in memory: the bucket is (re)created after every start.
+	if [[ "$(http_code "$url/parley")" != 200 ]]; then
+		[[ $started == yes ]] || log "creating bucket parley in the private S3"
+		curl -sf -o /dev/null --max-time 10 -X PUT "$url/parley" ||
+			[[ "$(http_code "$url/parley")" == 200 ]] || # lost a race: fine
+			die "could not create bucket parley at $url"
+	fi
+	PARLEY_S3_ENDPOINT="$url"
+	PARLEY_S3_REGION=us-east-1
+	PARLEY_S3_BUCKET=parley
+	PARLEY_S3_ACCESS_KEY_ID=parley-dev
+	PARLEY_S3_SECRET_ACCESS_KEY=parley-dev-secret
+}
+
+stop_private_s3() {
+	local pid i
+	pid="$(moto_pid)" || {
+		rm -f "$S3_DIR/moto.pid"
+		return 0
+	}
+	log "stopping private S3 (moto, pid $pid)"
+	kill -TERM "$pid" 2>/dev/null || true
+	for ((i = 0; i < 50; i++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.2
+	done
+	kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+	rm -f "$S3_DIR/moto.pid"
+}
+
 # ---------------------------------------------------------------- main
 
 mkdir -p "$LOCAL"
@@ -410,11 +584,29 @@ start | up | "")
 		ensure_private_redis
 	fi
 
+	if [[ -n ${PARLEY_S3_ENDPOINT:-} ]]; then
+		ensure_curl
+		for ((i = 0; i < 10; i++)); do
+			http_answers "$PARLEY_S3_ENDPOINT" && break
+			sleep 0.5
+		done
+		http_answers "$PARLEY_S3_ENDPOINT" || die "S3 endpoint from PARLEY_S3_ENDPOINT does not answer HTTP ($PARLEY_S3_ENDPOINT)"
+		PARLEY_S3_REGION="${PARLEY_S3_REGION:-us-east-1}"
+		PARLEY_S3_BUCKET="${PARLEY_S3_BUCKET:-parley}"
+		PARLEY_S3_ACCESS_KEY_ID="${PARLEY_S3_ACCESS_KEY_ID:-parley-dev}"
+		PARLEY_S3_SECRET_ACCESS_KEY="${PARLEY_S3_SECRET_ACCESS_KEY:-parley-dev-secret}"
+	else
+		ensure_private_s3
+	fi
+
 	tmp="$ENV_FILE.tmp.$$"
 	{
 		echo "# Written by scripts/deps.sh; source it: . .local/deps.env"
 		printf 'export PARLEY_PG_URL=%q\n' "$PARLEY_PG_URL"
 		printf 'export PARLEY_REDIS_URL=%q\n' "$PARLEY_REDIS_URL"
+		for v in PARLEY_S3_ENDPOINT PARLEY_S3_REGION PARLEY_S3_BUCKET PARLEY_S3_ACCESS_KEY_ID PARLEY_S3_SECRET_ACCESS_KEY; do
+			printf 'export %s=%q\n' "$v" "${!v}"
+		done
 	} >"$tmp"
 	mv -f "$tmp" "$ENV_FILE"
 	grep '^export ' "$ENV_FILE"
@@ -422,6 +614,7 @@ start | up | "")
 stop)
 	stop_private_pg
 	stop_private_redis
+	stop_private_s3
 	;;
 status)
 	pg_resolve_datadir no
@@ -436,11 +629,17 @@ status)
 	else
 		echo "redis: private instance not running"
 	fi
+	if pid="$(moto_pid)"; then
+		echo "s3: running (moto pid $pid, port $(moto_port "$pid"), dir $S3_DIR, venv $S3_VENV)"
+	else
+		echo "s3: private instance not running (venv $S3_VENV$(s3_venv_ok || echo ', not built'))"
+	fi
 	[[ -f $ENV_FILE ]] && grep '^export ' "$ENV_FILE" || true
 	;;
 clean)
 	stop_private_pg
 	stop_private_redis
+	stop_private_s3
 	pg_resolve_datadir no
 	if [[ -L $PG_LINK ]]; then
 		target="$(readlink -- "$PG_LINK")"
@@ -448,8 +647,8 @@ clean)
 		/tmp/parley-*/pg) rm -rf -- "$target" && rmdir -- "$(dirname "$target")" 2>/dev/null || true ;;
 		esac
 	fi
-	rm -rf -- "$PG_LINK" "$REDIS_DIR" "$ENV_FILE"
-	log "removed private database data"
+	rm -rf -- "$PG_LINK" "$REDIS_DIR" "$S3_DIR" "$LOCAL/s3-pip.log" "$ENV_FILE"
+	log "removed private database data (the moto venv $S3_VENV is kept: it is shared by every checkout)"
 	;;
 *)
 	die "usage: scripts/deps.sh [start|stop|status|clean]"

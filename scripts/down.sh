@@ -3,7 +3,7 @@
 #
 #   scripts/down.sh            stop every service with a pid file
 #   scripts/down.sh SVC...     stop only these
-#   scripts/down.sh --all      also stop this checkout's private Postgres/Redis (deps.sh stop)
+#   scripts/down.sh --all      also stop this checkout's private Postgres/Redis/S3 (deps.sh stop)
 #
 # SIGTERM, up to ${PARLEY_STOP_TIMEOUT:-15} s to exit, then SIGKILL. Only processes that
 # up.sh started from this checkout are signalled (checked through their environment).

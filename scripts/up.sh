@@ -6,8 +6,10 @@
 #   scripts/up.sh --detach   start everything, wait until ready, return (stop: scripts/down.sh)
 #
 # Builds nothing: `make up` runs `cargo build --workspace --bins` first. Binaries come from
-# $CARGO_TARGET_DIR/debug (default $HOME/.cache/parley/target). Postgres and Redis come from
-# scripts/deps.sh (.local/deps.env). Logs: .local/logs/<svc>.log, pids: .local/run/<svc>.pid.
+# $CARGO_TARGET_DIR/debug (default $HOME/.cache/parley/target). Postgres, Redis and the S3
+# object store come from scripts/deps.sh (.local/deps.env). Logs: .local/logs/<svc>.log (values
+# of *SECRET*/*PASSWORD*/*PRIVATE_KEY*/*_TOKEN settings and URL passwords masked), pids in
+# .local/run/<svc>.pid.
 # A service already running from this checkout's pid files is restarted.
 set -euo pipefail
 
@@ -15,12 +17,13 @@ set -euo pipefail
 # name  binary  ready-check  environment
 #   ready-check: tcp:HOST:PORT (port accepts connections), an http:// URL (answers 200), or -
 #   environment: KEY=VALUE words (no spaces in values); ${VAR} is expanded at start. Available:
-#   PARLEY_DB_URL (database `parley`), PARLEY_PG_URL (admin), PARLEY_REDIS_URL.
+#   PARLEY_DB_URL (database `parley`), PARLEY_PG_URL (admin), PARLEY_REDIS_URL, PARLEY_S3_ENDPOINT,
+#   PARLEY_S3_REGION, PARLEY_S3_BUCKET, PARLEY_S3_ACCESS_KEY_ID, PARLEY_S3_SECRET_ACCESS_KEY.
 #   Extra words for one service: PARLEY_UP_ENV_<name>, e.g.
 #   PARLEY_UP_ENV_gateway='PARLEY__RATE__MESSAGES__N=0' (scripts/bench.sh sets such limits).
 # shellcheck disable=SC2016 # expanded later by expand_vars
 SERVICES='
-messaging     parley-messaging     tcp:127.0.0.1:5051           PARLEY__GRPC__ADDR=127.0.0.1:5051 PARLEY__DATABASE__URL=${PARLEY_DB_URL} PARLEY__REDIS__URL=${PARLEY_REDIS_URL}
+messaging     parley-messaging     tcp:127.0.0.1:5051           PARLEY__GRPC__ADDR=127.0.0.1:5051 PARLEY__DATABASE__URL=${PARLEY_DB_URL} PARLEY__REDIS__URL=${PARLEY_REDIS_URL} PARLEY__STORAGE__ENDPOINT=${PARLEY_S3_ENDPOINT} PARLEY__STORAGE__REGION=${PARLEY_S3_REGION} PARLEY__STORAGE__BUCKET=${PARLEY_S3_BUCKET} PARLEY__STORAGE__ACCESS_KEY_ID=${PARLEY_S3_ACCESS_KEY_ID} PARLEY__STORAGE__SECRET_ACCESS_KEY=${PARLEY_S3_SECRET_ACCESS_KEY}
 presence      parley-presence      tcp:127.0.0.1:5052           PARLEY__GRPC__ADDR=127.0.0.1:5052 PARLEY__REDIS__URL=${PARLEY_REDIS_URL}
 receipts      parley-receipts      tcp:127.0.0.1:5053           PARLEY__GRPC__ADDR=127.0.0.1:5053 PARLEY__DATABASE__URL=${PARLEY_DB_URL} PARLEY__REDIS__URL=${PARLEY_REDIS_URL} PARLEY__MESSAGING__URL=http://127.0.0.1:5051
 notification  parley-notification  tcp:127.0.0.1:5054           PARLEY__GRPC__ADDR=127.0.0.1:5054 PARLEY__DATABASE__URL=${PARLEY_DB_URL} PARLEY__REDIS__URL=${PARLEY_REDIS_URL} PARLEY__MESSAGING__URL=http://127.0.0.1:5051 PARLEY__PRESENCE__URL=http://127.0.0.1:5052 PARLEY__WEBHOOK__ALLOW_INTERNAL=true
@@ -42,7 +45,7 @@ for arg in "$@"; do
 	case "$arg" in
 	-d | --detach) DETACH=yes ;;
 	-h | --help)
-		sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	*)
@@ -129,12 +132,13 @@ is_ready() { # ready-check
 	esac
 }
 
-# ---- Postgres / Redis
+# ---- Postgres / Redis / S3
 "$ROOT/scripts/deps.sh" >/dev/null
 # shellcheck disable=SC1091
 . "$LOCAL/deps.env"
 PARLEY_DB_URL="$(pg_url_db "$PARLEY_PG_URL" parley)"
-export PARLEY_PG_URL PARLEY_REDIS_URL PARLEY_DB_URL
+export PARLEY_PG_URL PARLEY_REDIS_URL PARLEY_DB_URL PARLEY_S3_ENDPOINT PARLEY_S3_REGION PARLEY_S3_BUCKET \
+	PARLEY_S3_ACCESS_KEY_ID PARLEY_S3_SECRET_ACCESS_KEY
 
 mkdir -p "$LOG_DIR" "$RUN_DIR"
 
@@ -217,7 +221,8 @@ for i in "${!NAMES[@]}"; do
 	rm -f "$pidfile"
 	{
 		echo "# $(date -Is) starting $bin"
-		printf '#   %s\n' "${envs[@]}" | sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#'
+		printf '#   %s\n' "${envs[@]}" |
+			sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#; s#^(\#   ([A-Za-z0-9_]*(SECRET|PASSWORD|PRIVATE_KEY)[A-Za-z0-9_]*|[A-Za-z0-9_]*_TOKEN)=).+#\1***#'
 	} >"$log"
 	# Own session (Ctrl-C in this terminal reaches only this script), no inherited fds beyond
 	# 0-2; the process writes its own pid file, then execs the binary. UPSH_* lets down.sh
@@ -263,6 +268,7 @@ Parley is up ($(IFS=,; echo "${STARTED[*]}")).
   Logs:       .local/logs/<svc>.log
   Postgres:   $PARLEY_DB_URL
   Redis:      $PARLEY_REDIS_URL
+  S3:         $PARLEY_S3_ENDPOINT   (bucket $PARLEY_S3_BUCKET)
 EOF
 
 if [[ $DETACH == yes ]]; then

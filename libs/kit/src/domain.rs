@@ -101,6 +101,14 @@ impl MessageBody {
         check_text("body", s)?;
         Ok(Self(s.to_owned()))
     }
+    /// Like [`parse`](Self::parse), but an empty body is allowed (a message with files).
+    pub fn parse_or_empty(s: &str, limit: usize) -> Result<Self, Invalid> {
+        if s.is_empty() {
+            return Ok(Self(String::new()));
+        }
+        Self::parse(s, limit)
+    }
+
     /// The body text.
     pub fn as_str(&self) -> &str {
         &self.0

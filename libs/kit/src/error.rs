@@ -28,10 +28,14 @@ pub enum ErrorCode {
     Muted,
     /// The other member of the direct channel blocked the caller: 403.
     Blocked,
+    /// A content type the deployment does not accept (attachments): 415.
+    UnsupportedMediaType,
+    /// The caller's storage quota would be exceeded (attachments): 403.
+    QuotaExceeded,
 }
 
 /// Every code, for exhaustive tests and documentation checks.
-pub const ALL_CODES: [ErrorCode; 13] = [
+pub const ALL_CODES: [ErrorCode; 15] = [
     ErrorCode::InvalidArgument,
     ErrorCode::Unauthenticated,
     ErrorCode::PermissionDenied,
@@ -45,6 +49,8 @@ pub const ALL_CODES: [ErrorCode; 13] = [
     ErrorCode::Banned,
     ErrorCode::Muted,
     ErrorCode::Blocked,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::QuotaExceeded,
 ];
 
 impl ErrorCode {
@@ -64,6 +70,8 @@ impl ErrorCode {
             Self::Banned => "banned",
             Self::Muted => "muted",
             Self::Blocked => "blocked",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::QuotaExceeded => "quota_exceeded",
         }
     }
 
@@ -72,10 +80,15 @@ impl ErrorCode {
         match self {
             Self::InvalidArgument => 400,
             Self::Unauthenticated => 401,
-            Self::PermissionDenied | Self::Banned | Self::Muted | Self::Blocked => 403,
+            Self::PermissionDenied
+            | Self::Banned
+            | Self::Muted
+            | Self::Blocked
+            | Self::QuotaExceeded => 403,
             Self::NotFound => 404,
             Self::Conflict | Self::Archived => 409,
             Self::TooLarge => 413,
+            Self::UnsupportedMediaType => 415,
             Self::RateLimited => 429,
             Self::Unavailable => 503,
             Self::Internal => 500,
@@ -85,14 +98,16 @@ impl ErrorCode {
     /// The gRPC code used on internal APIs.
     pub fn grpc_code(self) -> Code {
         match self {
-            Self::InvalidArgument | Self::TooLarge => Code::InvalidArgument,
+            Self::InvalidArgument | Self::TooLarge | Self::UnsupportedMediaType => {
+                Code::InvalidArgument
+            }
             Self::Unauthenticated => Code::Unauthenticated,
             Self::PermissionDenied | Self::Banned | Self::Muted | Self::Blocked => {
                 Code::PermissionDenied
             }
             Self::NotFound => Code::NotFound,
             Self::Conflict | Self::Archived => Code::FailedPrecondition,
-            Self::RateLimited => Code::ResourceExhausted,
+            Self::RateLimited | Self::QuotaExceeded => Code::ResourceExhausted,
             Self::Unavailable => Code::Unavailable,
             Self::Internal => Code::Internal,
         }
@@ -123,6 +138,8 @@ impl ErrorCode {
             "banned" => Self::Banned,
             "muted" => Self::Muted,
             "blocked" => Self::Blocked,
+            "unsupported_media_type" => Self::UnsupportedMediaType,
+            "quota_exceeded" => Self::QuotaExceeded,
             _ => return None,
         })
     }
@@ -213,6 +230,18 @@ pub enum ServiceError {
     /// The other member of a direct channel blocked the caller.
     #[error("{0}")]
     Blocked(String),
+    /// A value over its size limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A content type not allowed.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Over a per-user rate.
+    #[error("{0}")]
+    RateLimited(String),
+    /// Over a per-user quota.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// A service this one calls could not be asked (down, slow, restarting): retryable.
     #[error("upstream unavailable: {0}")]
     Unavailable(String),
@@ -234,6 +263,10 @@ impl From<ServiceError> for Status {
             ServiceError::Banned(m) => ErrorCode::Banned.status(m),
             ServiceError::Muted(m) => ErrorCode::Muted.status(m),
             ServiceError::Blocked(m) => ErrorCode::Blocked.status(m),
+            ServiceError::TooLarge(m) => ErrorCode::TooLarge.status(m),
+            ServiceError::UnsupportedMediaType(m) => ErrorCode::UnsupportedMediaType.status(m),
+            ServiceError::RateLimited(m) => ErrorCode::RateLimited.status(m),
+            ServiceError::QuotaExceeded(m) => ErrorCode::QuotaExceeded.status(m),
             ServiceError::Unavailable(m) => {
                 tracing::warn!(error = %m, "upstream unavailable");
                 ErrorCode::Unavailable.status("messaging unavailable")

@@ -45,6 +45,7 @@ impl Messaging {
     /// Sends `body` as `user`; returns the message.
     pub async fn send(&self, user: &str, channel: &str, body: &str) -> anyhow::Result<pb::Message> {
         let req = pb::SendMessageRequest {
+            attachment_ids: Vec::new(),
             channel_id: channel.into(),
             client_msg_id: uuid::Uuid::new_v4().to_string(),
             body: body.into(),

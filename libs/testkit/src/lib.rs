@@ -55,6 +55,9 @@ pub struct Stack {
     pub presence: Vec<Running>,
     pub receipts: Vec<Running>,
     pub notification: Vec<Running>,
+    /// The object storage messaging was started with, if any: what the stack's objects are
+    /// deleted through when it is dropped.
+    pub storage: Option<parley_messaging::storage::Storage>,
 }
 
 impl Stack {
@@ -88,6 +91,7 @@ impl Stack {
             receipts: Vec::new(),
             notification: Vec::new(),
             gateways: Vec::new(),
+            storage: None,
         })
     }
 
@@ -125,15 +129,55 @@ impl Stack {
             .unwrap_or_default()
     }
 
+    /// The object storage settings of this stack's messaging: the S3-compatible server of
+    /// `PARLEY_TEST_S3_ENDPOINT` (which `make test` starts), objects under this stack's key
+    /// prefix; none (attachments off) when that is unset.
+    pub fn storage_settings(&self) -> Vec<(&'static str, String)> {
+        let Ok(endpoint) = std::env::var("PARLEY_TEST_S3_ENDPOINT") else {
+            return Vec::new();
+        };
+        let var =
+            |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+        vec![
+            ("PARLEY__STORAGE__ENDPOINT", endpoint),
+            (
+                "PARLEY__STORAGE__REGION",
+                var("PARLEY_TEST_S3_REGION", "us-east-1"),
+            ),
+            (
+                "PARLEY__STORAGE__BUCKET",
+                var("PARLEY_TEST_S3_BUCKET", "parley"),
+            ),
+            (
+                "PARLEY__STORAGE__ACCESS_KEY_ID",
+                var("PARLEY_TEST_S3_ACCESS_KEY_ID", "parley-dev"),
+            ),
+            (
+                "PARLEY__STORAGE__SECRET_ACCESS_KEY",
+                var("PARLEY_TEST_S3_SECRET_ACCESS_KEY", "parley-dev-secret"),
+            ),
+            (
+                "PARLEY__STORAGE__KEY_PREFIX",
+                format!("{}/", self.prefix.trim_end_matches(':')),
+            ),
+        ]
+    }
+
     /// Starts a messaging instance with extra `PARLEY__…` settings.
     pub async fn add_messaging(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<SocketAddr> {
         let config = parley_messaging::Config::load(&settings(
-            self.wiring().into_iter().chain([
-                ("PARLEY__OUTBOX__SWEEP_INTERVAL_MS", "200".into()),
-                ("PARLEY__OUTBOX__SWEEP_MIN_AGE_MS", "500".into()),
-            ]),
+            self.wiring()
+                .into_iter()
+                .chain([
+                    ("PARLEY__OUTBOX__SWEEP_INTERVAL_MS", "200".into()),
+                    ("PARLEY__OUTBOX__SWEEP_MIN_AGE_MS", "500".into()),
+                ])
+                .chain(self.storage_settings()),
             extra,
         ))?;
+        if self.storage.is_none() && !config.storage.endpoint.is_empty() {
+            self.storage = parley_messaging::storage::Storage::new(&config.storage).ok();
+        }
         let running = Running::grpc(move |l, t| parley_messaging::serve(config, l, t)).await?;
         let addr = running.addr;
         self.messaging.push(running);
@@ -369,13 +413,28 @@ impl Drop for Stack {
         drop(std::mem::take(&mut self.notification));
         drop(std::mem::take(&mut self.presence));
         drop(std::mem::take(&mut self.messaging));
-        let (db, admin, redis, prefix) = (
+        let (db, admin, redis, prefix, db_url, storage) = (
             self.db_name.clone(),
             pg_admin_url(),
             self.redis_url.clone(),
             self.prefix.clone(),
+            self.db_url.clone(),
+            self.storage.take(),
         );
         on_own_runtime(async move {
+            // The objects of every upload the test announced (uploaded or not).
+            if let Some(storage) = storage
+                && let Ok(mut c) = sqlx::postgres::PgConnection::connect_url(&db_url).await
+            {
+                let objects: Vec<(uuid::Uuid, uuid::Uuid)> =
+                    sqlx::query_as("SELECT channel_id, id FROM messaging.attachments")
+                        .fetch_all(&mut c)
+                        .await
+                        .unwrap_or_default();
+                for (channel, id) in objects {
+                    let _ = storage.delete(&storage.key(channel, id)).await;
+                }
+            }
             if let Ok(mut c) = sqlx::postgres::PgConnection::connect_url(&admin).await {
                 let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DROP DATABASE IF EXISTS {db} WITH (FORCE)"

@@ -24,6 +24,9 @@ pub enum ClientFrame {
         channel_id: ChannelId,
         client_msg_id: ClientMsgId,
         body: String,
+        /// Uploads sent with the message (`POST /v1/channels/{id}/attachments`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachment_ids: Vec<String>,
     },
     Resume {
         positions: BTreeMap<ChannelId, u64>,
@@ -109,15 +112,19 @@ fn read(kind: &str, v: &mut Map<String, Value>) -> Result<ClientFrame, ApiError>
         "ping" => ClientFrame::Ping,
         "send" => {
             // Every field is present before any is validated (the order of the errors).
-            let (channel, cid, body) = (
-                string(v, "channel_id")?,
-                string(v, "client_msg_id")?,
-                string(v, "body")?,
-            );
+            let (channel, cid) = (string(v, "channel_id")?, string(v, "client_msg_id")?);
+            let attachment_ids = strings(v, "attachment_ids")?;
+            // With attachments, the text may be left out.
+            let body = if attachment_ids.is_empty() || v.contains_key("body") {
+                string(v, "body")?
+            } else {
+                String::new()
+            };
             ClientFrame::Send {
                 channel_id: ChannelId::parse("channel_id", &channel)?,
                 client_msg_id: ClientMsgId::parse(&cid)?,
                 body,
+                attachment_ids,
             }
         }
         "resume" => {
@@ -170,6 +177,25 @@ fn string(v: &mut Map<String, Value>, name: &str) -> Result<String, ApiError> {
     match v.remove(name) {
         Some(Value::String(s)) => Ok(s),
         _ => Err(ApiError::invalid(format!("`{name}` must be a string"))),
+    }
+}
+
+/// An optional array of strings (missing or null: empty).
+fn strings(v: &mut Map<String, Value>, name: &str) -> Result<Vec<String>, ApiError> {
+    match v.remove(name) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .into_iter()
+            .map(|x| match x {
+                Value::String(s) => Ok(s),
+                _ => Err(ApiError::invalid(format!(
+                    "`{name}` must be an array of strings"
+                ))),
+            })
+            .collect(),
+        Some(_) => Err(ApiError::invalid(format!(
+            "`{name}` must be an array of strings"
+        ))),
     }
 }
 

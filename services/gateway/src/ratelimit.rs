@@ -36,6 +36,7 @@ pub enum Kind {
     ReadMarks,
     PresenceQueries,
     DeviceRegistrations,
+    Searches,
 }
 
 impl Kind {
@@ -49,6 +50,7 @@ impl Kind {
             Self::ReadMarks => "read_marks",
             Self::PresenceQueries => "presence_queries",
             Self::DeviceRegistrations => "device_registrations",
+            Self::Searches => "searches",
         }
     }
 
@@ -68,6 +70,7 @@ impl Kind {
             Self::ReadMarks => "read and delivered marks",
             Self::PresenceQueries => "presence queries",
             Self::DeviceRegistrations => "device registrations",
+            Self::Searches => "searches",
         }
     }
 }
@@ -83,6 +86,7 @@ pub struct RateConfig {
     pub read_marks: Rate,
     pub presence_queries: Rate,
     pub device_registrations: Rate,
+    pub searches: Rate,
 }
 
 impl RateConfig {
@@ -96,6 +100,7 @@ impl RateConfig {
             Kind::ReadMarks => self.read_marks,
             Kind::PresenceQueries => self.presence_queries,
             Kind::DeviceRegistrations => self.device_registrations,
+            Kind::Searches => self.searches,
         }
     }
 
@@ -110,7 +115,7 @@ impl RateConfig {
     }
 }
 
-const ALL: [Kind; 8] = [
+const ALL: [Kind; 9] = [
     Kind::Messages,
     Kind::ChannelCreations,
     Kind::Joins,
@@ -119,6 +124,7 @@ const ALL: [Kind; 8] = [
     Kind::ReadMarks,
     Kind::PresenceQueries,
     Kind::DeviceRegistrations,
+    Kind::Searches,
 ];
 
 /// KEYS[1] = the user's log (a sorted set of timestamps); ARGV = n, window in ms, a unique
@@ -380,6 +386,7 @@ mod tests {
             read_marks: r,
             presence_queries: r,
             device_registrations: r,
+            searches: r,
         }
     }
 

@@ -135,6 +135,77 @@ pub struct Message {
     /// Present only on a system message (a moderation action recorded in history).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<SystemEvent>,
+    /// Files sent with the message, in the order given; omitted when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A file sent with a message: its metadata, and where to download it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub id: String,
+    pub filename: String,
+    pub content_type: String,
+    /// Bytes.
+    pub size: u64,
+    /// As the uploader gave them; omitted when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u32>,
+    /// `/v1/attachments/{id}`: redirects (302) to the bytes.
+    pub url: String,
+}
+
+impl From<&pb::Attachment> for Attachment {
+    fn from(a: &pb::Attachment) -> Self {
+        Self {
+            id: a.id.clone(),
+            filename: a.filename.clone(),
+            content_type: a.content_type.clone(),
+            size: a.size,
+            width: a.width,
+            height: a.height,
+            duration_ms: a.duration_ms,
+            url: format!("/v1/attachments/{}", a.id),
+        }
+    }
+}
+
+/// `POST /v1/channels/{id}/attachments`: the upload's metadata and how to upload it.
+pub fn upload(r: &pb::CreateAttachmentResponse) -> Value {
+    let attachment = r.attachment.as_ref().map(Attachment::from);
+    json!({
+        "attachment_id": attachment.as_ref().map(|a| a.id.clone()),
+        "attachment": attachment,
+        "upload_url": r.upload_url,
+        "method": r.method,
+        "headers": r.headers,
+        "expires_at": time(r.expires_at.as_ref()),
+    })
+}
+
+/// `GET /v1/search`: the hits, each a message with a snippet in parts.
+pub fn search(r: &pb::SearchMessagesResponse) -> Value {
+    let hits: Vec<Value> = r
+        .hits
+        .iter()
+        .map(|h| {
+            let snippet: Vec<Value> = h
+                .snippet
+                .iter()
+                .map(|p| json!({"text": p.text, "highlight": p.highlight}))
+                .collect();
+            json!({
+                "message": h.message.as_ref().map(message).unwrap_or(Value::Null),
+                "snippet": snippet,
+            })
+        })
+        .collect();
+    let next = (!r.next_cursor.is_empty()).then(|| r.next_cursor.clone());
+    json!({"hits": hits, "next_cursor": next})
 }
 
 /// What a system message records.
@@ -175,6 +246,7 @@ impl From<&pb::Message> for Message {
             edited_at,
             deleted,
             system,
+            attachments,
         } = m;
         Self {
             id: id.clone(),
@@ -187,6 +259,7 @@ impl From<&pb::Message> for Message {
             edited_at: time_str(edited_at.as_ref()),
             deleted: *deleted,
             system: system.as_ref().map(SystemEvent::from),
+            attachments: attachments.iter().map(Attachment::from).collect(),
         }
     }
 }

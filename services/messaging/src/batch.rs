@@ -79,6 +79,9 @@ struct Request {
     channel: Uuid,
     cid: ClientMsgId,
     body: MessageBody,
+    /// The uploads it carries, as checked before it was queued (the transaction checks
+    /// again, under their row locks, that they are still free).
+    attachments: Vec<store::attachments::Meta>,
     span: tracing::Span,
     reply: oneshot::Sender<Result<Sent, Status>>,
     queued_at: Instant,
@@ -163,6 +166,7 @@ impl Batcher {
         channel: Uuid,
         cid: ClientMsgId,
         body: MessageBody,
+        attachments: Vec<store::attachments::Meta>,
     ) -> Result<impl std::future::Future<Output = Result<Sent, Status>> + use<>, Status> {
         let (reply, answer) = oneshot::channel();
         let req = Request {
@@ -170,6 +174,7 @@ impl Batcher {
             channel,
             cid,
             body,
+            attachments,
             span: tracing::Span::current(),
             reply,
             queued_at: Instant::now(),

@@ -10,8 +10,10 @@ use tonic::{Request, Response, Status};
 
 use crate::{Config, Error, batch::Batcher, outbox, store};
 
+mod attachments;
 mod input;
 mod moderation;
+mod search;
 mod sends;
 
 use input::{
@@ -24,6 +26,8 @@ pub struct Messaging {
     publisher: outbox::Publisher,
     batcher: Batcher,
     config: Arc<Config>,
+    /// Object storage for attachments; `None` when not configured.
+    storage: Option<crate::storage::Storage>,
 }
 
 impl Messaging {
@@ -32,12 +36,14 @@ impl Messaging {
         publisher: outbox::Publisher,
         batcher: Batcher,
         config: Arc<Config>,
+        storage: Option<crate::storage::Storage>,
     ) -> Self {
         Self {
             pool,
             publisher,
             batcher,
             config,
+            storage,
         }
     }
 
@@ -462,7 +468,7 @@ impl MessagingService for Messaging {
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
         let caller = user(&req)?;
         Ok(Response::new(
-            self.submit_one(caller, req.into_inner())?.await?,
+            self.send_one(caller, req.into_inner()).await?,
         ))
     }
 
@@ -620,5 +626,29 @@ impl MessagingService for Messaging {
         req: Request<pb::ListBlocksRequest>,
     ) -> Result<Response<pb::ListBlocksResponse>, Status> {
         self.do_list_blocks(req).await
+    }
+
+    #[tracing::instrument(skip_all, fields(channel = %req.get_ref().channel_id))]
+    async fn create_attachment(
+        &self,
+        req: Request<pb::CreateAttachmentRequest>,
+    ) -> Result<Response<pb::CreateAttachmentResponse>, Status> {
+        self.do_create_attachment(req).await
+    }
+
+    #[tracing::instrument(skip_all, fields(attachment = %req.get_ref().attachment_id))]
+    async fn get_attachment(
+        &self,
+        req: Request<pb::GetAttachmentRequest>,
+    ) -> Result<Response<pb::GetAttachmentResponse>, Status> {
+        self.do_get_attachment(req).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn search_messages(
+        &self,
+        req: Request<pb::SearchMessagesRequest>,
+    ) -> Result<Response<pb::SearchMessagesResponse>, Status> {
+        self.do_search(req).await
     }
 }

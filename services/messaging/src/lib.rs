@@ -4,9 +4,12 @@
 //! `serve(config, listener, shutdown)` is how the binary, the tests and `make up` start it.
 
 mod batch;
+mod cleanup;
 mod error;
 mod grpc;
 pub mod outbox;
+mod search;
+pub mod storage;
 mod store;
 
 use std::sync::Arc;
@@ -33,6 +36,51 @@ pub struct Config {
     pub limits: Limits,
     pub outbox: OutboxConfig,
     pub send: SendConfig,
+    pub storage: StorageConfig,
+    pub attachments: AttachmentsConfig,
+    pub search: SearchConfig,
+}
+
+/// S3-compatible object storage (`[storage]`); an empty endpoint turns attachments off.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StorageConfig {
+    pub endpoint: String,
+    pub client_endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: secrecy::SecretString,
+    pub path_style: bool,
+    pub key_prefix: String,
+    pub timeout_ms: u64,
+}
+
+/// Attachments' limits and clean-up (`[attachments]`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AttachmentsConfig {
+    pub max_bytes: u64,
+    pub allowed_types: Vec<String>,
+    pub max_per_message: usize,
+    pub max_filename_chars: usize,
+    pub upload_ttl_secs: u64,
+    pub download_ttl_secs: u64,
+    pub public_base_url: String,
+    pub orphan_ttl_secs: u64,
+    pub cleanup_interval_ms: u64,
+    pub cleanup_batch: i64,
+    pub uploads_per_minute: u32,
+    pub user_quota_bytes: u64,
+}
+
+/// Message search (`[search]`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SearchConfig {
+    pub text_search_config: String,
+    pub max_query_chars: usize,
+    pub trigram_max_chars: usize,
+    pub typo_similarity: f64,
+    pub default_page: u32,
+    pub max_page: u32,
 }
 
 /// Group commit of concurrent sends (see `batch`).
@@ -130,6 +178,54 @@ impl Settings for Config {
         if self.database.max_connections == 0 {
             return Err("database.max_connections must be positive".into());
         }
+        let a = &self.attachments;
+        if a.max_bytes == 0 || a.max_per_message == 0 || a.max_filename_chars == 0 {
+            return Err(
+                "attachments: max_bytes, max_per_message and max_filename_chars must be positive"
+                    .into(),
+            );
+        }
+        if a.upload_ttl_secs == 0 || a.download_ttl_secs == 0 || a.cleanup_batch <= 0 {
+            return Err(
+                "attachments: upload_ttl_secs, download_ttl_secs and cleanup_batch must be positive"
+                    .into(),
+            );
+        }
+        // S3 presigned URLs last at most 7 days.
+        if a.upload_ttl_secs > 604_800 || a.download_ttl_secs > 604_800 {
+            return Err("attachments: presigned URLs last at most 604800 s (7 days)".into());
+        }
+        if a.orphan_ttl_secs < a.upload_ttl_secs {
+            return Err(
+                "attachments.orphan_ttl_secs must be at least upload_ttl_secs (an upload may still be in flight)"
+                    .into(),
+            );
+        }
+        if !self.storage.endpoint.is_empty() {
+            storage::Storage::new(&self.storage).map_err(|e| format!("storage: {e}"))?;
+        }
+        let s = &self.search;
+        if !s
+            .text_search_config
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || s.text_search_config.is_empty()
+        {
+            return Err(
+                "search.text_search_config must be a plain identifier (e.g. simple, english)"
+                    .into(),
+            );
+        }
+        if s.max_query_chars == 0
+            || s.default_page == 0
+            || s.default_page > s.max_page
+            || !(0.0..=1.0).contains(&s.typo_similarity)
+        {
+            return Err(
+                "search: need max_query_chars > 0, 0 < default_page <= max_page, 0 <= typo_similarity <= 1"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }
@@ -186,7 +282,32 @@ pub async fn serve(
         config.send.clone(),
         config.outbox.publish_inline,
     );
-    let svc = grpc::Messaging::new(pool.clone(), publisher, batcher, config.clone());
+    let storage = if config.storage.endpoint.is_empty() {
+        tracing::info!("no object storage configured (storage.endpoint): attachments are off");
+        None
+    } else {
+        let s =
+            storage::Storage::new(&config.storage).map_err(|e| anyhow::anyhow!("storage: {e}"))?;
+        rt.background.spawn(cleanup::run(
+            pool.clone(),
+            s.clone(),
+            config.attachments.clone(),
+            rt.background.token(),
+        ));
+        Some(s)
+    };
+    let ts_config = &config.search.text_search_config;
+    if !search::config_exists(&pool, ts_config).await? {
+        anyhow::bail!(
+            "search.text_search_config: no text search configuration {ts_config:?} in the database"
+        );
+    }
+    rt.background.spawn(search::ensure_index(
+        pool.clone(),
+        config.search.text_search_config.clone(),
+        rt.background.token(),
+    ));
+    let svc = grpc::Messaging::new(pool.clone(), publisher, batcher, config.clone(), storage);
     let served = rt
         .serve(
             listener,

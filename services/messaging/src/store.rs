@@ -10,10 +10,12 @@ use uuid::Uuid;
 
 use crate::Error;
 
+pub mod attachments;
 mod members;
 mod messages;
 mod moderation;
 mod role;
+pub mod search;
 mod send;
 use members::check_channels_of;
 pub use members::{
@@ -66,6 +68,8 @@ pub struct MessageRow {
     pub deleted: bool,
     /// JSON of a [`SystemRow`] on a system message; `None` on what a user wrote.
     pub system: Option<String>,
+    /// JSON array of [`attachments::Meta`]; `None` when the message has none.
+    pub attachments: Option<String>,
 }
 
 /// A system message's event as `messages.system` stores it (JSON).
@@ -109,8 +113,8 @@ pub struct Pending {
 
 const CHANNEL_COLS: &str = "id, kind, name, created_by, created_at, member_count, last_seq, \
      last_activity_at, topic, description, archived_at";
-const MESSAGE_COLS: &str =
-    "id, channel_id, seq, sender_id, client_msg_id, body, created_at, edited_at, deleted, system";
+const MESSAGE_COLS: &str = "id, channel_id, seq, sender_id, client_msg_id, body, created_at, edited_at, deleted, system, \
+     attachments";
 
 pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -184,11 +188,18 @@ impl From<MessageRow> for pb::Message {
             edited_at,
             deleted,
             system,
+            attachments,
         } = r;
-        // A value this service wrote: unreadable only if the column was edited by hand.
+        // Values this service wrote: unreadable only if a column was edited by hand.
         let system = system
             .and_then(|j| serde_json::from_str::<SystemRow>(&j).ok())
             .map(pb::SystemEvent::from);
+        let attachments = attachments
+            .and_then(|j| serde_json::from_str::<Vec<attachments::Meta>>(&j).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(pb::Attachment::from)
+            .collect();
         pb::Message {
             id: id.to_string(),
             channel_id: channel_id.to_string(),
@@ -200,6 +211,7 @@ impl From<MessageRow> for pb::Message {
             edited_at: edited_at.map(ts),
             deleted,
             system,
+            attachments,
         }
     }
 }

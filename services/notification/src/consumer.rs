@@ -66,6 +66,22 @@ pub fn admits(level: i16, body: &str, user: &str) -> bool {
     }
 }
 
+/// What a push shows of a message: the start of its text, or, for a message with files
+/// and no text, `📎 <first file's name>` (and how many more).
+pub fn message_preview(m: &Message, chars: usize) -> String {
+    match m.attachments.as_slice() {
+        [first, rest @ ..] if m.body.is_empty() => {
+            let text = if rest.is_empty() {
+                format!("📎 {}", first.filename)
+            } else {
+                format!("📎 {} (+{} more)", first.filename, rest.len())
+            };
+            preview(&text, chars)
+        }
+        _ => preview(&m.body, chars),
+    }
+}
+
 /// The first `chars` characters of `body`.
 pub fn preview(body: &str, chars: usize) -> String {
     match body.char_indices().nth(chars) {
@@ -565,7 +581,7 @@ impl Consumer {
         // This event's fan-out span (current here): the push continues its trace.
         let trace = serde_json::to_value(parley_kit::propagation::inject_map())
             .unwrap_or(serde_json::Value::Null);
-        let preview = preview(&m.body, self.config.delivery.preview_chars);
+        let preview = message_preview(m, self.config.delivery.preview_chars);
         let seq = i64::try_from(m.seq).unwrap_or(i64::MAX);
         Ok(f.users
             .iter()
@@ -658,5 +674,20 @@ mod tests {
     fn previews_cut_on_characters() {
         assert_eq!(preview("héllo", 2), "hé…");
         assert_eq!(preview("hi", 5), "hi");
+        let file = |name: &str| parley_proto::messaging::v1::Attachment {
+            filename: name.into(),
+            ..Default::default()
+        };
+        let mut m = Message {
+            body: "look".into(),
+            attachments: vec![file("a.png")],
+            ..Default::default()
+        };
+        assert_eq!(message_preview(&m, 20), "look");
+        m.body.clear();
+        assert_eq!(message_preview(&m, 20), "📎 a.png");
+        m.attachments.push(file("b.png"));
+        assert_eq!(message_preview(&m, 20), "📎 a.png (+1 more)");
+        assert_eq!(message_preview(&m, 4), "📎 a.…");
     }
 }

@@ -6,15 +6,35 @@ use parley_proto::messaging::v1 as pb;
 
 use crate::{ApiError, App, ratelimit::Kind, upstream::request};
 
+/// What a message says: its text and the uploads sent with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Content {
+    /// May be empty when `attachment_ids` are given.
+    pub body: String,
+    pub attachment_ids: Vec<String>,
+}
+
+impl Content {
+    /// Checks the body against the gateway's byte limit (messaging checks the rest).
+    pub fn check(&self, limit: usize) -> Result<(), ApiError> {
+        if self.attachment_ids.is_empty() {
+            MessageBody::parse(&self.body, limit)?;
+        } else {
+            MessageBody::parse_or_empty(&self.body, limit)?;
+        }
+        Ok(())
+    }
+}
+
 /// Validates, rate-limits and sends one message.
 pub async fn send(
     app: &App,
     user: &UserId,
     channel: &ChannelId,
     client_msg_id: &ClientMsgId,
-    body: &str,
+    content: &Content,
 ) -> Result<pb::SendMessageResponse, ApiError> {
-    let req = prepare_send(app, user, channel, client_msg_id, body).await?;
+    let req = prepare_send(app, user, channel, client_msg_id, content).await?;
     app.sender.send(user, req).await
 }
 
@@ -26,14 +46,15 @@ pub async fn prepare_send(
     user: &UserId,
     channel: &ChannelId,
     client_msg_id: &ClientMsgId,
-    body: &str,
+    content: &Content,
 ) -> Result<pb::SendMessageRequest, ApiError> {
-    let body = MessageBody::parse(body, app.config.limits.max_message_bytes)?;
+    content.check(app.config.limits.max_message_bytes)?;
     app.limiter.check(Kind::Messages, user.as_str()).await?;
     Ok(pb::SendMessageRequest {
         channel_id: channel.to_string(),
         client_msg_id: client_msg_id.as_str().to_owned(),
-        body: body.as_str().to_owned(),
+        body: content.body.clone(),
+        attachment_ids: content.attachment_ids.clone(),
     })
 }
 
@@ -120,4 +141,50 @@ pub async fn delete(
         .delete_message(request(user, req)?)
         .await?;
     Ok(())
+}
+
+/// Announces an upload to `channel`; returns how to upload it (a presigned PUT).
+pub async fn create_attachment(
+    app: &App,
+    user: &UserId,
+    req: pb::CreateAttachmentRequest,
+) -> Result<pb::CreateAttachmentResponse, ApiError> {
+    Ok(app
+        .messaging
+        .clone()
+        .create_attachment(request(user, req)?)
+        .await?
+        .into_inner())
+}
+
+/// Where `user` downloads an attachment.
+pub async fn attachment(
+    app: &App,
+    user: &UserId,
+    id: &str,
+) -> Result<pb::GetAttachmentResponse, ApiError> {
+    let req = pb::GetAttachmentRequest {
+        attachment_id: id.to_owned(),
+    };
+    Ok(app
+        .messaging
+        .clone()
+        .get_attachment(request(user, req)?)
+        .await?
+        .into_inner())
+}
+
+/// Searches the messages of `user`'s channels (rate-limited: `rate.searches`).
+pub async fn search(
+    app: &App,
+    user: &UserId,
+    req: pb::SearchMessagesRequest,
+) -> Result<pb::SearchMessagesResponse, ApiError> {
+    app.limiter.check(Kind::Searches, user.as_str()).await?;
+    Ok(app
+        .messaging
+        .clone()
+        .search_messages(request(user, req)?)
+        .await?
+        .into_inner())
 }

@@ -95,6 +95,9 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/channels/{id}/notifications",
             axum::routing::put(devices::set_level),
         )
+        .route("/v1/channels/{id}/attachments", post(create_attachment))
+        .route("/v1/attachments/{id}", get(get_attachment))
+        .route("/v1/search", get(search))
         .route("/v1/ws", get(crate::ws::upgrade))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {

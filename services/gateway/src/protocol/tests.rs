@@ -26,6 +26,16 @@ fn reads_every_client_frame() {
                 channel_id: ch.clone(),
                 client_msg_id: ClientMsgId::parse("c1").unwrap(),
                 body: "hi".into(),
+                attachment_ids: Vec::new(),
+            },
+        ),
+        (
+            json!({"type": "send", "channel_id": CH, "client_msg_id": "c2", "attachment_ids": ["a", "b"]}),
+            ClientFrame::Send {
+                channel_id: ch.clone(),
+                client_msg_id: ClientMsgId::parse("c2").unwrap(),
+                body: String::new(),
+                attachment_ids: vec!["a".into(), "b".into()],
             },
         ),
         (
@@ -227,6 +237,7 @@ fn message() -> impl Strategy<Value = Message> {
                     created_at: c,
                     edited_at: e,
                     deleted,
+                    attachments: Vec::new(),
                     system: system.map(|(action, target_user_id, reason, expires_at)| {
                         SystemEvent {
                             action,
@@ -349,6 +360,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                 channel_id,
                 client_msg_id,
                 body,
+                attachment_ids: Vec::new(),
             }
         }),
         prop::collection::btree_map(ch(), any::<u64>(), 0..4)

@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::extract::ws::Message as WsMessage;
 use parley_kit::{
     ErrorCode,
-    domain::{ChannelId, ClientMsgId, MessageBody},
+    domain::{ChannelId, ClientMsgId},
 };
 use serde_json::Value;
 
@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     ApiError,
-    api::{self, social::Mark},
+    api::{self, messages::Content, social::Mark},
     protocol::{self, ClientFrame, Inbound, ServerFrame, Unreadable},
 };
 
@@ -111,7 +111,15 @@ impl Conn {
                 channel_id,
                 client_msg_id,
                 body,
-            } => self.send(r.clone(), channel_id, client_msg_id, body).await,
+                attachment_ids,
+            } => {
+                let content = Content {
+                    body,
+                    attachment_ids,
+                };
+                self.send(r.clone(), channel_id, client_msg_id, content)
+                    .await
+            }
             ClientFrame::Resume { positions } => return self.resume(positions).await,
             ClientFrame::Typing { channel_id } => self.typing(channel_id).await,
             ClientFrame::Ack { channel_id, seq } => {
@@ -136,16 +144,16 @@ impl Conn {
         r: Option<Value>,
         channel: ChannelId,
         cid: ClientMsgId,
-        body: String,
+        content: Content,
     ) -> Result<(), ApiError> {
-        MessageBody::parse(&body, self.app.config.limits.max_message_bytes)?;
+        content.check(self.app.config.limits.max_message_bytes)?;
         if !self.engine.follows(channel.as_str()) {
             // Not among the channels this connection knows: messaging says why (unknown
             // channel, not a member), or that the user was just added (the `member_joined`
             // event is on its way) and the send may go.
             api::channels::get(&self.app, &self.user, &channel).await?;
         }
-        self.sends.push(&channel, r, cid, body)
+        self.sends.push(&channel, r, cid, content)
     }
 
     /// `typing`: membership is checked here (the connection knows the user's channels).

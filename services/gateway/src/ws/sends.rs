@@ -22,7 +22,10 @@ use parley_proto::messaging::v1 as pb;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::{ApiError, App, api::messages::prepare_send};
+use crate::{
+    ApiError, App,
+    api::messages::{Content, prepare_send},
+};
 
 /// A send's answer, with the frame's `ref`.
 pub type SendResult = (Option<Value>, Result<pb::SendMessageResponse, ApiError>);
@@ -32,7 +35,7 @@ struct SendJob {
     /// The frame's `ref`, for the answer.
     r: Option<Value>,
     client_msg_id: ClientMsgId,
-    body: String,
+    content: Content,
     queued_at: Instant,
 }
 
@@ -70,12 +73,12 @@ impl SendQueues {
         channel: &ChannelId,
         r: Option<Value>,
         client_msg_id: ClientMsgId,
-        body: String,
+        content: Content,
     ) -> Result<(), ApiError> {
         let job = SendJob {
             r,
             client_msg_id,
-            body,
+            content,
             queued_at: Instant::now(),
         };
         let cfg = &self.app.config.ws;
@@ -131,7 +134,7 @@ impl SendQueues {
                 for SendJob {
                     r,
                     client_msg_id,
-                    body,
+                    content,
                     queued_at,
                 } in waiting.drain(..)
                 {
@@ -140,7 +143,7 @@ impl SendQueues {
                     let prepared = if queued_at.elapsed() > budget {
                         Err(crate::sender::refused("pending"))
                     } else {
-                        prepare_send(&app, &user, &channel, &client_msg_id, &body).await
+                        prepare_send(&app, &user, &channel, &client_msg_id, &content).await
                     };
                     match prepared {
                         Ok(req) => {

@@ -2,6 +2,7 @@
 //! Redis, driven through the public HTTP and WebSocket API.
 
 mod abuse;
+mod attachments;
 mod authz;
 mod channels;
 mod chat;
@@ -24,6 +25,7 @@ mod replicas;
 mod restart;
 mod resume;
 mod rolling;
+mod search;
 mod sends;
 mod tracing;
 

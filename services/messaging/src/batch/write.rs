@@ -110,6 +110,10 @@ impl Writer {
     /// membership changed, a sender is not a member, a retry of an earlier send): nothing
     /// was written, and the five-statement transaction decides.
     async fn try_fast(&self, batch: &[Request]) -> Option<Written> {
+        // Sends with attachments lock and link them: the transaction's job.
+        if batch.iter().any(|r| !r.attachments.is_empty()) {
+            return None;
+        }
         let mut channels: HashMap<Uuid, store::Assumed> = HashMap::new();
         {
             let known = self.lock_known();
@@ -339,8 +343,22 @@ impl Writer {
             locked.iter().map(|r| (r.id, r.counters)).collect();
         let archived: HashSet<Uuid> = locked.iter().filter(|r| r.archived).map(|r| r.id).collect();
 
-        // 2. Membership and earlier sends with the same client_msg_id.
+        // 2. Membership and earlier sends with the same client_msg_id; the attachments the
+        //    batch sends, locked.
         let found = store::check_sends(&mut tx, batch.iter().map(Request::key)).await?;
+        let attached: Vec<Uuid> = batch
+            .iter()
+            .flat_map(|r| r.attachments.iter().map(|a| a.id))
+            .collect();
+        let mut uploads: HashMap<Uuid, store::attachments::AttachmentRow> = if attached.is_empty() {
+            HashMap::new()
+        } else {
+            store::attachments::lock(&mut tx, &attached)
+                .await?
+                .into_iter()
+                .map(|a| (a.id, a))
+                .collect()
+        };
 
         // Decide, and assign seqs in request order.
         let mut outcomes = Vec::with_capacity(batch.len());
@@ -365,6 +383,8 @@ impl Writer {
                 Outcome::Failed(refused)
             } else if let Some(&k) = first_of.get(&key) {
                 Outcome::Retry(k)
+            } else if let Some(refused) = take_uploads(r, &mut uploads) {
+                Outcome::Failed(refused)
             } else {
                 first_of.insert(key, rows.len());
                 let counter = channels.get_mut(&r.channel).map(|c| {
@@ -434,6 +454,42 @@ pub(super) struct Committed {
     written: Written,
 }
 
+/// Takes a send's attachments from the batch's locked uploads: each must still exist,
+/// undeleted, be the sender's own in this channel and not be in another message (an
+/// earlier send of this batch took it out of `uploads`). Nothing is taken when one fails.
+fn take_uploads(
+    r: &Request,
+    uploads: &mut HashMap<Uuid, store::attachments::AttachmentRow>,
+) -> Option<Error> {
+    for a in &r.attachments {
+        let refused = match uploads.get(&a.id) {
+            None => Error::NotFound(format!("attachment {} not found", a.id)),
+            Some(u) if u.doomed_at.is_some() => Error::NotFound(format!(
+                "attachment {} not found (deleted or expired)",
+                a.id
+            )),
+            Some(u) if u.channel_id != r.channel || u.uploader_id != r.caller.as_str() => {
+                Error::PermissionDenied(format!(
+                    "attachment {} is not your upload to this channel",
+                    a.id
+                ))
+            }
+            Some(u) if u.message_id.is_some() => {
+                Error::Conflict(format!("attachment {} is already in a message", a.id))
+            }
+            Some(_) => continue,
+        };
+        return Some(refused);
+    }
+    for a in &r.attachments {
+        if let Some(u) = uploads.get_mut(&a.id) {
+            // Taken by this send (its message id is not known yet).
+            u.message_id = Some(Uuid::nil());
+        }
+    }
+    None
+}
+
 fn new_row(r: &Request, seq: i64, now: DateTime<Utc>) -> MessageRow {
     MessageRow {
         id: Uuid::now_v7(),
@@ -446,6 +502,8 @@ fn new_row(r: &Request, seq: i64, now: DateTime<Utc>) -> MessageRow {
         edited_at: None,
         deleted: false,
         system: None,
+        attachments: (!r.attachments.is_empty())
+            .then(|| serde_json::to_string(&r.attachments).unwrap_or_default()),
     }
 }
 

@@ -127,12 +127,14 @@ pub async fn delete(
         return Ok((m, None));
     }
     let row = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
-        "UPDATE messages SET body = '', deleted = true WHERE channel_id = $1 AND seq = $2 RETURNING {MESSAGE_COLS}"
+        "UPDATE messages SET body = '', deleted = true, attachments = NULL WHERE channel_id = $1 AND seq = $2 RETURNING {MESSAGE_COLS}"
     )))
     .bind(channel)
     .bind(seq)
     .fetch_one(&mut *tx)
     .await?;
+    // Its files go too (the clean-up job deletes the objects).
+    super::attachments::doom_of_message(&mut tx, row.id).await?;
     let payload = ev::event::Payload::MessageDeleted(ev::MessageDeleted {
         message: Some(row.clone().into()),
         deleted_by: caller.to_string(),

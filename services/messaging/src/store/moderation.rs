@@ -273,6 +273,8 @@ pub async fn delete_channel(
         .bind(channel)
         .execute(&mut *tx)
         .await?;
+    // Its files go too (the clean-up job deletes the objects).
+    super::attachments::doom_of_channel(&mut tx, channel).await?;
     audit(
         &mut tx,
         channel,

@@ -44,6 +44,7 @@ struct Found {
     edited_at: Option<DateTime<Utc>>,
     deleted: Option<bool>,
     system: Option<String>,
+    attachments: Option<String>,
 }
 
 /// Membership and earlier sends of each request, in input order, in one statement.
@@ -66,7 +67,8 @@ pub async fn check_sends<'a>(
                         JOIN members o ON o.channel_id = r.channel_id AND o.user_id = b.blocker
                         JOIN channels d ON d.id = r.channel_id AND d.kind = 'direct'
                         WHERE b.blocked = r.sender_id) AS blocked,
-                e.id, e.seq, e.body, e.created_at, e.edited_at, e.deleted, e.system
+                e.id, e.seq, e.body, e.created_at, e.edited_at, e.deleted, e.system,
+                e.attachments
          FROM unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS r(channel_id, sender_id, client_msg_id, i)
          LEFT JOIN members m ON m.channel_id = r.channel_id AND m.user_id = r.sender_id
          LEFT JOIN messages e ON e.channel_id = r.channel_id AND e.sender_id = r.sender_id
@@ -95,6 +97,7 @@ pub async fn check_sends<'a>(
                         edited_at: f.edited_at,
                         deleted,
                         system: f.system,
+                        attachments: f.attachments,
                     })
                 }
                 _ => None,
@@ -120,6 +123,10 @@ struct SendColumns<'a> {
     topics: Vec<String>,
     event_ids: Vec<Uuid>,
     payloads: Vec<Vec<u8>>,
+    /// Each message's attachments (JSON), and the uploads to link: (attachment, message).
+    attachments: Vec<Option<&'a str>>,
+    link_ids: Vec<Uuid>,
+    link_messages: Vec<Uuid>,
 }
 
 impl<'a> SendColumns<'a> {
@@ -135,6 +142,9 @@ impl<'a> SendColumns<'a> {
             topics: Vec::with_capacity(messages.len()),
             event_ids: Vec::new(),
             payloads: Vec::new(),
+            attachments: Vec::with_capacity(messages.len()),
+            link_ids: Vec::new(),
+            link_messages: Vec::new(),
         };
         for m in messages {
             c.channel.push(m.channel_id);
@@ -144,6 +154,16 @@ impl<'a> SendColumns<'a> {
             c.cid.push(m.client_msg_id.as_str());
             c.body.push(m.body.as_str());
             c.topics.push(channel_topic(m.channel_id));
+            c.attachments.push(m.attachments.as_deref());
+            for a in m
+                .attachments
+                .as_deref()
+                .map(attached_ids)
+                .unwrap_or_default()
+            {
+                c.link_ids.push(a);
+                c.link_messages.push(m.id);
+            }
         }
         (c.event_ids, c.payloads) = events.into_iter().map(|e| (e.id, e.bytes)).unzip();
         c
@@ -190,10 +210,18 @@ impl<'a> SendColumns<'a> {
     }
 }
 
+/// The attachment ids in a message's `attachments` JSON.
+fn attached_ids(json: &str) -> Vec<Uuid> {
+    serde_json::from_str::<Vec<super::attachments::Meta>>(json)
+        .map(|v| v.into_iter().map(|m| m.id).collect())
+        .unwrap_or_default()
+}
+
 /// Writes a send batch in one statement: each touched channel's new `last_seq` (and
 /// activity time), the messages, and one outbox event per message (`events[i]` belongs to
 /// `messages[i]`, topic: the message's channel); it also deletes the outbox rows `done`
-/// (events of earlier batches, already published). The caller holds the channel locks.
+/// (events of earlier batches, already published), and links the messages' attachments to
+/// them. The caller holds the channel locks and the attachments' row locks.
 pub async fn write_sends(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
@@ -212,10 +240,16 @@ pub async fn write_sends(
          ), published AS (
              DELETE FROM outbox WHERE id = ANY($13::int8[])
          ), inserted AS (
-             INSERT INTO messages (channel_id, seq, id, sender_id, client_msg_id, body, created_at)
-             SELECT channel_id, seq, id, sender_id, client_msg_id, body, $1
-             FROM unnest($4::uuid[], $5::int8[], $6::uuid[], $7::text[], $8::text[], $9::text[])
-                  AS m(channel_id, seq, id, sender_id, client_msg_id, body)
+             INSERT INTO messages (channel_id, seq, id, sender_id, client_msg_id, body, created_at,
+                                   attachments)
+             SELECT channel_id, seq, id, sender_id, client_msg_id, body, $1, attachments
+             FROM unnest($4::uuid[], $5::int8[], $6::uuid[], $7::text[], $8::text[], $9::text[],
+                         $14::text[])
+                  AS m(channel_id, seq, id, sender_id, client_msg_id, body, attachments)
+         ), linked AS (
+             UPDATE attachments a SET message_id = l.message_id
+             FROM unnest($15::uuid[], $16::uuid[]) AS l(id, message_id)
+             WHERE a.id = l.id
          )
          INSERT INTO outbox (event_id, topics, payload)
          SELECT e.event_id, ARRAY[e.topic], e.payload
@@ -227,7 +261,14 @@ pub async fn write_sends(
     .bind(now)
     .bind(&ch_ids)
     .bind(&ch_seqs);
-    let ids: Vec<(i64, Uuid)> = c.bind(ids).bind(done).fetch_all(&mut *conn).await?;
+    let ids: Vec<(i64, Uuid)> = c
+        .bind(ids)
+        .bind(done)
+        .bind(&c.attachments)
+        .bind(&c.link_ids)
+        .bind(&c.link_messages)
+        .fetch_all(&mut *conn)
+        .await?;
     c.pending(ids)
 }
 

@@ -126,6 +126,7 @@ async fn non_members_are_denied_by_the_service() -> anyhow::Result<()> {
     assert_code(&anon.expect_err("anonymous"), ErrorCode::Unauthenticated);
     let anon_send = svc
         .send_message(Request::new(pb::SendMessageRequest {
+            attachment_ids: Vec::new(),
             channel_id: id(),
             client_msg_id: "a".into(),
             body: "b".into(),

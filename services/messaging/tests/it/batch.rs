@@ -183,6 +183,7 @@ fn item(user: &str, channel: &str, cid: &str, body: &str) -> pb::SendMessagesIte
     pb::SendMessagesItem {
         user_id: user.to_owned(),
         send: Some(pb::SendMessageRequest {
+            attachment_ids: Vec::new(),
             channel_id: channel.to_owned(),
             client_msg_id: cid.to_owned(),
             body: body.to_owned(),

@@ -46,6 +46,7 @@ pub async fn send(
     body: &str,
 ) -> Result<pb::SendMessageResponse, Status> {
     let req = pb::SendMessageRequest {
+        attachment_ids: Vec::new(),
         channel_id: channel.to_owned(),
         client_msg_id: cid.to_owned(),
         body: body.to_owned(),

@@ -91,6 +91,9 @@ forward! {
     block_user(BlockUserRequest) -> BlockUserResponse;
     unblock_user(UnblockUserRequest) -> UnblockUserResponse;
     list_blocks(ListBlocksRequest) -> ListBlocksResponse;
+    create_attachment(CreateAttachmentRequest) -> CreateAttachmentResponse;
+    get_attachment(GetAttachmentRequest) -> GetAttachmentResponse;
+    search_messages(SearchMessagesRequest) -> SearchMessagesResponse;
 }
 
 /// Starts the counting proxy in front of the stack's messaging.
