@@ -76,6 +76,11 @@ pub struct AttachmentsConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct SearchConfig {
     pub text_search_config: String,
+    pub build_indexes: bool,
+    pub max_similar_words: i64,
+    pub words_interval_ms: u64,
+    pub words_batch: i64,
+    pub words_settle_ms: u64,
     pub max_query_chars: usize,
     pub trigram_max_chars: usize,
     pub typo_similarity: f64,
@@ -216,6 +221,12 @@ impl Settings for Config {
                     .into(),
             );
         }
+        if s.max_similar_words < 0 || s.words_batch <= 0 || s.words_interval_ms == 0 {
+            return Err(
+                "search: max_similar_words must not be negative, words_batch and words_interval_ms positive"
+                    .into(),
+            );
+        }
         if s.max_query_chars == 0
             || s.default_page == 0
             || s.default_page > s.max_page
@@ -302,11 +313,18 @@ pub async fn serve(
             "search.text_search_config: no text search configuration {ts_config:?} in the database"
         );
     }
-    rt.background.spawn(search::ensure_index(
+    rt.background.spawn(search::collect_words(
         pool.clone(),
-        config.search.text_search_config.clone(),
+        config.search.clone(),
         rt.background.token(),
     ));
+    if config.search.build_indexes {
+        rt.background.spawn(search::ensure_index(
+            pool.clone(),
+            config.search.text_search_config.clone(),
+            rt.background.token(),
+        ));
+    }
     let svc = grpc::Messaging::new(pool.clone(), publisher, batcher, config.clone(), storage);
     let served = rt
         .serve(

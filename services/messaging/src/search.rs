@@ -1,10 +1,11 @@
 //! Message search's indexes and snippets.
 //!
-//! The indexes (`messages_fts_<config>`: to_tsvector(config, body); `messages_body_trgm`:
-//! body gin_trgm_ops) are built at start by one replica (an advisory lock), in the
-//! background and CONCURRENTLY: on a large table that takes minutes, during which sends
-//! and reads go on and searches are answered without the index (slowly). A build an
-//! interrupted replica left invalid is dropped and built again.
+//! The indexes (`messages_fts_<config>`: to_tsvector(config, body); `messages_created_at`)
+//! are built at start by one replica (an advisory lock), in the background and
+//! CONCURRENTLY: on a large table that takes minutes, during which sends and reads go on
+//! and searches are answered without the index (slowly). A build an interrupted replica
+//! left invalid is dropped and built again. The words of the messages (`search_words`,
+//! what typos and substrings are looked up in) are collected by [`collect_words`].
 
 use std::time::Duration;
 
@@ -58,7 +59,14 @@ async fn build(pool: &PgPool, config: &str) -> Result<bool, sqlx::Error> {
     if !locked {
         return Ok(false);
     }
+    // A GIN build sorts its entries in memory: the default 64 MB makes it spill.
+    sqlx::query("SET maintenance_work_mem = '256MB'")
+        .execute(&mut *conn)
+        .await?;
     let result = build_locked(&mut conn, config).await;
+    let _ = sqlx::query("RESET maintenance_work_mem")
+        .execute(&mut *conn)
+        .await;
     let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(BUILD_LOCK)
         .execute(&mut *conn)
@@ -71,14 +79,18 @@ async fn build_locked(conn: &mut sqlx::PgConnection, config: &str) -> Result<(),
     let wanted = [
         (
             fts.clone(),
+            "gin",
             format!("to_tsvector('{config}'::regconfig, body)"),
         ),
+        // Newest-first across channels: for a common word, reading messages by time and
+        // stopping at a page is cheaper than collecting every match and sorting.
         (
-            "messages_body_trgm".to_owned(),
-            "body gin_trgm_ops".to_owned(),
+            "messages_created_at".to_owned(),
+            "btree",
+            "created_at".to_owned(),
         ),
     ];
-    for (name, expr) in wanted {
+    for (name, method, expr) in wanted {
         let valid: Option<bool> = sqlx::query_scalar(
             "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
              WHERE c.relname = $1 AND c.relnamespace = 'messaging'::regnamespace",
@@ -101,13 +113,44 @@ async fn build_locked(conn: &mut sqlx::PgConnection, config: &str) -> Result<(),
         tracing::info!(index = %name, "building a search index (CONCURRENTLY)");
         let started = std::time::Instant::now();
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON messaging.messages USING gin ({expr})"
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON messaging.messages USING {method} ({expr})"
         )))
         .execute(&mut *conn)
         .await?;
         tracing::info!(index = %name, seconds = started.elapsed().as_secs_f64(), "search index built");
     }
     Ok(())
+}
+
+/// Collects the words of new messages into `search_words` until `stop` is cancelled:
+/// batch after batch while there is a backlog, then every `words_interval_ms`.
+pub async fn collect_words(pool: PgPool, cfg: crate::SearchConfig, stop: CancellationToken) {
+    let settle = Duration::from_millis(cfg.words_settle_ms);
+    loop {
+        let read = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = crate::store::search::collect_words(
+                &pool, &cfg.text_search_config, cfg.words_batch, settle) => r,
+        };
+        let pause = match read {
+            Ok(n) => {
+                metrics::counter!("messaging_search_words_messages_total").increment(n);
+                if n as i64 >= cfg.words_batch {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(cfg.words_interval_ms)
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "collecting search words failed; retrying");
+                Duration::from_millis(cfg.words_interval_ms)
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
 }
 
 /// One part of a snippet: text, and whether it matched.

@@ -498,13 +498,29 @@ async fn text_keeps_flowing_when_storage_is_down() -> anyhow::Result<()> {
         503,
         "unavailable",
     );
-    // Text, over REST and the WebSocket, is unaffected — also in the same batch.
+    // Text, over REST and the WebSocket, is unaffected — also while a send with a file
+    // waits for storage (the gateway may batch them into one call).
     let m = alice.send(&ch, "d2", "plain text").await?;
     assert_eq!(m["seq"], 1);
+    let other = alice.group("other", &[]).await?;
     let mut ws = Ws::connect(&stack.url(0), "alice").await?;
-    ws.send(json!({"type": "send", "ref": 1, "channel_id": ch, "client_msg_id": "d3", "body": "ws text"}))
-        .await?;
-    assert_eq!(ws.expect("sent", T).await?["message"]["seq"], 2);
+    let ids = [id.as_str()];
+    let (with_file, text) = tokio::join!(
+        send_with(&alice, &ch, "d3", Some("with a file"), &ids),
+        async {
+            ws.send(json!({"type": "send", "ref": 1, "channel_id": other, "client_msg_id": "d4", "body": "ws text"}))
+                .await?;
+            ws.expect("sent", T).await
+        }
+    );
+    assert_error(&with_file?, 503, "unavailable");
+    assert_eq!(text?["message"]["seq"], 1);
+    assert_eq!(
+        alice.history(&ch, "").await?["messages"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
     Ok(())
 }
 

@@ -61,21 +61,27 @@ impl Messaging {
         } else {
             Some(decode_cursor(&cursor)?)
         };
-        let q = store::search::Query {
-            config: &cfg.text_search_config,
-            text,
-            substring: (3..=cfg.trigram_max_chars).contains(&chars),
-            // A misspelt word: one-word queries only (across words, similar-looking text
-            // would match too loosely).
-            typo: ((3..=cfg.trigram_max_chars).contains(&chars)
-                && !text.contains(char::is_whitespace))
-            .then_some(cfg.typo_similarity),
-            before,
-            limit,
-        };
         let started = std::time::Instant::now();
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
         let channels = store::search::searchable(&mut tx, &caller, only).await?;
+        // A one-word query also finds the words that contain it or resemble it (a
+        // misspelling); across words, similar-looking text would match too loosely.
+        let also = if (3..=cfg.trigram_max_chars).contains(&chars)
+            && !text.contains(char::is_whitespace)
+            && !channels.is_empty()
+        {
+            store::search::similar_words(&mut tx, text, cfg.typo_similarity, cfg.max_similar_words)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let q = store::search::Query {
+            config: &cfg.text_search_config,
+            text,
+            also: &also,
+            before,
+            limit,
+        };
         let mut rows = if channels.is_empty() {
             Vec::new()
         } else {
@@ -90,7 +96,9 @@ impl Messaging {
         } else {
             String::new()
         };
-        let terms = search::query_terms(text);
+        let mut terms = search::query_terms(text);
+        terms.extend(also.iter().map(|w| w.chars().collect::<Vec<char>>()));
+        terms.sort_by_key(|t| std::cmp::Reverse(t.len()));
         let hits = rows
             .into_iter()
             .map(|m| {

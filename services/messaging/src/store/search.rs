@@ -7,10 +7,9 @@ pub struct Query<'a> {
     /// The text search configuration (an identifier, checked at start).
     pub config: &'a str,
     pub text: &'a str,
-    /// Also substrings (pg_trgm index).
-    pub substring: bool,
-    /// Also misspelt words (pg_trgm word similarity of at least this).
-    pub typo: Option<f64>,
+    /// Words of the messages that also count as matches: the ones containing the (one-word)
+    /// query or resembling it ([`similar_words`]).
+    pub also: &'a [String],
     /// Strictly older than this (created_at, id): the previous page's last hit.
     pub before: Option<(DateTime<Utc>, Uuid)>,
     pub limit: u32,
@@ -28,8 +27,49 @@ fn like_escape(s: &str) -> String {
     out
 }
 
+/// A word as a `to_tsquery` operand: quoted, its quotes and backslashes doubled.
+fn quote_lexeme(w: &str) -> String {
+    let mut out = String::with_capacity(w.len() + 2);
+    out.push('\'');
+    for c in w.chars() {
+        if matches!(c, '\'' | '\\') {
+            out.push(c);
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+/// Words of the messages (`search_words`) that contain `word` or resemble it (pg_trgm
+/// word similarity of at least `similarity`), closest first, at most `max`.
+pub async fn similar_words(
+    tx: &mut Tx,
+    word: &str,
+    similarity: f64,
+    max: i64,
+) -> Result<Vec<String>, Error> {
+    sqlx::query("SELECT set_config('pg_trgm.word_similarity_threshold', $1, true)")
+        .bind(similarity.to_string())
+        .execute(&mut **tx)
+        .await?;
+    let word = word.to_lowercase();
+    Ok(sqlx::query_scalar(
+        "SELECT word FROM search_words
+         WHERE (word LIKE $2 OR $1 <% word) AND word <> $1
+         ORDER BY $1 <<-> word, length(word), word
+         LIMIT $3",
+    )
+    .bind(&word)
+    .bind(format!("%{}%", like_escape(&word)))
+    .bind(max)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
 /// Messages of `channels` (what a user wrote: not deleted, not system messages) matching
-/// `q`, newest first; at most `q.limit + 1` (one more tells the caller a page follows).
+/// `q` by the full-text index, newest first; at most `q.limit + 1` (one more tells the
+/// caller a page follows).
 #[tracing::instrument(
     name = "SELECT messaging.messages (search)",
     skip_all,
@@ -48,26 +88,19 @@ pub async fn search(
     q: &Query<'_>,
 ) -> Result<Vec<MessageRow>, Error> {
     let config = q.config;
-    let fts = format!(
-        "to_tsvector('{config}'::regconfig, m.body) @@ websearch_to_tsquery('{config}'::regconfig, $2)"
-    );
-    let mut matches = fts;
-    if q.substring {
-        matches.push_str(" OR m.body ILIKE $3");
-    }
-    if let Some(similarity) = q.typo {
-        // The threshold of `<%` (word similarity), for this transaction only.
-        sqlx::query("SELECT set_config('pg_trgm.word_similarity_threshold', $1, true)")
-            .bind(similarity.to_string())
-            .execute(&mut **tx)
-            .await?;
-        matches.push_str(" OR $2 <% m.body");
-    }
-    let matches = format!("({matches})");
+    let words: Vec<String> = q.also.iter().map(|w| quote_lexeme(w)).collect();
+    let tsquery = if words.is_empty() {
+        format!("websearch_to_tsquery('{config}'::regconfig, $2)")
+    } else {
+        format!(
+            "(websearch_to_tsquery('{config}'::regconfig, $2) || to_tsquery('{config}'::regconfig, $3))"
+        )
+    };
     let (before_at, before_id) = q.before.unzip();
     let rows = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {cols} FROM messages m
-         WHERE m.channel_id = ANY($1) AND NOT m.deleted AND m.system IS NULL AND {matches}
+         WHERE m.channel_id = ANY($1) AND NOT m.deleted AND m.system IS NULL
+           AND to_tsvector('{config}'::regconfig, m.body) @@ {tsquery}
            AND ($4::timestamptz IS NULL OR (m.created_at, m.id) < ($4, $5))
          ORDER BY m.created_at DESC, m.id DESC
          LIMIT $6",
@@ -79,13 +112,63 @@ pub async fn search(
     )))
     .bind(channels)
     .bind(q.text)
-    .bind(format!("%{}%", like_escape(q.text)))
+    .bind(words.join(" | "))
     .bind(before_at)
     .bind(before_id)
     .bind(i64::from(q.limit) + 1)
     .fetch_all(&mut **tx)
     .await?;
     Ok(rows)
+}
+
+/// Adds the words of messages written after the last batch (up to `batch` messages, only
+/// those older than `settle`, so a send committing late with an earlier time is not
+/// skipped) to `search_words`; returns how many messages it read.
+pub async fn collect_words(
+    pool: &sqlx::PgPool,
+    config: &str,
+    batch: i64,
+    settle: std::time::Duration,
+) -> Result<u64, Error> {
+    let mut tx = pool.begin().await?;
+    // One collector at a time, whichever replica: the others skip this round.
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(7150018)")
+        .fetch_one(&mut *tx)
+        .await?;
+    if !locked {
+        return Ok(0);
+    }
+    let read: (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH since AS (
+             SELECT coalesce((SELECT created_at FROM search_words_position), '-infinity') AS at,
+                    coalesce((SELECT id FROM search_words_position), '00000000-0000-0000-0000-000000000000'::uuid) AS id
+         ), batch AS (
+             SELECT m.created_at, m.id, m.body FROM messages m, since
+             WHERE m.created_at >= since.at AND (m.created_at, m.id) > (since.at, since.id)
+               AND m.created_at < now() - make_interval(secs => $2)
+             ORDER BY m.created_at, m.id
+             LIMIT $1
+         ), added AS (
+             INSERT INTO search_words (word)
+             SELECT DISTINCT w FROM batch b,
+                    unnest(tsvector_to_array(to_tsvector('{config}'::regconfig, b.body))) w
+             WHERE length(w) BETWEEN 3 AND 64
+             ON CONFLICT DO NOTHING
+         ), last AS (
+             SELECT created_at, id FROM batch ORDER BY created_at DESC, id DESC LIMIT 1
+         ), moved AS (
+             INSERT INTO search_words_position (one, created_at, id)
+             SELECT true, created_at, id FROM last
+             ON CONFLICT (one) DO UPDATE SET created_at = excluded.created_at, id = excluded.id
+         )
+         SELECT count(*) FROM batch"
+    )))
+    .bind(batch)
+    .bind(settle.as_secs_f64())
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(read.0.max(0) as u64)
 }
 
 /// The channels a search covers: `only` (the caller must be a member), or every channel
@@ -112,5 +195,11 @@ mod tests {
     #[test]
     fn like_patterns_are_escaped() {
         assert_eq!(super::like_escape(r"50%_a\b"), r"50\%\_a\\b");
+    }
+
+    #[test]
+    fn lexemes_are_quoted_for_to_tsquery() {
+        assert_eq!(super::quote_lexeme("rocket"), "'rocket'");
+        assert_eq!(super::quote_lexeme(r"o'k\x"), r"'o''k\\x'");
     }
 }
