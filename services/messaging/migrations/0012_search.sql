@@ -1,11 +1,11 @@
 -- Message search (issue 17): pg_trgm for substring and typo-tolerant matching (a trusted
 -- extension since Postgres 13: the database owner may create it), in this schema.
 --
--- The search indexes on messages are built by messaging at start, in the background and
+-- The search indexes themselves are built by messaging at start, in the background and
 -- CONCURRENTLY (sends and reads go on while a large table is indexed; a migration would
 -- hold every replica's start and cannot build concurrently inside a transaction):
 -- `messages_fts_<config>` on to_tsvector('<config>', body) for search.text_search_config,
--- and `messages_created_at`. An expression index rather than a stored
+-- and `messages_body_trgm` on body gin_trgm_ops. An expression index rather than a stored
 -- generated tsvector column: adding a stored column rewrites the whole messages table under
 -- an exclusive lock (sends stop for the rewrite) and makes every row bigger, while the
 -- expression index serves the same queries.

@@ -3,7 +3,10 @@
 -- look like it (pg_trgm on this small table), and the messages are then found through the
 -- full-text index alone: no trigram comparison against every candidate message, which
 -- made searches for common words take over a second on a million messages
--- (bench/NOTES.md). Filled in the background from the messages (search.rs).
+-- (bench/NOTES.md). Filled in the background from the messages (search.rs). The index
+-- messaging builds at start beside `messages_fts_<config>` is now `messages_created_at`
+-- (newest-first reads for common words), no longer the trigram index on bodies that 0012's
+-- comment names.
 CREATE TABLE search_words (
     word text PRIMARY KEY
 );
