@@ -18,3 +18,7 @@ CREATE TABLE search_words_position (
     created_at timestamptz NOT NULL,
     id         uuid        NOT NULL
 );
+
+-- A database that ran a build of 0012's time has that trigram index on bodies: it costs
+-- every send and no query uses it any more.
+DROP INDEX IF EXISTS messages_body_trgm;
