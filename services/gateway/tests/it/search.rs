@@ -300,3 +300,19 @@ async fn searches_are_rate_limited_per_user() -> anyhow::Result<()> {
     assert_eq!(search(&bob, "q=x").await?.0, 200);
     Ok(())
 }
+
+#[tokio::test]
+async fn messaging_builds_the_search_indexes_at_start() -> anyhow::Result<()> {
+    let stack = stack().await?;
+    // Built in the background, CONCURRENTLY: valid once done.
+    let sql = "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+               WHERE c.relnamespace = 'messaging'::regnamespace AND i.indisvalid
+                 AND (c.relname = 'messages_created_at'
+                      OR (c.relname = 'messages_fts_simple'
+                          AND c.reloptions @> ARRAY['fastupdate=off']))";
+    eventually(T, "the search indexes built", || async {
+        Ok((stack.query_i64(sql).await? == 2).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
