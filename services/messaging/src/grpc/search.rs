@@ -63,7 +63,7 @@ impl Messaging {
         };
         let started = std::time::Instant::now();
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
-        let channels = store::search::searchable(&mut tx, &caller, only).await?;
+        let (channels, newest) = store::search::searchable(&mut tx, &caller, only).await?;
         // A one-word query also finds the words that contain it or resemble it (a
         // misspelling); across words, similar-looking text would match too loosely.
         let also = if (3..=cfg.trigram_max_chars).contains(&chars)
@@ -75,17 +75,19 @@ impl Messaging {
         } else {
             Vec::new()
         };
-        let q = store::search::Query {
-            config: &cfg.text_search_config,
-            text,
-            also: &also,
-            before,
-            limit,
-        };
-        let mut rows = if channels.is_empty() {
-            Vec::new()
-        } else {
-            store::search::search(&mut tx, &channels, &q).await?
+        let mut rows = match newest {
+            Some(newest) if !channels.is_empty() => {
+                let q = store::search::Query {
+                    config: &cfg.text_search_config,
+                    text,
+                    also: &also,
+                    before,
+                    newest,
+                    limit,
+                };
+                store::search::search(&mut tx, &channels, &q).await?
+            }
+            _ => Vec::new(),
         };
         tx.commit().await.map_err(Error::from)?;
         metrics::histogram!("messaging_search_seconds").record(started.elapsed().as_secs_f64());

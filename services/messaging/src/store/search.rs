@@ -12,6 +12,9 @@ pub struct Query<'a> {
     pub also: &'a [String],
     /// Strictly older than this (created_at, id): the previous page's last hit.
     pub before: Option<(DateTime<Utc>, Uuid)>,
+    /// No message of the channels is newer than this (their newest `last_activity_at`): a
+    /// newest-first read starts there instead of walking other channels' newer messages.
+    pub newest: DateTime<Utc>,
     pub limit: u32,
 }
 
@@ -42,22 +45,23 @@ fn quote_lexeme(w: &str) -> String {
 }
 
 /// Words of the messages (`search_words`) that contain `word` or resemble it (pg_trgm
-/// word similarity of at least `similarity`), closest first, at most `max`.
+/// trigram similarity of at least `similarity`: symmetric, so a short word that is only a
+/// part of the query does not count), closest first, at most `max`.
 pub async fn similar_words(
     tx: &mut Tx,
     word: &str,
     similarity: f64,
     max: i64,
 ) -> Result<Vec<String>, Error> {
-    sqlx::query("SELECT set_config('pg_trgm.word_similarity_threshold', $1, true)")
+    sqlx::query("SELECT set_config('pg_trgm.similarity_threshold', $1, true)")
         .bind(similarity.to_string())
         .execute(&mut **tx)
         .await?;
     let word = word.to_lowercase();
     Ok(sqlx::query_scalar(
         "SELECT word FROM search_words
-         WHERE (word LIKE $2 OR $1 <% word) AND word <> $1
-         ORDER BY $1 <<-> word, length(word), word
+         WHERE (word LIKE $2 OR word % $1) AND word <> $1
+         ORDER BY word <-> $1, length(word), word
          LIMIT $3",
     )
     .bind(&word)
@@ -102,6 +106,7 @@ pub async fn search(
          WHERE m.channel_id = ANY($1) AND NOT m.deleted AND m.system IS NULL
            AND to_tsvector('{config}'::regconfig, m.body) @@ {tsquery}
            AND ($4::timestamptz IS NULL OR (m.created_at, m.id) < ($4, $5))
+           AND m.created_at <= $7
          ORDER BY m.created_at DESC, m.id DESC
          LIMIT $6",
         cols = MESSAGE_COLS
@@ -116,6 +121,7 @@ pub async fn search(
     .bind(before_at)
     .bind(before_id)
     .bind(i64::from(q.limit) + 1)
+    .bind(q.newest)
     .fetch_all(&mut **tx)
     .await?;
     Ok(rows)
@@ -172,22 +178,28 @@ pub async fn collect_words(
 }
 
 /// The channels a search covers: `only` (the caller must be a member), or every channel
-/// the caller is a member of now.
+/// the caller is a member of now; and the time of their newest message (every message
+/// moves its channel's `last_activity_at` to its own `created_at`), `None` with no channel.
 pub async fn searchable(
     tx: &mut Tx,
     caller: &UserId,
     only: Option<Uuid>,
-) -> Result<Vec<Uuid>, Error> {
-    if let Some(channel) = only {
+) -> Result<(Vec<Uuid>, Option<DateTime<Utc>>), Error> {
+    let channels: Vec<Uuid> = if let Some(channel) = only {
         require_member(&mut *tx, channel, caller).await?;
-        return Ok(vec![channel]);
-    }
-    Ok(
+        vec![channel]
+    } else {
         sqlx::query_scalar("SELECT channel_id FROM members WHERE user_id = $1")
             .bind(caller.as_str())
             .fetch_all(&mut **tx)
-            .await?,
-    )
+            .await?
+    };
+    let newest: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT max(last_activity_at) FROM channels WHERE id = ANY($1)")
+            .bind(&channels)
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok((channels, newest))
 }
 
 #[cfg(test)]
