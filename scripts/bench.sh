@@ -15,6 +15,10 @@
 #               made-up channel ids, and a calm client's ping p99 beside a frame flood; run
 #               against the bench gateway (per-connection limits raised: the worst case) and
 #               against a second gateway with the production defaults (port 8090)
+#   9 search    GET /v1/search p50/p99 by query class (common word, rare word, two words,
+#               substring, typo, one channel) for a user in BENCH_SEARCH_USER_CHANNELS of
+#               BENCH_SEARCH_CHANNELS channels holding BENCH_SEARCH_ROWS messages (seeded with
+#               SQL, kept for later runs), at concurrency 1 and 4; EXPLAIN of each class's SQL
 # Postgres runs with its durable settings (fsync, synchronous_commit, full_page_writes on:
 # scripts/deps.sh). With BENCH_REFERENCE="1 6" (the default) those scenarios run again with
 # fsync, synchronous_commit and full_page_writes off (a CPU-bound reference, each against
@@ -32,7 +36,7 @@ BIN="$CARGO_TARGET_DIR/release"
 LOADGEN="$BIN/parley-loadgen"
 
 # ---- sizes (defaults fit a 2-core machine in ~10 minutes)
-: "${BENCH_ONLY:=1 2 3 4 5 6 7 8}"
+: "${BENCH_ONLY:=1 2 3 4 5 6 7 8 9}"
 : "${BENCH_CLIENTS:=200}"            # scenario 1/2: clients (one WebSocket each)
 : "${BENCH_CHANNELS:=100}"           # … channels
 : "${BENCH_MEMBERS:=2}"              # … members per channel (all send, all receive)
@@ -45,8 +49,9 @@ LOADGEN="$BIN/parley-loadgen"
 # The load generator's users act far beyond the product's per-user limits: the limiter
 # stays in the send path (a Redis call per send, as in production) with a one-second window
 # that never refuses; channel creations, member additions and the per-connection frame
-# rate are switched off or raised.
-BENCH_GATEWAY_ENV="PARLEY__RATE__MESSAGES__N=1000000000 PARLEY__RATE__MESSAGES__WINDOW_SECS=1 PARLEY__RATE__CHANNEL_CREATIONS__N=0 PARLEY__RATE__JOINS__N=0 PARLEY__WS__FRAMES_PER_SEC=1000000 PARLEY__WS__FRAMES_BURST=1000000"
+# rate are switched off or raised, and so is the search limit (scenario 9 searches far
+# more than 30 times a minute as one user).
+BENCH_GATEWAY_ENV="PARLEY__RATE__MESSAGES__N=1000000000 PARLEY__RATE__MESSAGES__WINDOW_SECS=1 PARLEY__RATE__CHANNEL_CREATIONS__N=0 PARLEY__RATE__JOINS__N=0 PARLEY__RATE__SEARCHES__N=0 PARLEY__WS__FRAMES_PER_SEC=1000000 PARLEY__WS__FRAMES_BURST=1000000"
 : "${BENCH_FANOUT_RATE:=5}"
 : "${BENCH_FANOUT_MESSAGES:=20}"
 : "${BENCH_IDLE:=10000}"             # scenario 4
@@ -60,7 +65,17 @@ BENCH_GATEWAY_ENV="PARLEY__RATE__MESSAGES__N=1000000000 PARLEY__RATE__MESSAGES__
 : "${BENCH_REFERENCE=1 6}"           # scenarios repeated with fsync off ("" = none)
 : "${BENCH_ABUSE_BOGUS:=20000}"      # scenario 8
 : "${BENCH_ABUSE_SECS:=10}"
-export BENCH_HOT_MEMBERS BENCH_HOT_RATES BENCH_REFERENCE BENCH_ABUSE_BOGUS BENCH_ABUSE_SECS
+: "${BENCH_SEARCH_ROWS:=1000000}"       # scenario 9: messages (seeded once, kept for later runs)
+: "${BENCH_SEARCH_CHANNELS:=1000}"      # … group channels they are spread over
+: "${BENCH_SEARCH_USER_CHANNELS:=100}"  # … of which the searching user is a member
+: "${BENCH_SEARCH_REQUESTS:=2000}"      # … requests per run
+: "${BENCH_SEARCH_CONCURRENCY:=1,4}"    # … one run per value
+: "${BENCH_SEARCH_RUN_SECS:=600}"       # … a run makes no new request after this (slow server)
+: "${BENCH_SEARCH_INDEX_WAIT:=600}"     # … seconds to wait for messaging's search indexes and words
+: "${BENCH_SEARCH_RESEED:=}"            # … 1: seed again even when a seed of these sizes exists
+export BENCH_HOT_MEMBERS BENCH_HOT_RATES BENCH_REFERENCE BENCH_ABUSE_BOGUS BENCH_ABUSE_SECS \
+	BENCH_SEARCH_ROWS BENCH_SEARCH_CHANNELS BENCH_SEARCH_USER_CHANNELS BENCH_SEARCH_REQUESTS \
+	BENCH_SEARCH_CONCURRENCY BENCH_SEARCH_RUN_SECS BENCH_SEARCH_INDEX_WAIT BENCH_SEARCH_RESEED
 export BENCH_ONLY BENCH_CLIENTS BENCH_CHANNELS BENCH_MEMBERS BENCH_RATES BENCH_STEP_SECS \
 	BENCH_P99_MS BENCH_FIXED_RATE BENCH_FIXED_SECS BENCH_FANOUT_MEMBERS BENCH_FANOUT_RATE \
 	BENCH_FANOUT_MESSAGES BENCH_IDLE BENCH_IDLE_USERS BENCH_HISTORY_ROWS \
@@ -71,7 +86,7 @@ want() { [[ " $BENCH_ONLY " == *" $1 "* ]]; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 
 mkdir -p "$RAW"
-rm -f "$RAW"/*.json "$RAW"/*.log "$RAW"/*.txt
+rm -f "$RAW"/*.json "$RAW"/*.log "$RAW"/*.txt "$RAW"/*.tsv
 env | grep "^BENCH_" | sort >"$RAW/env.txt"   # the sizes of this run, for the report
 
 # ---- build
@@ -190,8 +205,11 @@ say "warm-up"
 
 # ---- 1: max sustained throughput ($1: file prefix, "" or "ref-")
 scenario_ramp() {
-	local tag="$1"
-	say "1/8 ${tag}ramp: max sustained throughput with p99 < ${BENCH_P99_MS} ms (load $(load))"
+	local tag="$1" svc watch=()
+	for svc in gateway messaging presence receipts notification; do
+		watch+=(--watch "$svc=$(cat "$ROOT/.local/run/$svc.pid")")
+	done
+	say "1/9 ${tag}ramp: max sustained throughput with p99 < ${BENCH_P99_MS} ms (load $(load))"
 	echo "$(load)" >"$RAW/${tag}load-1.txt"
 	cpu_snapshot >"$RAW/${tag}cpu-1-before.txt"
 	# Background work in Postgres during the ramp (to line up with each step's ack p99 by
@@ -203,7 +221,7 @@ scenario_ramp() {
 	lg --json "$RAW/${tag}ramp.json" ramp --clients "$BENCH_CLIENTS" --channels "$BENCH_CHANNELS" \
 		--members "$BENCH_MEMBERS" --duration "$BENCH_STEP_SECS" --drain 5 \
 		--rates "$BENCH_RATES" --p99-ms "$BENCH_P99_MS" \
-		$(for s in gateway messaging presence receipts notification; do printf -- '--watch %s=%s ' "$s" "$(cat "$ROOT/.local/run/$s.pid")"; done) \
+		"${watch[@]}" \
 		${PG_POSTMASTER:+--watch postgres=$PG_POSTMASTER} ${REDIS_PID:+--watch redis=$REDIS_PID}
 	cpu_snapshot >"$RAW/${tag}cpu-1-after.txt"
 	"$PSQL" -q "$PARLEY_PG_URL" -c 'ALTER SYSTEM RESET log_autovacuum_min_duration' \
@@ -217,7 +235,7 @@ want 1 && scenario_ramp ""
 
 # ---- 2: fixed rate
 if want 2; then
-	say "2/8 fixed rate ${BENCH_FIXED_RATE} msg/s for ${BENCH_FIXED_SECS}s (load $(load))"
+	say "2/9 fixed rate ${BENCH_FIXED_RATE} msg/s for ${BENCH_FIXED_SECS}s (load $(load))"
 	echo "$(load)" >"$RAW/load-2.txt"
 	lg --json "$RAW/fixed.json" traffic --clients "$BENCH_CLIENTS" --channels "$BENCH_CHANNELS" \
 		--members "$BENCH_MEMBERS" --rate "$BENCH_FIXED_RATE" --duration "$BENCH_FIXED_SECS"
@@ -226,7 +244,7 @@ fi
 
 # ---- 3: fan-out
 if want 3; then
-	say "3/8 fan-out: 1 channel, ${BENCH_FANOUT_MEMBERS} connected members (load $(load))"
+	say "3/9 fan-out: 1 channel, ${BENCH_FANOUT_MEMBERS} connected members (load $(load))"
 	echo "$(load)" >"$RAW/load-3.txt"
 	lg --json "$RAW/fanout.json" traffic --clients "$BENCH_FANOUT_MEMBERS" --channels 1 \
 		--members "$BENCH_FANOUT_MEMBERS" --senders 1 --rate "$BENCH_FANOUT_RATE" \
@@ -239,7 +257,7 @@ fi
 pgbench_db_url="$(pg_url_db "$PARLEY_PG_URL" parley_pgbench)"
 scenario_ceiling() { # $1: file prefix, "" or "ref-"
 	local tag="$1" script
-	say "6/8 ${tag}ceiling: pgbench, one send transaction, ${PG_CLIENTS} clients, ${BENCH_CHANNELS} channels (load $(load))"
+	say "6/9 ${tag}ceiling: pgbench, one send transaction, ${PG_CLIENTS} clients, ${BENCH_CHANNELS} channels (load $(load))"
 	"$PSQL" -q "$PARLEY_PG_URL" -c 'DROP DATABASE IF EXISTS parley_pgbench' -c 'CREATE DATABASE parley_pgbench'
 	{
 		echo 'CREATE SCHEMA messaging; SET search_path = messaging;'
@@ -304,7 +322,7 @@ want 6 && scenario_ceiling ""
 
 # ---- 7: one hot channel, every member sending and receiving
 if want 7; then
-	say "7/8 hot channel: ${BENCH_HOT_MEMBERS} members all sending (load $(load))"
+	say "7/9 hot channel: ${BENCH_HOT_MEMBERS} members all sending (load $(load))"
 	echo "$(load)" >"$RAW/load-7.txt"
 	lg --json "$RAW/hot.json" ramp --clients "$BENCH_HOT_MEMBERS" --channels 1 \
 		--members "$BENCH_HOT_MEMBERS" --duration "$BENCH_STEP_SECS" --drain 5 \
@@ -326,7 +344,7 @@ fi
 
 # ---- 4: idle connections
 if want 4; then
-	say "4/8 idle: ${BENCH_IDLE} WebSocket connections (ulimit -n $(ulimit -n), load $(load))"
+	say "4/9 idle: ${BENCH_IDLE} WebSocket connections (ulimit -n $(ulimit -n), load $(load))"
 	echo "$(load)" >"$RAW/load-4.txt"
 	lg --json "$RAW/idle.json" idle --connections "$BENCH_IDLE" --users "$BENCH_IDLE_USERS" \
 		--hold 10 --gateway-pid "$GATEWAY_PID" || say "idle scenario reported failures (see above)"
@@ -335,7 +353,7 @@ fi
 
 # ---- 5: history
 if want 5; then
-	say "5/8 history: channel of ${BENCH_HISTORY_ROWS} messages (load $(load))"
+	say "5/9 history: channel of ${BENCH_HISTORY_ROWS} messages (load $(load))"
 	HUSER=bench-history
 	HNAME="bench-history-$BENCH_HISTORY_ROWS"
 	ch="$("$PSQL" -At "$PG_DB_URL" -c "SELECT id FROM messaging.channels WHERE name = '$HNAME' AND created_by = '$HUSER' AND last_seq = $BENCH_HISTORY_ROWS LIMIT 1")"
@@ -378,7 +396,7 @@ fi
 
 # ---- 8: abuse
 if want 8; then
-	say "8/8 abuse: ${BENCH_ABUSE_BOGUS} made-up channel ids, a frame flood beside a calm client (load $(load))"
+	say "8/9 abuse: ${BENCH_ABUSE_BOGUS} made-up channel ids, a frame flood beside a calm client (load $(load))"
 	echo "$(load)" >"$RAW/load-8.txt"
 	lg --json "$RAW/abuse-open.json" abuse --bogus "$BENCH_ABUSE_BOGUS" --calm-secs "$BENCH_ABUSE_SECS" \
 		--gateway-pid "$GATEWAY_PID" --prefix abuse-open || say "abuse scenario (limits raised) failed"
@@ -403,6 +421,335 @@ if want 8; then
 	echo "$(load)" >>"$RAW/load-8.txt"
 fi
 
+# ---- 9: search
+# The searching user, the marker of a complete seed (its channels are named "<marker> #<i>")
+# and messaging's search settings (its effective configuration).
+SEARCH_USER=bench-search
+SEARCH_NAME="bench-search-$BENCH_SEARCH_ROWS-$BENCH_SEARCH_CHANNELS-$BENCH_SEARCH_USER_CHANNELS"
+SEARCH_VOCAB=5000
+messaging_setting() { # KEY DEFAULT: a value of `parley-messaging --print-config`
+	local v
+	v="$("$BIN/parley-messaging" --print-config 2>/dev/null | sed -n "s/^ *$1 *[:=] *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\} *\$/\1/p" | head -n1)"
+	echo "${v:-$2}"
+}
+# The vocabulary: temporary table vocab(rank, word), rank 0 the most frequent. The same
+# every time (seeding and the queries of later runs use it): ~100 common English chat words,
+# then pronounceable made-up words (two syllables, three from rank 1,800 on, sometimes a
+# final consonant), from md5 of their number; SEARCH_VOCAB words in all.
+search_vocab_sql() {
+	cat <<-SQL
+		CREATE TEMP TABLE vocab AS
+		WITH common AS (
+		  SELECT w AS word, k FROM unnest(string_to_array('the i you to a and it is that of in for on we this my be have just so me not with but are can at do what will was all get if your know like ok yes no about they up now there out one going think good time here how see would let back today from need want when tomorrow thanks please did been some then meeting also should new could work sure really yeah lol maybe still right make them call send check look later done any after before soon great sorry thing people problem build deploy release review test fix bug issue update', ' ')) WITH ORDINALITY AS t(w, k)
+		), syllables AS (
+		  SELECT array_agg(o || v ORDER BY oi, vi) AS s
+		  FROM unnest('{b,c,d,f,g,h,j,k,l,m,n,p,r,s,t,v,w,z,br,cr,dr,fr,gr,pr,tr,st,sl,sp,ch,sh,th,bl,cl,fl,gl,pl}'::text[]) WITH ORDINALITY AS a(o, oi),
+		       unnest('{a,e,i,o,u}'::text[]) WITH ORDINALITY AS b(v, vi)
+		), made_up AS (
+		  SELECT 1000 + j AS k,
+		         s[1 + x % 180] || s[1 + x / 180 % 180] || CASE WHEN j >= 1800 THEN s[1 + x / 32400 % 180] ELSE '' END
+		         || (ARRAY['', '', '', 'n', 'r', 's', 't', 'l', 'm', 'nd', 'st', 'rk', 'ng', 'x'])[1 + j * 37 % 14] AS word
+		  FROM syllables, generate_series(0, $((SEARCH_VOCAB + 1000))) j,
+		       LATERAL (SELECT ('x' || left(md5('w' || j), 12))::bit(48)::bigint AS x) h
+		)
+		SELECT (row_number() OVER (ORDER BY k) - 1)::int AS rank, word
+		FROM (SELECT word, min(k) AS k FROM (SELECT word, k FROM common UNION ALL SELECT word, k FROM made_up) u GROUP BY word) d
+		ORDER BY k LIMIT $SEARCH_VOCAB;
+		ANALYZE vocab;
+	SQL
+}
+# The SQL messaging runs for a search's first page (services/messaging/src/store/search.rs;
+# columns: store.rs MESSAGE_COLS), literals in place of its parameters; it needs
+# search_path = messaging, as the service's connections have. A one-word query of 3 to
+# trigram_max_chars characters first looks up the words of the messages that contain it or
+# resemble it (search_words_sql, with pg_trgm.similarity_threshold set), then the
+# messages match the query's words or any of those (search_sql QUERY CHANNELS WORD…; a
+# CHANNELS literal like {id,id}).
+sql_lit() { local s="${1//\'/\'\'}"; printf "'%s'" "$s"; }
+search_widens() { # QUERY: whether messaging looks up similar words for it
+	((${#1} >= 3 && ${#1} <= SEARCH_TRGM_MAX)) && [[ $1 != *[[:space:]]* ]]
+}
+search_words_sql() { # QUERY
+	local w="${1,,}" like
+	like="${w//\\/\\\\}"
+	like="${like//%/\\%}"
+	like="${like//_/\\_}"
+	cat <<-SQL
+		SELECT word FROM search_words
+		         WHERE (word LIKE $(sql_lit "%$like%") OR word % $(sql_lit "$w")) AND word <> $(sql_lit "$w")
+		         ORDER BY word <-> $(sql_lit "$w"), length(word), word
+		         LIMIT $SEARCH_MAX_SIMILAR
+	SQL
+}
+search_sql() { # QUERY CHANNELS [WORD…]
+	local q="$1" chans="$2" w tsquery lexemes="" newest
+	shift 2
+	tsquery="websearch_to_tsquery('$SEARCH_CONFIG'::regconfig, $(sql_lit "$q"))"
+	for w in "$@"; do # each a quoted lexeme ( ' and \ doubled), joined by |
+		w="${w//\\/\\\\}"
+		lexemes+="${lexemes:+ | }'${w//\'/\'\'}'"
+	done
+	[[ -z $lexemes ]] || tsquery="($tsquery || to_tsquery('$SEARCH_CONFIG'::regconfig, $(sql_lit "$lexemes")))"
+	# messaging reads the channels' newest activity first and bounds the messages by it
+	newest="$("$PSQL" -At "$PG_DB_URL" -c "SELECT max(last_activity_at) FROM messaging.channels WHERE id = ANY('$chans'::uuid[])")"
+	cat <<-SQL
+		SELECT m.id, m.channel_id, m.seq, m.sender_id, m.client_msg_id, m.body, m.created_at, m.edited_at, m.deleted, m.system, m.attachments FROM messages m
+		         WHERE m.channel_id = ANY('$chans'::uuid[]) AND NOT m.deleted AND m.system IS NULL
+		           AND to_tsvector('$SEARCH_CONFIG'::regconfig, m.body) @@ $tsquery
+		           AND (NULL::timestamptz IS NULL OR (m.created_at, m.id) < (NULL::timestamptz, NULL::uuid))
+		           AND m.created_at <= '$newest'::timestamptz
+		         ORDER BY m.created_at DESC, m.id DESC
+		         LIMIT 21
+	SQL
+}
+# Messaging's search structures, built and filled in the background after a start
+# (services/messaging/src/search.rs): its two indexes, and the words of every message
+# settled for search.words_settle_ms collected into search_words.
+search_indexes_valid() { # how many of the two exist and are valid
+	"$PSQL" -At "$PG_DB_URL" -c "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+		WHERE c.relname IN ('messages_fts_$SEARCH_CONFIG', 'messages_created_at') AND c.relnamespace = 'messaging'::regnamespace AND i.indisvalid"
+}
+search_words_behind() { # t while a settled message's words are not collected yet
+	"$PSQL" -At "$PG_DB_URL" -c "SELECT EXISTS (SELECT 1 FROM messaging.messages m
+		LEFT JOIN messaging.search_words_position p ON true
+		WHERE m.created_at < now() - make_interval(secs => $SEARCH_SETTLE_MS / 1000.0)
+		  AND (p.one IS NULL OR (m.created_at, m.id) > (p.created_at, p.id)))"
+}
+since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+if want 9; then
+	say "9/9 search: ${BENCH_SEARCH_ROWS} messages in ${BENCH_SEARCH_CHANNELS} channels, a user in ${BENCH_SEARCH_USER_CHANNELS} (load $(load))"
+	((BENCH_SEARCH_USER_CHANNELS >= 1 && BENCH_SEARCH_USER_CHANNELS <= BENCH_SEARCH_CHANNELS && BENCH_SEARCH_ROWS >= BENCH_SEARCH_CHANNELS)) || {
+		echo "bench: need 1 <= BENCH_SEARCH_USER_CHANNELS <= BENCH_SEARCH_CHANNELS <= BENCH_SEARCH_ROWS" >&2
+		exit 1
+	}
+	SEARCH_CONFIG="$(messaging_setting text_search_config simple)"
+	SEARCH_TRGM_MAX="$(messaging_setting trigram_max_chars 32)"
+	SEARCH_TYPO="$(messaging_setting typo_similarity 0.3)"
+	SEARCH_MAX_SIMILAR="$(messaging_setting max_similar_words 10)"
+	SEARCH_SETTLE_MS="$(messaging_setting words_settle_ms 5000)"
+	seed_file="$RAW/search-seed.txt"
+	: >"$seed_file"
+	# A complete seed of these sizes: its channels, their messages, and the user in exactly
+	# its channels (channels, messages, the user's memberships in them, all of them).
+	have="$("$PSQL" -At "$PG_DB_URL" -c "SELECT count(*) || ' ' || coalesce(sum(c.last_seq), 0) || ' ' || count(m.user_id) || ' '
+		|| (SELECT count(*) FROM messaging.members WHERE user_id = '$SEARCH_USER')
+		FROM messaging.channels c LEFT JOIN messaging.members m ON m.channel_id = c.id AND m.user_id = '$SEARCH_USER'
+		WHERE c.name LIKE '$SEARCH_NAME #%' AND c.created_by LIKE 'bench-search-o%'")"
+	if [[ -z $BENCH_SEARCH_RESEED && $have == "$BENCH_SEARCH_CHANNELS $BENCH_SEARCH_ROWS $BENCH_SEARCH_USER_CHANNELS $BENCH_SEARCH_USER_CHANNELS" ]]; then
+		say "search: reusing the seeded $SEARCH_NAME"
+		echo "seeded=reused" >>"$seed_file"
+	else
+		# Channel i (0-based) is owned by bench-search-o<i>; the user is a member of channels
+		# 0..USER_CHANNELS-1. Message n (0-based) goes to channel n % CHANNELS as its seq
+		# n / CHANNELS + 1 (gapless), at a time rising with n over the last 90 days; in the
+		# user's channels every other message is the user's. A body is 3-25 words (short ones
+		# likelier), word of rank r with probability ~ 1/(r+1) (Zipf), the first capitalised,
+		# maybe a full stop, question or exclamation mark. Earlier seeds (other sizes, or
+		# incomplete) are deleted first. One transaction; random() seeded, so the same sizes
+		# give the same bodies. Messaging's words job reads messages in time order from where
+		# it stopped, so it would never read these (older than what it has read): its
+		# position is reset, holding its lock (store/search.rs, collect_words) so no batch in
+		# flight moves it again, and it reads every message again from the first.
+		say "search: seeding $SEARCH_NAME (earlier bench-search seeds are replaced; reused by later runs)"
+		t0="$(date +%s.%N)"
+		{
+			echo "BEGIN;"
+			echo "SELECT setseed(0.17);"
+			echo "SET LOCAL work_mem = '256MB';"
+			echo "DELETE FROM messaging.channels WHERE name LIKE 'bench-search-%' AND created_by LIKE 'bench-search-o%';"
+			echo "SELECT pg_advisory_xact_lock(7150018);"
+			echo "DELETE FROM messaging.search_words_position;"
+			search_vocab_sql
+			cat <<-SQL
+				CREATE TEMP TABLE chans AS
+				  SELECT i, gen_random_uuid() AS id, 'bench-search-o' || i AS owner, i < $BENCH_SEARCH_USER_CHANNELS AS mine
+				  FROM generate_series(0, $BENCH_SEARCH_CHANNELS - 1) i;
+				ANALYZE chans;
+				INSERT INTO messaging.channels (id, kind, name, created_by, created_at, last_activity_at, member_count)
+				  SELECT id, 'group', '$SEARCH_NAME #' || i, owner, now() - interval '91 days', now() - interval '91 days',
+				         CASE WHEN mine THEN 2 ELSE 1 END
+				  FROM chans;
+				INSERT INTO messaging.members (channel_id, user_id, role, joined_at)
+				  SELECT id, owner, 'owner', now() - interval '91 days' FROM chans
+				  UNION ALL
+				  SELECT id, '$SEARCH_USER', 'member', now() - interval '91 days' FROM chans WHERE mine;
+				INSERT INTO messaging.messages (channel_id, seq, id, sender_id, client_msg_id, body, created_at)
+				  SELECT c.id, b.n / $BENCH_SEARCH_CHANNELS + 1, gen_random_uuid(),
+				         CASE WHEN c.mine AND b.n / $BENCH_SEARCH_CHANNELS % 2 = 1 THEN '$SEARCH_USER' ELSE c.owner END,
+				         'seed-' || b.n,
+				         upper(left(b.body, 1)) || substr(b.body, 2) || (ARRAY['', '', '', '.', '?', '!'])[1 + floor(random() * 6)::int],
+				         now() - interval '90 days' * (1 - b.n::float8 / $BENCH_SEARCH_ROWS)
+				  FROM (SELECT s.n, string_agg(v.word, ' ' ORDER BY s.pos) AS body
+				        FROM (SELECT m.n, pos, floor(exp(random() * ln($SEARCH_VOCAB + 1)))::int - 1 AS r
+				              FROM (SELECT n, 3 + floor(23 * random() ^ 2)::int AS len
+				                    FROM generate_series(0, $BENCH_SEARCH_ROWS - 1) n) m,
+				                   generate_series(1, m.len) pos) s
+				        JOIN vocab v ON v.rank = s.r
+				        GROUP BY s.n) b
+				  JOIN chans c ON c.i = b.n % $BENCH_SEARCH_CHANNELS;
+				UPDATE messaging.channels c SET last_seq = s.n, last_activity_at = s.at
+				  FROM (SELECT channel_id, max(seq) AS n, max(created_at) AS at FROM messaging.messages
+				        WHERE channel_id IN (SELECT id FROM chans) GROUP BY channel_id) s
+				  WHERE c.id = s.channel_id;
+				COMMIT;
+			SQL
+		} | "$PSQL" -q -v ON_ERROR_STOP=1 "$PG_DB_URL" >/dev/null
+		echo "seed_insert_secs=$(since "$t0")" >>"$seed_file"
+		"$PSQL" -q "$PG_DB_URL" -c 'VACUUM ANALYZE messaging.messages'
+		echo "seeded=yes" >>"$seed_file"
+		echo "seed_secs=$(since "$t0")" >>"$seed_file"
+		say "search: seeded in $(since "$t0") s"
+	fi
+	# Messaging builds its search indexes at start, in the background (CONCURRENTLY): on a
+	# table that already held many rows that takes minutes; and its words job reads every
+	# message not read yet (after seeding: all). Measure only once both are done.
+	t0="$(date +%s.%N)"
+	index_wait="" words_wait="" next_say=30
+	while :; do
+		[[ -n $index_wait || "$(search_indexes_valid)" != 2 ]] || index_wait="$(since "$t0")"
+		[[ -n $words_wait || "$(search_words_behind)" != f ]] || words_wait="$(since "$t0")"
+		[[ -n $index_wait && -n $words_wait ]] && break
+		elapsed=$(($(date +%s) - ${t0%.*}))
+		((elapsed < BENCH_SEARCH_INDEX_WAIT)) || break
+		if ((elapsed >= next_say)); then
+			if [[ -n $index_wait ]]; then
+				progress="indexes valid"
+			else
+				progress="indexes: $("$PSQL" -At "$PG_DB_URL" -c "SELECT coalesce(string_agg(p.phase || ' ' || c.relname, ', '), 'none building') FROM pg_stat_progress_create_index p LEFT JOIN pg_class c ON c.oid = p.index_relid")"
+			fi
+			if [[ -n $words_wait ]]; then
+				progress+="; words collected"
+			else
+				progress+="; words: messages up to $("$PSQL" -At "$PG_DB_URL" -c "SELECT coalesce((SELECT created_at::text FROM messaging.search_words_position), 'none') || ' read, ' || (SELECT count(*) FROM messaging.search_words) || ' words'")"
+			fi
+			say "search: waiting ${elapsed} s: $progress"
+			next_say=$((next_say + 30))
+		fi
+		sleep 2
+	done
+	{
+		# what messaging's log says of its builds at this start (none: they were valid)
+		echo "index_builds=$(python3 -c '
+import json, sys
+built = []
+for line in open(sys.argv[1], errors="replace"):
+    try:
+        e = json.loads(line)
+    except ValueError:
+        continue
+    if isinstance(e, dict) and e.get("message") == "search index built":
+        built.append("%s %.1f s" % (e.get("index"), float(e.get("seconds", 0))))
+print(", ".join(built) or "none")' "$ROOT/.local/logs/messaging.log" 2>/dev/null || echo '?')"
+		echo "index_wait_secs=${index_wait:-"> $BENCH_SEARCH_INDEX_WAIT"}"
+		echo "words_wait_secs=${words_wait:-"> $BENCH_SEARCH_INDEX_WAIT"}"
+		echo "wait_secs=$(since "$t0")"
+	} >>"$seed_file"
+	{
+		echo "indexes_valid=$(search_indexes_valid)"
+		echo "config=text_search_config=$SEARCH_CONFIG trigram_max_chars=$SEARCH_TRGM_MAX typo_similarity=$SEARCH_TYPO max_similar_words=$SEARCH_MAX_SIMILAR words_settle_ms=$SEARCH_SETTLE_MS"
+		"$PSQL" -At "$PG_DB_URL" -c "SELECT 'messages_rows=' || (SELECT count(*) FROM messaging.messages)
+			|| E'\nmessages_table=' || pg_size_pretty(pg_table_size('messaging.messages'))
+			|| E'\nfts_index=' || coalesce(pg_size_pretty(pg_relation_size(to_regclass('messaging.messages_fts_$SEARCH_CONFIG'))), '-')
+			|| E'\ncreated_at_index=' || coalesce(pg_size_pretty(pg_relation_size(to_regclass('messaging.messages_created_at'))), '-')
+			|| E'\nsearch_words=' || (SELECT count(*) FROM messaging.search_words)
+			|| E'\nnewer_elsewhere=' || (SELECT count(*) FROM messaging.messages WHERE created_at > (SELECT max(m.created_at)
+			     FROM messaging.messages m JOIN messaging.members b ON b.channel_id = m.channel_id AND b.user_id = '$SEARCH_USER'))
+			|| E'\nmean_words=' || (SELECT round(avg(array_length(string_to_array(body, ' '), 1)), 1) FROM messaging.messages
+			                         WHERE channel_id IN (SELECT channel_id FROM messaging.members WHERE user_id = '$SEARCH_USER'))"
+	} >>"$seed_file"
+	if [[ -z $index_wait || -z $words_wait ]]; then
+		say "search: messaging's search indexes or words not ready after ${BENCH_SEARCH_INDEX_WAIT} s: not measured"
+	else
+		say "search: indexes valid after $index_wait s, words collected after $words_wait s"
+		# Queries, by class (random, seeded: the same seed gives the same file): class, query,
+		# channel id (channel class only). Words come from 400 random messages of the user's
+		# channels, so they follow the bodies' distribution.
+		"$PSQL" -q -At -F $'\t' -v ON_ERROR_STOP=1 "$PG_DB_URL" >"$RAW/search-queries.tsv" <<-SQL
+			\o /dev/null
+			SELECT setseed(0.29);
+			$(search_vocab_sql)
+			CREATE TEMP TABLE mine AS
+			  SELECT channel_id AS id FROM messaging.members WHERE user_id = '$SEARCH_USER' ORDER BY 1;
+			CREATE TEMP TABLE sample AS
+			  SELECT array_remove(regexp_split_to_array(lower(body), '[^a-z]+'), '') AS w
+			  FROM messaging.messages WHERE channel_id IN (SELECT id FROM mine) AND NOT deleted AND system IS NULL
+			  ORDER BY random() LIMIT 400;
+			CREATE TEMP TABLE long_words AS
+			  SELECT (SELECT x FROM unnest(w) x WHERE length(x) >= 6 ORDER BY random() LIMIT 1) AS x FROM sample;
+			\o
+			SELECT 'common', word, '' FROM vocab WHERE rank < 20 ORDER BY rank;
+			SELECT 'rare', word, '' FROM vocab WHERE rank >= $SEARCH_VOCAB / 2 ORDER BY random() LIMIT 50;
+			SELECT 'two-words', w[i] || ' ' || w[j], ''
+			  FROM (SELECT w, 1 + floor(random() * cardinality(w))::int AS i, 1 + floor(random() * cardinality(w))::int AS j
+			        FROM sample) s
+			  WHERE w[i] <> w[j] LIMIT 50;
+			SELECT 'substring', substr(x, 2 + floor(random() * (length(x) - l - 1))::int, l), ''
+			  FROM (SELECT x, least(3 + floor(random() * 3)::int, length(x) - 2) AS l FROM long_words WHERE x IS NOT NULL) s
+			  LIMIT 50;
+			SELECT 'typo', t, ''
+			  FROM (SELECT left(x, p - 1) || substr(x, p + 1, 1) || substr(x, p, 1) || substr(x, p + 2) AS t
+			        FROM (SELECT x, 2 + floor(random() * (length(x) - 3))::int AS p FROM long_words WHERE x IS NOT NULL OFFSET 100) s
+			        WHERE substr(x, p, 1) <> substr(x, p + 1, 1)) s
+			  WHERE NOT EXISTS (SELECT 1 FROM vocab WHERE word = t) LIMIT 50;
+			-- (g > 0: a reference to g, so each row draws again)
+			SELECT 'channel', v.word, c.id
+			  FROM generate_series(1, 50) g,
+			       LATERAL (SELECT word FROM vocab WHERE rank < 20 AND g > 0 ORDER BY random() LIMIT 1) v,
+			       LATERAL (SELECT id FROM mine WHERE g > 0 ORDER BY random() LIMIT 1) c;
+		SQL
+		echo "$(load)" >"$RAW/load-9.txt"
+		runs="${BENCH_SEARCH_CONCURRENCY//[^,]/}"
+		lg --json "$RAW/search.json" --timeout "$(((${#runs} + 1) * BENCH_SEARCH_RUN_SECS + 900))" search \
+			--user "$SEARCH_USER" --queries "$RAW/search-queries.tsv" --requests "$BENCH_SEARCH_REQUESTS" \
+			--concurrency "$BENCH_SEARCH_CONCURRENCY" --max-secs "$BENCH_SEARCH_RUN_SECS" ||
+			say "search scenario reported failures (see above)"
+		echo "$(load)" >>"$RAW/load-9.txt"
+		# The plans of one query per class (its slowest at the first concurrency, else its first
+		# in the file), as messaging runs it: in a transaction with the word similarity
+		# threshold set, the similar words' lookup (a one-word query of 3 to trigram_max_chars
+		# characters), then the messages' query with the words it found, over the channels
+		# searched (the user's, or the one named).
+		all_chans="{$("$PSQL" -At "$PG_DB_URL" -c "SELECT string_agg(channel_id::text, ',' ORDER BY channel_id) FROM messaging.members WHERE user_id = '$SEARCH_USER'")}"
+		for class in $(cut -f1 "$RAW/search-queries.tsv" | uniq); do
+			IFS=$'\t' read -r _ q ch < <(
+				python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+s = next(c for c in r["runs"][0]["classes"] if c["class"] == sys.argv[2])["slowest"][0]
+print(sys.argv[2], s["query"], s["channel"] or "", sep="\t")' "$RAW/search.json" "$class" 2>/dev/null ||
+					grep -m1 "^$class"$'\t' "$RAW/search-queries.tsv"
+			)
+			chans="$all_chans"
+			[[ -z $ch ]] || chans="{$ch}"
+			words=()
+			if search_widens "$q"; then
+				mapfile -t words < <({
+					echo "BEGIN;"
+					echo "SET LOCAL search_path = messaging;"
+					echo "SELECT set_config('pg_trgm.similarity_threshold', '$SEARCH_TYPO', true) \\gset"
+					echo "$(search_words_sql "$q");"
+					echo "COMMIT;"
+				} | "$PSQL" -q -At -v ON_ERROR_STOP=1 "$PG_DB_URL")
+			fi
+			{
+				echo "-- class $class: q = '$q'${ch:+, channel_id = $ch}; similar words: ${words[*]:-(none)}"
+				echo "BEGIN;"
+				echo "SET LOCAL search_path = messaging;"
+				echo "SELECT set_config('pg_trgm.similarity_threshold', '$SEARCH_TYPO', true) \\gset"
+				! search_widens "$q" || echo "EXPLAIN (ANALYZE, BUFFERS) $(search_words_sql "$q");"
+				echo "EXPLAIN (ANALYZE, BUFFERS) $(search_sql "$q" "$chans" "${words[@]}");"
+				echo "COMMIT;"
+			} >"$RAW/explain-search-$class.sql"
+			{
+				cat "$RAW/explain-search-$class.sql"
+				echo
+				"$PSQL" -q -At "$PG_DB_URL" -f "$RAW/explain-search-$class.sql" 2>&1
+			} >"$RAW/explain-search-$class.txt"
+			rm -f "$RAW/explain-search-$class.sql"
+		done
+	fi
+fi
+
 # ---- report
 say "writing $OUT/RESULTS.md and $OUT/latency.png"
 # The plot needs matplotlib: use the system's, else a private venv (PyPI) under .local.
@@ -416,3 +763,133 @@ if ! python3 -c 'import matplotlib' 2>/dev/null; then
 	[[ -x $VENV/bin/python ]] && PY="$VENV/bin/python"
 fi
 "$PY" "$ROOT/scripts/bench_report.py" "$RAW" "$OUT"
+
+# Scenario 9's section and summary row, added to RESULTS.md (before the plot);
+# bench_report.py leaves them out.
+if [[ -f $RAW/search-seed.txt ]]; then
+	python3 - "$RAW" "$OUT/RESULTS.md" <<-'PY'
+	import json, os, re, sys
+	raw, results = sys.argv[1], sys.argv[2]
+	target = 50.0
+
+
+	def text(name):
+	    p = os.path.join(raw, name)
+	    return open(p).read() if os.path.exists(p) else ""
+
+
+	def pairs(name):
+	    return dict(l.split("=", 1) for l in text(name).splitlines() if "=" in l)
+
+
+	seed, env = pairs("search-seed.txt"), pairs("env.txt")
+	rep = json.loads(text("search.json")) if text("search.json") else None
+	loads = [l for l in text("load-9.txt").splitlines() if l.strip()]
+	rows, chans, uc = (int(env.get(k, "0")) for k in
+	                   ("BENCH_SEARCH_ROWS", "BENCH_SEARCH_CHANNELS", "BENCH_SEARCH_USER_CHANNELS"))
+	settings = dict(kv.split("=", 1) for kv in seed.get("config", "").split() if "=" in kv)
+	fts = "messages_fts_" + settings.get("text_search_config", "simple")
+	if seed.get("seeded") == "yes":
+	    how = (f"seeded by this run in {seed.get('seed_secs')} s: INSERT and channel counters "
+	           f"{seed.get('seed_insert_secs')} s, then `VACUUM ANALYZE messaging.messages`")
+	else:
+	    how = "seeded by an earlier run, reused"
+	md = [f"## 9. Search: `GET /v1/search` over {rows:,} messages, a user in {uc} of {chans} channels", ""]
+	md.append(
+	    f"{rows:,} messages written with SQL ({how}), round-robin over {chans} group channels (gapless `seq`, "
+	    "`created_at` rising over the last 90 days); `messaging.messages` holds "
+	    f"{seed.get('messages_rows', '?')} rows in all (table {seed.get('messages_table', '?')}, `{fts}` "
+	    f"{seed.get('fts_index', '?')}, `messages_created_at` {seed.get('created_at_index', '?')}; "
+	    f"`search_words` {seed.get('search_words', '?')} words). Bodies: 3–25 words "
+	    f"(short ones likelier; {seed.get('mean_words', '?')} on average), the word of rank r drawn with probability "
+	    "∝ 1/(r+1) from a 5,000-word vocabulary (about 100 common English chat words, then pronounceable made-up "
+	    f"words). The user `bench-search` is a member of {uc} of the channels: it searches {uc / max(chans, 1):.0%} "
+	    f"of the messages; {seed.get('newer_elsewhere', '?')} messages of other channels (earlier scenarios' and "
+	    "runs' traffic) are newer than its newest one: a newest-first read skips them. Before measuring, the bench waits for what messaging builds in the background after "
+	    f"a start: its search indexes (`{fts}`, `messages_created_at`) were valid after "
+	    f"**{seed.get('index_wait_secs', '?')} s** (built at this start, by messaging's log: "
+	    f"{seed.get('index_builds', '?')}), and its words job had read every message (a seed resets "
+	    f"its position: it reads the seeded messages from the first) after **{seed.get('words_wait_secs', '?')} s** "
+	    f"(messaging's settings: {seed.get('config', '?')}).")
+	md.append("")
+	md.append(
+	    "Requests through the gateway (search limit off: `PARLEY__RATE__SEARCHES__N=0`), `limit=20`, round-robin "
+	    "over the query classes, each request a random query of its class (`bench/raw/search-queries.tsv`): "
+	    "**common** one of the 20 most frequent words; **rare** a word of rank ≥ 2,500; **two-words** two words of "
+	    "one seeded message; **substring** 3–5 letters from inside a word of ≥ 6; **typo** a word of ≥ 6 letters "
+	    "with two adjacent letters swapped; **channel** a common word with `channel_id=` one of the user's channels "
+	    "(a one-word query of 3 or more characters is widened with up to "
+	    f"{settings.get('max_similar_words', '?')} words of the messages that contain it or resemble it). "
+	    f"{rep['config']['warmup'] if rep else '?'} requests first, not recorded. Every answer is checked: `200`, "
+	    "at most 20 hits, newest first, only the user's channels (only the one asked). "
+	    f"Target: p99 < {target:.0f} ms. Load: {' → '.join(loads[:2]) if loads else '-'}.")
+	md.append("")
+	if not rep:
+	    summary = "not measured"
+	    md.append("**Not measured**: messaging's search indexes were not valid in time." if seed.get("indexes_valid") != "2"
+	              else "**No report** from the load generator (see the run's output).")
+	    md.append("")
+	else:
+	    parts = []
+	    for run in rep["runs"]:
+	        cut = (f" of {run['planned']} (the run stopped making requests after {rep['config']['max_secs']} s)"
+	               if run["requests"] < run.get("planned", run["requests"]) else "")
+	        md.append(f"Concurrency {run['concurrency']}: {run['requests']}{cut} requests, {run['requests_per_sec']:.0f}/s, "
+	                  f"{run['errors']} errors, {run['wrong']} failed checks.")
+	        md.append("")
+	        md.append("| class | requests | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | mean hits | answers without a hit | errors + failed checks | slowest queries |")
+	        md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+	        lines = [(c["class"], c, c["zero_hits"]) for c in run["classes"]]
+	        lines.append(("**all**", run, sum(c["zero_hits"] for c in run["classes"])))
+	        for name, c, zero in lines:
+	            l = c["latency"]
+	            p99 = f"**{l['p99_ms']:.1f}**" if l["p99_ms"] > target or c is run else f"{l['p99_ms']:.1f}"
+	            slow = ", ".join(f"`{x['query']}` {x['ms']:.0f}" for x in c.get("slowest", []))
+	            md.append(f"| {name} | {c['requests']} | {l['p50_ms']:.1f} | {l['p90_ms']:.1f} | {p99} | {l['p999_ms']:.1f} | "
+	                      f"{l['max_ms']:.1f} | {c['mean_hits']:.1f} | {zero} | {c['errors'] + c['wrong']} | {slow} |")
+	        md.append("")
+	        md.extend(f"- problem: `{p}`" for p in run.get("problems", []))
+	        if run.get("problems"):
+	            md.append("")
+	        slow = [c for c in run["classes"] if c["latency"]["p99_ms"] > target]
+	        parts.append(f"concurrency {run['concurrency']}: p99 **{run['latency']['p99_ms']:.1f} ms** "
+	                     f"(p50 {run['latency']['p50_ms']:.1f})"
+	                     + (f"; over {target:.0f} ms: " + ", ".join(f"{c['class']} {c['latency']['p99_ms']:.0f} ms" for c in slow)
+	                        if slow else ""))
+	    summary = "; ".join(parts)
+	explains = []
+	for name in sorted(os.listdir(raw)):
+	    m = re.match(r"explain-search-(.+)\.txt$", name)
+	    if not m:
+	        continue
+	    t = text(name)
+	    q = re.search(r"^-- class \S+: (.*)$", t, re.M)
+	    ms = re.findall(r"Execution Time: ([0-9.]+) ms", t)
+	    idx = sorted(set(re.findall(r"(?:Index Scan|Index Only Scan|Bitmap Index Scan)(?: Backward)? (?:using|on) (\S+)", t)))
+	    words_ms = ms[0] if len(ms) == 2 else "-"
+	    explains.append(f"| {m.group(1)} | {q.group(1) if q else '?'} | {words_ms} | {ms[-1] if ms else '?'} | "
+	                    f"{', '.join(f'`{i}`' for i in idx) or 'none'} | `bench/raw/{name}` |")
+	if explains:
+	    md.append("`EXPLAIN (ANALYZE, BUFFERS)` after the load, one query per class (its slowest at the first concurrency): the SQL "
+	              "`services/messaging/src/store/search.rs` builds, literals in place of its parameters, in a transaction "
+	              "with `search_path = messaging` and the word similarity threshold set, as messaging runs it (the "
+	              "similar words' lookup in `search_words`, for a one-word query of 3 or more characters, then the "
+	              "messages' query with the words it found):")
+	    md.append("")
+	    md.append("| class | query | similar words ms | messages ms | indexes used | plan |\n|---|---|---:|---:|---|---|")
+	    md.extend(explains)
+	    md.append("")
+	out = open(results).read().split("\n")
+	if "## Summary" in out:  # the summary row, after the summary table's last row
+	    i = out.index("## Summary")
+	    j = next((k for k in range(i, len(out)) if out[k].startswith("|")), None)
+	    if j is not None:
+	        while j < len(out) and out[j].startswith("|"):
+	            j += 1
+	        out.insert(j, f"| 9 search over {rows:,} messages, a user in {uc} channels, p99 < {target:.0f} ms | {summary} |")
+	at = next((k for k, l in enumerate(out) if l.startswith("## Plot") or l.startswith("(no plot")), len(out))
+	out[at:at] = md
+	open(results, "w").write("\n".join(out))
+	print(f"added scenario 9 to {results}")
+	PY
+fi

@@ -1,6 +1,7 @@
 //! The gateway's REST API as far as the load generator needs it (dev tokens, channels,
-//! members, history) and WebSocket connection set-up.
+//! members, history, search) and WebSocket connection set-up.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -148,6 +149,89 @@ impl Api {
             .unwrap_or_default())
     }
 
+    /// `GET path_and_query` as the holder of `token`: the status and the JSON body (`null`
+    /// when the body is not JSON).
+    async fn get(&self, token: &str, path_and_query: &str) -> Result<(reqwest::StatusCode, Value)> {
+        let resp = self
+            .http
+            .get(format!("{}{path_and_query}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        let status = resp.status();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// The ids of every channel the holder of `token` is a member of (`GET /v1/channels`,
+    /// every page).
+    pub async fn channel_ids(&self, token: &str) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        let mut cursor = String::new();
+        // A bound on the pages, in case a server kept answering a cursor.
+        for _ in 0..1000 {
+            let (status, v) = self
+                .get(
+                    token,
+                    &format!("/v1/channels?limit=200&cursor={}", percent_encode(&cursor)),
+                )
+                .await?;
+            if !status.is_success() {
+                bail!("GET /v1/channels: {status} {v}");
+            }
+            ids.extend(
+                v["channels"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["id"].as_str().map(str::to_owned)),
+            );
+            match v["next_cursor"].as_str() {
+                Some(c) if !c.is_empty() => cursor = c.to_owned(),
+                _ => return Ok(ids),
+            }
+        }
+        bail!("GET /v1/channels: more than 1000 pages")
+    }
+
+    /// `GET /v1/search?q=&channel_id=&limit=`: the first page's hits. Anything but `200` is
+    /// an error.
+    pub async fn search(
+        &self,
+        token: &str,
+        q: &str,
+        channel: Option<&str>,
+        limit: u32,
+    ) -> Result<SearchPage> {
+        let mut path = format!("/v1/search?q={}&limit={limit}", percent_encode(q));
+        if let Some(c) = channel {
+            let _ = write!(path, "&channel_id={}", percent_encode(c));
+        }
+        let (status, v) = self.get(token, &path).await?;
+        if status != reqwest::StatusCode::OK {
+            bail!("search: {status} {v}");
+        }
+        let Some(hits) = v["hits"].as_array() else {
+            bail!("search: no `hits` in {v}");
+        };
+        Ok(SearchPage {
+            hits: hits
+                .iter()
+                .map(|h| {
+                    let m = &h["message"];
+                    let s = |k: &str| m[k].as_str().unwrap_or_default().to_owned();
+                    SearchHit {
+                        id: s("id"),
+                        channel_id: s("channel_id"),
+                        created_at: s("created_at"),
+                        deleted: m["deleted"].as_bool().unwrap_or(false),
+                        system: !m["system"].is_null(),
+                    }
+                })
+                .collect(),
+            next_cursor: v["next_cursor"].as_str().is_some_and(|c| !c.is_empty()),
+        })
+    }
+
     fn ws_url(&self, token: &str) -> String {
         let rest = self.base.trim_start_matches("http://");
         format!("ws://{rest}/v1/ws?token={token}")
@@ -184,6 +268,39 @@ impl Api {
     }
 }
 
+/// One page of search results, as far as the load generator checks it.
+#[derive(Debug, Clone, Default)]
+pub struct SearchPage {
+    pub hits: Vec<SearchHit>,
+    /// The server says a next page follows.
+    pub next_cursor: bool,
+}
+
+/// A hit's message: what the checks look at (empty strings when a field is missing).
+#[derive(Debug, Clone, Default)]
+pub struct SearchHit {
+    pub id: String,
+    pub channel_id: String,
+    /// RFC 3339 UTC with microseconds (fixed width, so it orders as text).
+    pub created_at: String,
+    pub deleted: bool,
+    pub system: bool,
+}
+
+/// `s` percent-encoded as a URL query value (RFC 3986: every byte but the unreserved
+/// characters).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 /// Closes a socket politely, ignoring errors (the run is over).
 pub async fn close(mut ws: Ws) {
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
@@ -201,5 +318,13 @@ mod tests {
         assert!(Api::new("http://10.0.0.1:8080", false).is_err());
         assert!(Api::new("http://example.com", false).is_err());
         assert!(Api::new("http://example.com", true).is_ok());
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(percent_encode("launch"), "launch");
+        assert_eq!(percent_encode("a b&c=d+e%"), "a%20b%26c%3Dd%2Be%25");
+        assert_eq!(percent_encode("über-x_y.z~"), "%C3%BCber-x_y.z~");
+        assert_eq!(percent_encode("\"bo\" -x"), "%22bo%22%20-x");
     }
 }

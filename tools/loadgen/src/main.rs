@@ -2,16 +2,19 @@
 //!
 //! Subcommands: `traffic` (one run at a fixed rate), `ramp` (increasing rates until the
 //! latency target breaks: the max sustained throughput), `idle` (many idle connections,
-//! gateway RSS per connection), `history` (keyset history pages), `abuse` (one hostile
-//! account: gateway RSS under made-up channel ids, a calm client's p99 beside a flood). Every run is bounded in
-//! count and time and targets loopback unless `--allow-remote`. A human table goes to
-//! stdout, JSON to `--json`; the exit status is 1 when delivery verification fails.
+//! gateway RSS per connection), `history` (keyset history pages), `search` (message search
+//! by query class), `abuse` (one hostile account: gateway RSS under made-up channel ids, a
+//! calm client's p99 beside a flood). Every run is bounded in count and time and targets
+//! loopback unless `--allow-remote`. A human table goes to stdout, JSON to `--json`; the exit
+//! status is 1 when delivery verification fails (or requests fail, or search pages fail
+//! their checks).
 
 mod abuse;
 mod api;
 mod history;
 mod idle;
 mod procfs;
+mod search;
 mod stats;
 mod traffic;
 mod verify;
@@ -56,6 +59,8 @@ enum Cmd {
     Idle(idle::IdleArgs),
     /// Random `before=` history pages through the gateway.
     History(history::HistoryArgs),
+    /// `GET /v1/search` with queries by class (file), checked; latency per class.
+    Search(search::SearchArgs),
     /// One hostile account: made-up channel ids (gateway RSS), a frame flood beside a calm
     /// client (its ping p99).
     Abuse(abuse::AbuseArgs),
@@ -267,6 +272,12 @@ async fn run(cli: Cli) -> Result<bool> {
             print!("{}", rep.table());
             write_json(&cli.json, &rep)?;
             Ok(rep.errors == 0 && rep.wrong_pages == 0)
+        }
+        Cmd::Search(a) => {
+            let rep = search::run(&api, a).await?;
+            print!("{}", rep.table());
+            write_json(&cli.json, &rep)?;
+            Ok(rep.ok())
         }
     }
 }
