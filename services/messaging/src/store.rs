@@ -116,6 +116,17 @@ const CHANNEL_COLS: &str = "id, kind, name, created_by, created_at, member_count
 const MESSAGE_COLS: &str = "id, channel_id, seq, sender_id, client_msg_id, body, created_at, edited_at, deleted, system, \
      attachments";
 
+/// A LIKE pattern matching text that contains `s`: `%`, `_` and `\` in `s` match
+/// themselves.
+pub(crate) fn contains_pattern(s: &str) -> String {
+    format!(
+        "%{}%",
+        s.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    )
+}
+
 pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
@@ -574,14 +585,7 @@ pub async fn public_channels(
     after: Option<(String, Uuid)>,
     limit: u32,
 ) -> Result<(Vec<ChannelRow>, bool), Error> {
-    // `%` and `_` in the query match themselves.
-    let pattern = format!(
-        "%{}%",
-        query
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_")
-    );
+    let pattern = contains_pattern(query);
     let (at, id) = after.map_or((None, None), |(n, i)| (Some(n), Some(i)));
     let rows = sqlx::query_as::<_, ChannelRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {CHANNEL_COLS} FROM channels

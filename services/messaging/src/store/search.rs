@@ -18,18 +18,6 @@ pub struct Query<'a> {
     pub limit: u32,
 }
 
-/// `%`, `_` and `\` escaped for LIKE.
-fn like_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    for c in s.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// A word as a `to_tsquery` operand: quoted, its quotes and backslashes doubled.
 fn quote_lexeme(w: &str) -> String {
     let mut out = String::with_capacity(w.len() + 2);
@@ -65,7 +53,7 @@ pub async fn similar_words(
          LIMIT $3",
     )
     .bind(&word)
-    .bind(format!("%{}%", like_escape(&word)))
+    .bind(super::contains_pattern(&word))
     .bind(max)
     .fetch_all(&mut **tx)
     .await?)
@@ -109,18 +97,13 @@ pub async fn search(
         .await?;
     let (before_at, before_id) = q.before.unzip();
     let rows = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
-        "SELECT {cols} FROM messages m
+        "SELECT {MESSAGE_COLS} FROM messages m
          WHERE m.channel_id = ANY($1) AND NOT m.deleted AND m.system IS NULL
            AND to_tsvector('{config}'::regconfig, m.body) @@ {tsquery}
            AND ($4::timestamptz IS NULL OR (m.created_at, m.id) < ($4, $5))
            AND m.created_at <= $7
          ORDER BY m.created_at DESC, m.id DESC
-         LIMIT $6",
-        cols = MESSAGE_COLS
-            .split(", ")
-            .map(|c| format!("m.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", "),
+         LIMIT $6"
     )))
     .bind(channels)
     .bind(q.text)
@@ -213,7 +196,7 @@ pub async fn searchable(
 mod tests {
     #[test]
     fn like_patterns_are_escaped() {
-        assert_eq!(super::like_escape(r"50%_a\b"), r"50\%\_a\\b");
+        assert_eq!(super::super::contains_pattern(r"50%_a\b"), r"%50\%\_a\\b%");
     }
 
     #[test]
